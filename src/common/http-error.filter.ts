@@ -1,0 +1,32 @@
+import { ArgumentsHost, Catch, HttpException, Logger, type ExceptionFilter } from '@nestjs/common';
+import type { FastifyReply } from 'fastify';
+import { NixFormatError } from '../nix/errors';
+import { MethodNotAllowedError, NotFoundError, UpstreamUnavailableError } from './errors';
+
+/** Maps domain errors to HTTP statuses; aborts the socket when a reply has already started. */
+@Catch()
+export class HttpErrorFilter implements ExceptionFilter {
+  private readonly logger = new Logger('http');
+
+  catch(error: unknown, host: ArgumentsHost): void {
+    const reply = host.switchToHttp().getResponse<FastifyReply>();
+    if (reply.sent || reply.raw.headersSent) {
+      // Mid-body: the only honest signal left is a broken connection.
+      reply.raw.destroy(error instanceof Error ? error : undefined);
+      return;
+    }
+    const [status, message] = statusOf(error);
+    if (status >= 500) this.logger.error(error instanceof Error ? (error.stack ?? error.message) : String(error));
+    if (error instanceof MethodNotAllowedError) void reply.header('allow', 'GET, HEAD');
+    void reply.status(status).type('text/plain; charset=utf-8').send(`${message}\n`);
+  }
+}
+
+function statusOf(error: unknown): [number, string] {
+  if (error instanceof NixFormatError) return [400, error.message];
+  if (error instanceof NotFoundError) return [404, error.message || 'not found'];
+  if (error instanceof UpstreamUnavailableError) return [404, 'not found'];
+  if (error instanceof MethodNotAllowedError) return [405, 'method not allowed'];
+  if (error instanceof HttpException) return [error.getStatus(), error.message];
+  return [500, 'internal error'];
+}

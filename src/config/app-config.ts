@@ -1,0 +1,226 @@
+import { hostname as osHostname } from 'node:os';
+import { resolve } from 'node:path';
+import { validateCronExpression } from 'cron';
+import { parsePublicKey, type PublicKey } from '../signing/keys';
+import { parseDuration, parseSize } from './units';
+
+/** A bad setting: startup stops with this message, which names the setting. */
+export class ConfigError extends Error {
+  constructor(
+    readonly setting: string,
+    message: string,
+  ) {
+    super(`--${setting}: ${message}`);
+    this.name = 'ConfigError';
+  }
+}
+
+export type LogLevel = 'error' | 'warn' | 'info' | 'debug' | 'verbose';
+export type DatabaseConfig = { kind: 'sqlite'; path: string };
+export type StorageConfig = { kind: 'fs'; path: string };
+export type LockConfig = { kind: 'local' };
+
+export interface UpstreamConfig {
+  /** Base URL without credentials, query or trailing slash. */
+  url: string;
+  priority: number;
+  /** Query string (with `?`) added to every request, or ''. */
+  query: string;
+  /** `Authorization` header value built from URL credentials; never logged. */
+  authorization?: string;
+}
+
+export interface AppConfig {
+  server: { host: string; port: number };
+  hostname: string;
+  dataPath: string;
+  storeDir: string;
+  priority: number;
+  database: DatabaseConfig;
+  storage: StorageConfig;
+  upstreams: UpstreamConfig[];
+  upstreamPublicKeys: PublicKey[];
+  upstreamTimeouts: { connectMs: number; headersMs: number; bodyMs: number };
+  signing: { secretKeyPath: string; signNarInfo: boolean };
+  lru: { maxSize?: number; schedule: string };
+  lock: LockConfig;
+  logLevel: LogLevel;
+}
+
+/** Raw values by setting name, already merged by precedence (flag > env > file). */
+export type RawSettings = Record<string, string | string[] | undefined>;
+
+export const APP_CONFIG = Symbol('APP_CONFIG');
+
+const DEFAULT_UPSTREAM = 'https://cache.nixos.org';
+const DEFAULT_UPSTREAM_KEY = 'cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=';
+const LOG_LEVELS: readonly LogLevel[] = ['error', 'warn', 'info', 'debug', 'verbose'];
+
+/** Validates raw settings into the typed config. Throws ConfigError naming the first bad one. */
+export function buildConfig(raw: RawSettings, cwd = process.cwd()): AppConfig {
+  const one = (name: string): string | undefined => {
+    const v = raw[name];
+    if (Array.isArray(v)) {
+      if (v.length > 1) throw new ConfigError(name, 'given more than once');
+      return v[0];
+    }
+    return v === '' ? undefined : v;
+  };
+  const many = (name: string, fallback: string[]): string[] => {
+    const v = raw[name];
+    if (v === undefined) return fallback;
+    const list = (Array.isArray(v) ? v : [v]).flatMap((s) => s.split(/[\s,]+/)).filter(Boolean);
+    return list;
+  };
+  const parsed = <T>(name: string, fn: (s: string) => T, fallback: T): T => {
+    const v = one(name);
+    if (v === undefined) return fallback;
+    try {
+      return fn(v);
+    } catch (e) {
+      throw new ConfigError(name, (e as Error).message);
+    }
+  };
+
+  const dataPath = resolve(cwd, one('cache-data-path') ?? './var');
+  const logLevel = parsed('log-level', (s) => {
+    if (!LOG_LEVELS.includes(s as LogLevel)) throw new Error(`must be one of ${LOG_LEVELS.join(', ')}`);
+    return s as LogLevel;
+  }, 'info');
+
+  const hostname = parsed('cache-hostname', (s) => {
+    if (!/^[A-Za-z0-9._-]+$/.test(s)) throw new Error(`"${s}" may only contain letters, digits, ".", "_" and "-"`);
+    return s;
+  }, osHostname() || 'narwhal');
+
+  const upstreams = many('cache-upstream-url', [DEFAULT_UPSTREAM]).map((u, i) => {
+    try {
+      return parseUpstreamUrl(u, i);
+    } catch (e) {
+      throw new ConfigError('cache-upstream-url', (e as Error).message);
+    }
+  });
+  if (upstreams.length === 0) throw new ConfigError('cache-upstream-url', 'at least one upstream is required');
+  upstreams.sort((a, b) => a.priority - b.priority); // stable: ties keep the given order
+
+  const upstreamPublicKeys = many('cache-upstream-public-key', [DEFAULT_UPSTREAM_KEY]).map((k) => {
+    try {
+      return parsePublicKey(k);
+    } catch (e) {
+      throw new ConfigError('cache-upstream-public-key', (e as Error).message);
+    }
+  });
+  if (upstreamPublicKeys.length === 0) {
+    throw new ConfigError('cache-upstream-public-key', 'at least one trusted upstream key is required');
+  }
+
+  const positiveDuration = (s: string): number => {
+    const ms = parseDuration(s);
+    if (ms <= 0) throw new Error('must be greater than zero');
+    return ms;
+  };
+
+  return {
+    server: parsed('server-addr', parseServerAddr, { host: '0.0.0.0', port: 8501 }),
+    hostname,
+    dataPath,
+    storeDir: parsed('cache-store-dir', (s) => {
+      if (!/^\/[^\s]*[^/]$/.test(s)) throw new Error('must be an absolute path without a trailing slash');
+      return s;
+    }, '/nix/store'),
+    priority: parsed('cache-priority', (s) => parseIntStrict(s, 0, 1_000_000), 40),
+    database: parsed('cache-database-url', parseDatabaseUrl(cwd), {
+      kind: 'sqlite',
+      path: resolve(dataPath, 'narwhal.sqlite'),
+    } as DatabaseConfig),
+    storage: { kind: 'fs', path: resolve(cwd, one('cache-storage-local') ?? resolve(dataPath, 'store')) },
+    upstreams,
+    upstreamPublicKeys,
+    upstreamTimeouts: {
+      connectMs: parsed('cache-upstream-dialer-timeout', positiveDuration, 3000),
+      headersMs: parsed('cache-upstream-response-header-timeout', positiveDuration, 10_000),
+      bodyMs: parsed('cache-upstream-body-timeout', positiveDuration, 60_000),
+    },
+    signing: {
+      secretKeyPath: resolve(cwd, one('cache-secret-key-path') ?? resolve(dataPath, 'secret-key')),
+      signNarInfo: parsed('cache-sign-narinfo', parseBool, true),
+    },
+    lru: {
+      maxSize: parsed('cache-max-size', (s) => {
+        const n = parseSize(s);
+        if (n <= 0) throw new Error('must be greater than zero');
+        return n;
+      }, undefined as number | undefined),
+      schedule: parsed('cache-lru-schedule', (s) => {
+        const check = validateCronExpression(s);
+        if (!check.valid) throw new Error(`"${s}" is not a cron expression`);
+        return s;
+      }, '0 2 * * *'),
+    },
+    lock: parsed('cache-lock-backend', (s): LockConfig => {
+      if (s === 'local') return { kind: 'local' };
+      throw new Error(`"${s}" is not a lock backend this version supports (local)`);
+    }, { kind: 'local' }),
+    logLevel,
+  };
+}
+
+function parseIntStrict(s: string, min: number, max: number): number {
+  if (!/^-?\d+$/.test(s)) throw new Error(`"${s}" is not a whole number`);
+  const n = Number(s);
+  if (n < min || n > max) throw new Error(`${n} is outside ${min}..${max}`);
+  return n;
+}
+
+export function parseBool(s: string): boolean {
+  const v = s.trim().toLowerCase();
+  if (['true', '1', 'yes', 'on'].includes(v)) return true;
+  if (['false', '0', 'no', 'off'].includes(v)) return false;
+  throw new Error(`"${s}" is not a boolean (true/false)`);
+}
+
+function parseServerAddr(s: string): { host: string; port: number } {
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:\s]*)):(\d{1,5})$/.exec(s.trim());
+  if (!m) throw new Error(`"${s}" is not an address of the form [host]:port`);
+  const port = parseIntStrict(m[3], 0, 65535);
+  return { host: m[1] ?? (m[2] || '0.0.0.0'), port };
+}
+
+function parseDatabaseUrl(cwd: string) {
+  return (s: string): DatabaseConfig => {
+    const m = /^sqlite:(?:\/\/)?(.+)$/.exec(s);
+    if (m) return { kind: 'sqlite', path: resolve(cwd, m[1]) };
+    const scheme = /^([a-z0-9+]+):/i.exec(s)?.[1] ?? '(none)';
+    throw new Error(`unsupported database scheme "${scheme}" (this version supports sqlite:<path>)`);
+  };
+}
+
+/** `https://user:pass@host/path?priority=10` → base URL, priority, basic-auth header. */
+export function parseUpstreamUrl(text: string, index: number): UpstreamConfig {
+  let u: URL;
+  try {
+    u = new URL(text);
+  } catch {
+    throw new Error(`upstream #${index + 1} is not a URL`);
+  }
+  if (u.protocol !== 'http:' && u.protocol !== 'https:') {
+    throw new Error(`upstream #${index + 1}: only http and https are supported`);
+  }
+  let priority = 40;
+  const p = u.searchParams.get('priority');
+  if (p !== null) priority = parseIntStrict(p, 0, 1_000_000);
+  u.searchParams.delete('priority');
+  let authorization: string | undefined;
+  if (u.username || u.password) {
+    const user = decodeURIComponent(u.username);
+    const pass = decodeURIComponent(u.password);
+    authorization = `Basic ${Buffer.from(`${user}:${pass}`).toString('base64')}`;
+    u.username = '';
+    u.password = '';
+  }
+  const query = u.search;
+  u.search = '';
+  u.hash = '';
+  const url = u.toString().replace(/\/+$/, '');
+  return { url, priority, query, authorization };
+}

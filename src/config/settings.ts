@@ -1,0 +1,117 @@
+/**
+ * The one list of narwhal's settings. Each is a CLI flag (`--name`), an environment variable
+ * (NAME upper-cased, `-` → `_`) and a key of the YAML file given by `--config`. The README's table
+ * and `narwhal serve --help` are made from this list.
+ */
+export interface SettingDef {
+  /** Flag name without the leading dashes. */
+  name: string;
+  description: string;
+  /** Default as shown to people; the real default is applied in `app-config.ts`. */
+  defaultText: string;
+  repeatable?: boolean;
+  boolean?: boolean;
+  /** Value never printed (passwords, keys). */
+  secret?: boolean;
+}
+
+export const SETTINGS: readonly SettingDef[] = [
+  { name: 'server-addr', description: 'Address to listen on, `[host]:port`.', defaultText: ':8501' },
+  {
+    name: 'cache-hostname',
+    description: "This cache's name; also the name of the signing key it generates.",
+    defaultText: 'the machine hostname',
+  },
+  {
+    name: 'cache-data-path',
+    description: 'Home of the embedded database, local storage and the generated key.',
+    defaultText: './var',
+  },
+  {
+    name: 'cache-database-url',
+    description: 'Database: `sqlite:<path>`.',
+    defaultText: 'sqlite:<data-path>/narwhal.sqlite',
+    secret: true,
+  },
+  {
+    name: 'cache-storage-local',
+    description: 'Directory where NAR files are stored.',
+    defaultText: '<data-path>/store',
+  },
+  {
+    name: 'cache-upstream-url',
+    description:
+      'Upstream cache URL; repeat for several. `?priority=N` orders them (lower first; default 40, ties keep the given order). `https://user:pass@host` sends basic auth.',
+    defaultText: 'https://cache.nixos.org',
+    repeatable: true,
+    secret: true,
+  },
+  {
+    name: 'cache-upstream-public-key',
+    description:
+      'Trusted upstream signing key `name:base64`; repeat for several. A narinfo is accepted only if one of its signatures verifies against one of these.',
+    defaultText: 'cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=',
+    repeatable: true,
+  },
+  {
+    name: 'cache-secret-key-path',
+    description:
+      'Ed25519 secret key (`name:base64`) used to sign narinfos; generated with mode 0600 when absent.',
+    defaultText: '<data-path>/secret-key',
+  },
+  {
+    name: 'cache-sign-narinfo',
+    description: "Add narwhal's own signature to every narinfo served.",
+    defaultText: 'true',
+    boolean: true,
+  },
+  {
+    name: 'cache-max-size',
+    description: 'Size limit of stored NARs (`500M`, `10G`, `1T`); the LRU job evicts beyond it.',
+    defaultText: 'none (no limit)',
+  },
+  {
+    name: 'cache-lru-schedule',
+    description: 'Cron expression for the LRU job (with seconds as an optional sixth leading field).',
+    defaultText: '0 2 * * *',
+  },
+  {
+    name: 'cache-upstream-dialer-timeout',
+    description: 'Timeout for connecting to an upstream.',
+    defaultText: '3s',
+  },
+  {
+    name: 'cache-upstream-response-header-timeout',
+    description: 'Timeout for an upstream to send response headers.',
+    defaultText: '10s',
+  },
+  {
+    name: 'cache-upstream-body-timeout',
+    description: 'Longest pause between two chunks of an upstream body before the download is abandoned.',
+    defaultText: '60s',
+  },
+  {
+    name: 'cache-lock-backend',
+    description: 'Lock provider: `local` (one instance).',
+    defaultText: 'local',
+  },
+  {
+    name: 'cache-priority',
+    description: 'Priority announced in /nix-cache-info (lower is preferred by clients).',
+    defaultText: '40',
+  },
+  {
+    name: 'cache-store-dir',
+    description: 'Nix store directory announced in /nix-cache-info and expected in narinfos.',
+    defaultText: '/nix/store',
+  },
+  {
+    name: 'log-level',
+    description: 'One of `error`, `warn`, `info`, `debug`, `verbose`.',
+    defaultText: 'info',
+  },
+];
+
+export function envName(setting: string): string {
+  return setting.toUpperCase().replace(/-/g, '_');
+}

@@ -1,0 +1,84 @@
+import { Injectable } from '@nestjs/common';
+import { DataSource, IsNull, LessThan, Not } from 'typeorm';
+import { NarFileEntity, NarInfoEntity } from './entities';
+import { TOUCH_GRANULARITY_MS } from './narinfo.repository';
+
+@Injectable()
+export class NarFileRepository {
+  constructor(private readonly ds: DataSource) {}
+
+  find(key: string): Promise<NarFileEntity | null> {
+    return this.ds.getRepository(NarFileEntity).findOneBy({ key });
+  }
+
+  async markStored(key: string, size: number, now = Date.now()): Promise<void> {
+    await this.ds.getRepository(NarFileEntity).update({ key }, { storedSize: size, lastAccessedAt: now });
+  }
+
+  /** Records a NAR fetched without a narinfo (its name carried the FileHash it was checked against). */
+  async recordStored(
+    key: string,
+    upstreamUrl: string,
+    expect: { compression: string; fileHash?: string },
+    size: number,
+    now = Date.now(),
+  ): Promise<void> {
+    await this.ds
+      .createQueryBuilder()
+      .insert()
+      .into(NarFileEntity)
+      .values({
+        key,
+        upstreamUrl,
+        compression: expect.compression,
+        fileHash: expect.fileHash ?? null,
+        fileSize: size,
+        narHash: '',
+        narSize: 0,
+        storedSize: size,
+        createdAt: now,
+        lastAccessedAt: now,
+      })
+      .orIgnore()
+      .execute();
+    await this.markStored(key, size, now);
+  }
+
+  /** The object vanished from storage: forget that it was stored so that it is fetched again. */
+  async markMissing(key: string): Promise<void> {
+    await this.ds.getRepository(NarFileEntity).update({ key }, { storedSize: null });
+  }
+
+  async touch(key: string, now = Date.now()): Promise<void> {
+    await this.ds
+      .getRepository(NarFileEntity)
+      .update({ key, lastAccessedAt: LessThan(now - TOUCH_GRANULARITY_MS) }, { lastAccessedAt: now });
+  }
+
+  /** Total bytes of stored NARs. */
+  async storedBytes(): Promise<number> {
+    const row = await this.ds
+      .getRepository(NarFileEntity)
+      .createQueryBuilder('f')
+      .select('COALESCE(SUM(f.stored_size), 0)', 'total')
+      .getRawOne<{ total: string | number }>();
+    return Number(row?.total ?? 0);
+  }
+
+  /** Stored NAR files, least recently used first. */
+  lruCandidates(limit: number): Promise<NarFileEntity[]> {
+    return this.ds.getRepository(NarFileEntity).find({
+      where: { storedSize: Not(IsNull()) },
+      order: { lastAccessedAt: 'ASC', key: 'ASC' },
+      take: limit,
+    });
+  }
+
+  /** Deletes a NAR file row and every narinfo that points at it. */
+  async deleteWithNarInfos(key: string): Promise<void> {
+    await this.ds.transaction(async (m) => {
+      await m.delete(NarInfoEntity, { narKey: key });
+      await m.delete(NarFileEntity, { key });
+    });
+  }
+}

@@ -1,0 +1,98 @@
+import { Injectable } from '@nestjs/common';
+import { DataSource, LessThan } from 'typeorm';
+import type { NarInfo } from '../nix/narinfo';
+import { NarFileEntity, NarInfoEntity, NarInfoReferenceEntity, NarInfoSignatureEntity } from './entities';
+
+/** Touches closer together than this are not written again (keeps hits from turning into writes). */
+export const TOUCH_GRANULARITY_MS = 60_000;
+
+export interface NewNarInfo {
+  hash: string;
+  narInfo: NarInfo;
+  /** narwhal's NAR key that the narinfo's URL is rewritten to. */
+  narKey: string;
+  /** Upstream base URL the narinfo came from. */
+  upstreamUrl: string;
+  /** Absolute upstream URL of the NAR bytes. */
+  narUpstreamUrl: string;
+}
+
+@Injectable()
+export class NarInfoRepository {
+  constructor(private readonly ds: DataSource) {}
+
+  async find(hash: string): Promise<NarInfoEntity | null> {
+    const row = await this.ds.getRepository(NarInfoEntity).findOne({
+      where: { hash },
+      relations: { references: true, signatures: true },
+      order: { references: { position: 'ASC' }, signatures: { position: 'ASC' } },
+    });
+    return row;
+  }
+
+  /** Records a verified upstream narinfo and the NAR file it points to, in one transaction. */
+  async save(n: NewNarInfo, now = Date.now()): Promise<void> {
+    const ni = n.narInfo;
+    await this.ds.transaction(async (m) => {
+      await m
+        .createQueryBuilder()
+        .insert()
+        .into(NarFileEntity)
+        .values({
+          key: n.narKey,
+          upstreamUrl: n.narUpstreamUrl,
+          compression: ni.compression,
+          fileHash: ni.fileHash ?? null,
+          fileSize: ni.fileSize ?? null,
+          narHash: ni.narHash,
+          narSize: ni.narSize,
+          storedSize: null,
+          createdAt: now,
+          lastAccessedAt: now,
+        })
+        .orIgnore()
+        .execute();
+      await m.delete(NarInfoEntity, { hash: n.hash });
+      await m.insert(NarInfoEntity, {
+        hash: n.hash,
+        storePath: ni.storePath,
+        narKey: n.narKey,
+        compression: ni.compression,
+        fileHash: ni.fileHash ?? null,
+        fileSize: ni.fileSize ?? null,
+        narHash: ni.narHash,
+        narSize: ni.narSize,
+        deriver: ni.deriver ?? null,
+        system: ni.system ?? null,
+        ca: ni.ca ?? null,
+        upstreamUrl: n.upstreamUrl,
+        ownSignature: null,
+        createdAt: now,
+        lastAccessedAt: now,
+      });
+      if (ni.references.length > 0) {
+        await m.insert(
+          NarInfoReferenceEntity,
+          ni.references.map((reference, position) => ({ narInfoHash: n.hash, position, reference })),
+        );
+      }
+      if (ni.sigs.length > 0) {
+        await m.insert(
+          NarInfoSignatureEntity,
+          ni.sigs.map((signature, position) => ({ narInfoHash: n.hash, position, signature })),
+        );
+      }
+    });
+  }
+
+  async setOwnSignature(hash: string, signature: string): Promise<void> {
+    await this.ds.getRepository(NarInfoEntity).update({ hash }, { ownSignature: signature });
+  }
+
+  /** Marks a narinfo and its NAR file as used now (at most once per TOUCH_GRANULARITY_MS). */
+  async touch(hash: string, narKey: string, now = Date.now()): Promise<void> {
+    const stale = LessThan(now - TOUCH_GRANULARITY_MS);
+    await this.ds.getRepository(NarInfoEntity).update({ hash, lastAccessedAt: stale }, { lastAccessedAt: now });
+    await this.ds.getRepository(NarFileEntity).update({ key: narKey, lastAccessedAt: stale }, { lastAccessedAt: now });
+  }
+}

@@ -1,0 +1,92 @@
+#!/usr/bin/env node
+import 'reflect-metadata';
+import { Command, Option } from 'commander';
+import { writeFile } from 'node:fs/promises';
+import { ConfigError, type AppConfig, type RawSettings } from './config/app-config';
+import { describeConfig, loadConfig } from './config/load-config';
+import { SETTINGS } from './config/settings';
+import { VERSION } from './version';
+
+/** Adds every setting as a flag to a command. */
+function withSettings(cmd: Command): Command {
+  cmd.option('--config <file>', 'YAML file with settings (env NARWHAL_CONFIG)');
+  for (const s of SETTINGS) {
+    const flag = s.boolean ? `--${s.name} [bool]` : `--${s.name} <value>`;
+    const opt = new Option(flag, `${s.description} (default: ${s.defaultText})`);
+    if (s.repeatable) opt.argParser((v: string, prev: string[] | undefined) => [...(prev ?? []), v]);
+    cmd.addOption(opt);
+  }
+  return cmd;
+}
+
+function configFrom(cmd: Command): AppConfig {
+  const opts = cmd.opts<Record<string, string | string[] | boolean | undefined>>();
+  const flags: RawSettings = {};
+  for (const s of SETTINGS) {
+    const v = opts[camel(s.name)];
+    flags[s.name] = v === true ? 'true' : v === false ? undefined : v;
+  }
+  const file = (opts.config as string | undefined) ?? process.env.NARWHAL_CONFIG;
+  return loadConfig({ flags, env: process.env, file: file || undefined });
+}
+
+function camel(name: string): string {
+  return name.replace(/-([a-z])/g, (_, c: string) => c.toUpperCase());
+}
+
+async function serve(cmd: Command): Promise<void> {
+  const config = configFrom(cmd);
+  const { createApp, createLogger } = await import('./bootstrap');
+  const logger = createLogger(config.logLevel);
+  logger.log(`starting narwhal ${VERSION} ${JSON.stringify(describeConfig(config))}`);
+  const app = await createApp(config, logger);
+  await app.listen(config.server.port, config.server.host);
+  logger.log(`serving on ${await app.getUrl()}`);
+}
+
+async function migrate(cmd: Command): Promise<void> {
+  const config = configFrom(cmd);
+  const { dataSourceOptions } = await import('./database/data-source');
+  const { DataSource } = await import('typeorm');
+  const ds = new DataSource(dataSourceOptions(config.database));
+  await ds.initialize();
+  try {
+    const applied = await ds.runMigrations({ transaction: 'each' });
+    console.log(applied.length ? `applied: ${applied.map((m) => m.name).join(', ')}` : 'schema is up to date');
+  } finally {
+    await ds.destroy();
+  }
+}
+
+async function generateKey(name: string, out: string): Promise<void> {
+  const { formatPublicKey, formatSecretKey, generateSecretKey } = await import('./signing/keys');
+  const key = generateSecretKey(name);
+  await writeFile(out, `${formatSecretKey(key)}\n`, { mode: 0o600, flag: 'wx' });
+  console.log(formatPublicKey(key));
+}
+
+export async function main(argv: string[]): Promise<void> {
+  const program = new Command('narwhal').version(VERSION).description('A Nix binary cache proxy.');
+  withSettings(program.command('serve', { isDefault: true }).description('Serve the cache (default).')).action(
+    (_o, cmd: Command) => serve(cmd),
+  );
+  withSettings(program.command('migrate').description('Bring the database schema up to date, then exit.')).action(
+    (_o, cmd: Command) => migrate(cmd),
+  );
+  program
+    .command('generate-key')
+    .description('Write a new ed25519 secret key file (mode 0600) and print its public key.')
+    .requiredOption('--name <name>', 'key name, e.g. cache.example.org-1')
+    .requiredOption('--out <file>', 'secret key file to create')
+    .action((o: { name: string; out: string }) => generateKey(o.name, o.out));
+  await program.parseAsync(argv);
+}
+
+main(process.argv).catch((e: unknown) => {
+  if (e instanceof ConfigError) {
+    console.error(`narwhal: invalid configuration: ${e.message}`);
+    process.exit(2);
+  }
+  console.error(`narwhal: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}`);
+  process.exit(1);
+});

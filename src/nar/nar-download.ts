@@ -1,0 +1,156 @@
+import { randomBytes } from 'node:crypto';
+import { EventEmitter } from 'node:events';
+import { open, unlink, type FileHandle } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Readable } from 'node:stream';
+import { DownloadFailedError } from '../common/errors';
+import type { NarVerifier } from './nar-verifier';
+
+const READ_CHUNK = 256 * 1024;
+
+export type DownloadState = 'streaming' | 'verified' | 'failed';
+
+/**
+ * One upstream download of one NAR, shared by every client that asks for it while it runs.
+ *
+ * Bytes go to a spool file as they arrive; each client tails the spool through its own reader
+ * (positional reads on the shared handle), so a client that joins late starts from byte 0 without
+ * narwhal holding the NAR in memory. The last byte is held back from readers until the whole download
+ * is verified: a bad download ends every reader with an error, never with a clean end.
+ */
+export class NarDownload extends EventEmitter {
+  state: DownloadState = 'streaming';
+  error?: Error;
+  /** Bytes written to the spool. */
+  written = 0;
+  readonly spoolPath: string;
+  private handle?: FileHandle;
+  private users = 1; // the writer
+  private readers = 0;
+
+  constructor(
+    readonly key: string,
+    spoolDir: string,
+    /** Length clients will receive, when known up front (FileSize or upstream Content-Length). */
+    public length?: number,
+  ) {
+    super();
+    this.setMaxListeners(0);
+    this.spoolPath = join(spoolDir, `${key}.${randomBytes(6).toString('hex')}.part`);
+  }
+
+  get readerCount(): number {
+    return this.readers;
+  }
+
+  /**
+   * Copies `body` into the spool, feeding `verifier`; resolves once verified (readers may finish),
+   * rejects (and fails every reader) otherwise. The spool file stays for the caller to commit.
+   */
+  async receive(body: AsyncIterable<Buffer>, verifier: NarVerifier): Promise<void> {
+    try {
+      this.handle = await open(this.spoolPath, 'wx+', 0o600);
+      for await (const chunk of body) {
+        await verifier.update(chunk);
+        await this.writeAll(chunk);
+        this.written += chunk.length;
+        this.emit('progress');
+      }
+      await verifier.finish();
+      if (this.length !== undefined && this.length !== this.written) {
+        throw new DownloadFailedError(`upstream sent ${this.written} of ${this.length} bytes`);
+      }
+      this.length = this.written;
+      this.state = 'verified';
+      this.emit('progress');
+    } catch (e) {
+      verifier.destroy();
+      this.fail(e instanceof DownloadFailedError ? e : new DownloadFailedError(`download failed: ${(e as Error).message}`));
+      throw this.error;
+    }
+  }
+
+  /** Marks the download failed before any byte (or mid-way); readers end with the error. */
+  fail(error: Error): void {
+    if (this.state === 'failed') return;
+    this.state = 'failed';
+    this.error = error;
+    this.emit('progress');
+  }
+
+  /** The writer is done with the spool (committed or discarded). */
+  async finishWriting(discardSpool: boolean): Promise<void> {
+    if (discardSpool) await unlink(this.spoolPath).catch(() => undefined);
+    await this.release();
+  }
+
+  /** A stream of the NAR for one client. */
+  createReader(): Readable {
+    this.users++;
+    this.readers++;
+    let offset = 0;
+    let closed = false;
+    const done = () => {
+      if (closed) return;
+      closed = true;
+      this.readers--;
+      this.off('progress', onProgress);
+      void this.release();
+    };
+    let waiting: (() => void) | undefined;
+    const onProgress = () => {
+      const w = waiting;
+      waiting = undefined;
+      w?.();
+    };
+    this.on('progress', onProgress);
+    const download = this;
+    const reader = new Readable({
+      highWaterMark: READ_CHUNK,
+      read() {
+        void (async () => {
+          for (;;) {
+            if (download.state === 'failed') {
+              this.destroy(download.error);
+              return;
+            }
+            const visible = download.state === 'verified' ? download.written : Math.max(0, download.written - 1);
+            if (offset < visible && download.handle) {
+              const buf = Buffer.allocUnsafe(Math.min(READ_CHUNK, visible - offset));
+              const { bytesRead } = await download.handle.read(buf, 0, buf.length, offset);
+              offset += bytesRead;
+              this.push(bytesRead === buf.length ? buf : buf.subarray(0, bytesRead));
+              return;
+            }
+            if (download.state === 'verified') {
+              this.push(null);
+              return;
+            }
+            await new Promise<void>((resolve) => (waiting = resolve));
+          }
+        })().catch((e: Error) => this.destroy(e));
+      },
+      destroy(err, cb) {
+        done();
+        cb(err);
+      },
+    });
+    reader.once('end', done);
+    return reader;
+  }
+
+  private async writeAll(chunk: Buffer): Promise<void> {
+    let off = 0;
+    while (off < chunk.length) {
+      const { bytesWritten } = await this.handle!.write(chunk, off, chunk.length - off, this.written + off);
+      off += bytesWritten;
+    }
+  }
+
+  private async release(): Promise<void> {
+    if (--this.users > 0) return;
+    const h = this.handle;
+    this.handle = undefined;
+    await h?.close().catch(() => undefined);
+  }
+}

@@ -1,0 +1,98 @@
+import { createHash, type Hash } from 'node:crypto';
+import { once } from 'node:events';
+import type { Transform } from 'node:stream';
+import { DownloadFailedError } from '../common/errors';
+import type { Compression } from '../nix/compression';
+import { createNarDecompressor } from '../nix/decompress';
+import { sha256Nix32 } from '../nix/hash';
+
+export interface NarExpectations {
+  compression: Compression;
+  /** `sha256:<nix32>` of the bytes as served, when the narinfo has one. */
+  fileHash?: string;
+  fileSize?: number;
+  /** `sha256:<nix32>` of the uncompressed NAR (covered by the upstream signature), when known. */
+  narHash?: string;
+  narSize?: number;
+}
+
+/**
+ * Checks a NAR while it streams: size and sha256 of the bytes as served (FileSize/FileHash) and, when the
+ * compression can be decoded here, size and sha256 of the decompressed NAR (NarHash/NarSize — the
+ * values the upstream signature vouches for). `finish` rejects with DownloadFailedError on any mismatch.
+ */
+export class NarVerifier {
+  private readonly fileHasher: Hash = createHash('sha256');
+  private fileBytes = 0;
+  private readonly decompressor: Transform | null;
+  private readonly narHasher: Hash = createHash('sha256');
+  private narBytes = 0;
+  private readonly decompressed: Promise<void>;
+
+  constructor(private readonly expect: NarExpectations) {
+    this.decompressor = expect.narHash ? createNarDecompressor(expect.compression) : null;
+    if (this.decompressor) {
+      const d = this.decompressor;
+      d.on('data', (chunk: Buffer) => {
+        this.narBytes += chunk.length;
+        this.narHasher.update(chunk);
+      });
+      this.decompressed = new Promise<void>((resolve, reject) => {
+        d.once('end', resolve);
+        d.once('error', (e) => reject(new DownloadFailedError(`NAR does not decompress as ${expect.compression}: ${e.message}`)));
+      });
+      // Errors surface through `finish`; keep an early one from counting as unhandled.
+      this.decompressed.catch(() => undefined);
+    } else {
+      this.decompressed = Promise.resolve();
+    }
+  }
+
+  /** True when the content (not only the size) of this NAR is checked. */
+  get checksContent(): boolean {
+    return this.expect.fileHash !== undefined || this.decompressor !== null;
+  }
+
+  get bytes(): number {
+    return this.fileBytes;
+  }
+
+  /** Feeds the next chunk as served; resolves when the decompressor can take more. */
+  async update(chunk: Buffer): Promise<void> {
+    this.fileBytes += chunk.length;
+    if (this.expect.fileSize !== undefined && this.fileBytes > this.expect.fileSize) {
+      throw new DownloadFailedError(`NAR is longer than its FileSize ${this.expect.fileSize}`);
+    }
+    this.fileHasher.update(chunk);
+    const d = this.decompressor;
+    if (d && !d.destroyed && !d.write(chunk)) {
+      await Promise.race([once(d, 'drain'), this.decompressed]);
+    }
+  }
+
+  /** Call once the last byte arrived. */
+  async finish(): Promise<void> {
+    const e = this.expect;
+    if (e.fileSize !== undefined && this.fileBytes !== e.fileSize) {
+      throw new DownloadFailedError(`NAR has ${this.fileBytes} bytes, FileSize says ${e.fileSize}`);
+    }
+    if (e.fileHash !== undefined) {
+      const got = `sha256:${sha256Nix32(this.fileHasher.digest())}`;
+      if (got !== e.fileHash) throw new DownloadFailedError(`NAR hashes to ${got}, FileHash says ${e.fileHash}`);
+    }
+    if (this.decompressor) {
+      this.decompressor.end();
+      await this.decompressed;
+      if (this.narBytes !== e.narSize) {
+        throw new DownloadFailedError(`NAR decompresses to ${this.narBytes} bytes, NarSize says ${e.narSize}`);
+      }
+      const got = `sha256:${sha256Nix32(this.narHasher.digest())}`;
+      if (got !== e.narHash) throw new DownloadFailedError(`NAR content hashes to ${got}, NarHash says ${e.narHash}`);
+    }
+  }
+
+  /** Abandons verification (download failed). */
+  destroy(): void {
+    this.decompressor?.destroy();
+  }
+}

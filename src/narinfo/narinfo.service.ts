@@ -1,0 +1,148 @@
+import { Inject, Injectable, Logger } from '@nestjs/common';
+import { NotFoundError } from '../common/errors';
+import { APP_CONFIG, type AppConfig, type UpstreamConfig } from '../config/app-config';
+import type { NarInfoEntity } from '../database/entities';
+import { NarInfoRepository } from '../database/narinfo.repository';
+import { LOCKER, withLock, type Locker } from '../locking/locker';
+import { narFileName } from '../nix/compression';
+import { InvalidHashError, quoteForError } from '../nix/errors';
+import { narInfoFingerprint } from '../nix/fingerprint';
+import { parseNixHash, sha256Nix32 } from '../nix/hash';
+import { parseNarInfo, serializeNarInfo, type NarInfo } from '../nix/narinfo';
+import { isStorePathHash, parseStorePath } from '../nix/store-path';
+import { SigningService } from '../signing/signing.service';
+import { UpstreamService } from '../upstream/upstream.service';
+
+const LOOKUP_LOCK_TTL_MS = 60_000;
+
+/**
+ * The narinfo request flow: hit → serve from the database; miss → under the lock for the hash, ask the
+ * upstreams in priority order, accept the first answer whose signature verifies against a trusted
+ * upstream key, store it, and serve it rewritten to narwhal's own NAR URL and signed by narwhal.
+ */
+@Injectable()
+export class NarInfoService {
+  private readonly logger = new Logger('narinfo');
+  /** Concurrent local misses of one hash share one lookup (including a 404 answer). */
+  private readonly lookups = new Map<string, Promise<NarInfoEntity | null>>();
+
+  constructor(
+    @Inject(APP_CONFIG) private readonly config: AppConfig,
+    @Inject(LOCKER) private readonly locker: Locker,
+    private readonly repo: NarInfoRepository,
+    private readonly upstream: UpstreamService,
+    private readonly signing: SigningService,
+  ) {}
+
+  /** The narinfo text for a store path hash; NotFoundError when no upstream has a valid one. */
+  async get(hash: string): Promise<string> {
+    if (!isStorePathHash(hash)) throw new InvalidHashError(`invalid store path hash ${quoteForError(hash)}`);
+    let row = await this.repo.find(hash);
+    if (row) {
+      this.repo.touch(hash, row.narKey).catch((e: Error) => this.logger.warn(`touch ${hash}: ${e.message}`));
+    } else {
+      row = await this.lookupOnce(hash);
+      if (!row) throw new NotFoundError(`${hash}.narinfo not found`);
+    }
+    return this.render(row);
+  }
+
+  private lookupOnce(hash: string): Promise<NarInfoEntity | null> {
+    let pending = this.lookups.get(hash);
+    if (!pending) {
+      pending = withLock(this.locker, `narinfo:${hash}`, LOOKUP_LOCK_TTL_MS, () => this.lookup(hash)).finally(() =>
+        this.lookups.delete(hash),
+      );
+      this.lookups.set(hash, pending);
+    }
+    return pending;
+  }
+
+  private async lookup(hash: string): Promise<NarInfoEntity | null> {
+    const existing = await this.repo.find(hash); // stored by another holder while we waited
+    if (existing) return existing;
+    for (const up of this.upstream.upstreams) {
+      const narInfo = await this.fetchVerified(up, hash);
+      if (!narInfo) continue;
+      await this.repo.save({
+        hash,
+        narInfo,
+        narKey: narKeyOf(narInfo),
+        upstreamUrl: up.url,
+        narUpstreamUrl: this.upstream.resolveNarUrl(up, narInfo.url),
+      });
+      this.logger.log(`cached ${hash}.narinfo from ${up.url}`);
+      return this.repo.find(hash);
+    }
+    return null;
+  }
+
+  /** One upstream's narinfo for `hash` if it is well-formed, for that path, and validly signed. */
+  private async fetchVerified(up: UpstreamConfig, hash: string): Promise<NarInfo | null> {
+    let text: string;
+    try {
+      text = await this.upstream.getText(up, `${hash}.narinfo`);
+    } catch (e) {
+      this.logger.debug(`${hash}.narinfo from ${up.url}: ${this.upstream.describeError(e)}`);
+      return null;
+    }
+    let narInfo: NarInfo;
+    try {
+      narInfo = parseNarInfo(text, { storeDir: this.config.storeDir });
+    } catch (e) {
+      this.logger.warn(`${hash}.narinfo from ${up.url} is malformed: ${(e as Error).message}`);
+      return null;
+    }
+    if (parseStorePath(narInfo.storePath, this.config.storeDir).hash !== hash) {
+      this.logger.warn(`${hash}.narinfo from ${up.url} describes another path (${narInfo.storePath})`);
+      return null;
+    }
+    const fingerprint = narInfoFingerprint(narInfo, this.config.storeDir);
+    if (!this.signing.verifiedByUpstream(fingerprint, narInfo.sigs)) {
+      this.logger.warn(`${hash}.narinfo from ${up.url} has no signature by a trusted upstream key; ignored`);
+      return null;
+    }
+    return narInfo;
+  }
+
+  /** The narinfo as served: narwhal's NAR URL, upstream signatures kept, narwhal's own added. */
+  private render(row: NarInfoEntity): string {
+    const narInfo: NarInfo = {
+      storePath: row.storePath,
+      url: `nar/${row.narKey}`,
+      compression: row.compression as NarInfo['compression'],
+      fileHash: row.fileHash ?? undefined,
+      fileSize: row.fileSize ?? undefined,
+      narHash: row.narHash,
+      narSize: row.narSize,
+      references: row.references.map((r) => r.reference),
+      deriver: row.deriver ?? undefined,
+      system: row.system ?? undefined,
+      sigs: row.signatures.map((s) => s.signature),
+      ca: row.ca ?? undefined,
+    };
+    if (this.signing.enabled) {
+      const own = `${this.signing.keyName}:`;
+      narInfo.sigs = narInfo.sigs.filter((s) => !s.startsWith(own));
+      narInfo.sigs.push(this.ownSignature(row, narInfo));
+    }
+    return serializeNarInfo(narInfo);
+  }
+
+  /** narwhal's signature, made once per narinfo and key (cached as `<public key>|<sig>`). */
+  private ownSignature(row: NarInfoEntity, narInfo: NarInfo): string {
+    const prefix = `${this.signing.publicKey}|`;
+    if (row.ownSignature?.startsWith(prefix)) return row.ownSignature.slice(prefix.length);
+    const sig = this.signing.sign(narInfoFingerprint(narInfo, this.config.storeDir));
+    this.repo
+      .setOwnSignature(row.hash, prefix + sig)
+      .catch((e: Error) => this.logger.warn(`caching signature of ${row.hash}: ${e.message}`));
+    return sig;
+  }
+}
+
+/** narwhal's name for the NAR: its FileHash when known, else its NarHash, plus the extension. */
+export function narKeyOf(n: NarInfo): string {
+  const hash = n.fileHash ?? n.narHash;
+  return narFileName(sha256Nix32(parseNixHash(hash).digest), n.compression);
+}

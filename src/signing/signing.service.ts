@@ -1,0 +1,40 @@
+import { Inject, Injectable } from '@nestjs/common';
+import { APP_CONFIG, type AppConfig } from '../config/app-config';
+import { formatPublicKey, signFingerprint, verifyFingerprint, type SecretKey } from './keys';
+
+export const SIGNING_KEY = Symbol('SIGNING_KEY');
+
+/** narwhal's own signing key, and the upstream keys it trusts. */
+@Injectable()
+export class SigningService {
+  readonly publicKey: string;
+
+  constructor(
+    @Inject(SIGNING_KEY) private readonly key: SecretKey,
+    @Inject(APP_CONFIG) private readonly config: AppConfig,
+  ) {
+    this.publicKey = formatPublicKey(key);
+  }
+
+  get keyName(): string {
+    return this.key.name;
+  }
+
+  get enabled(): boolean {
+    return this.config.signing.signNarInfo;
+  }
+
+  sign(fingerprint: string): string {
+    return signFingerprint(this.key, fingerprint);
+  }
+
+  /** True if one of `sigs` verifies `fingerprint` against a configured upstream key. */
+  verifiedByUpstream(fingerprint: string, sigs: readonly string[]): boolean {
+    return sigs.some((s) => verifyFingerprint(s, fingerprint, this.config.upstreamPublicKeys));
+  }
+
+  /** True if `sig` is narwhal's own and valid (for the cached signature of a stored narinfo). */
+  isOwnValid(sig: string, fingerprint: string): boolean {
+    return verifyFingerprint(sig, fingerprint, [{ name: this.key.name, key: this.key.publicKey }]);
+  }
+}

@@ -1,0 +1,117 @@
+import { createReadStream } from 'node:fs';
+import { mkdir, open, readdir, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import type { Readable } from 'node:stream';
+import { NotFoundError } from '../../common/errors';
+import type { NarStore } from '../nar-store';
+
+const KEY_RE = /^[0-9a-z]{8,}\.nar(\.[a-z0-9]+)?$/;
+
+/**
+ * NARs as files under `<root>/nar/<k0>/<k0k1>/<key>`; spools in `<root>/tmp`. A commit is
+ * fsync + rename + fsync of the directory, so a crash never leaves a partial object under `nar/`.
+ */
+export class FilesystemNarStore implements NarStore {
+  readonly spoolDir: string;
+  private readonly objectsDir: string;
+
+  constructor(root: string) {
+    this.spoolDir = join(root, 'tmp');
+    this.objectsDir = join(root, 'nar');
+  }
+
+  async init(): Promise<void> {
+    await mkdir(this.objectsDir, { recursive: true });
+    await mkdir(this.spoolDir, { recursive: true });
+  }
+
+  pathOf(key: string): string {
+    if (!KEY_RE.test(key)) throw new Error(`invalid storage key ${JSON.stringify(key)}`);
+    return join(this.objectsDir, key.slice(0, 1), key.slice(0, 2), key);
+  }
+
+  async stat(key: string): Promise<{ size: number } | null> {
+    try {
+      const s = await stat(this.pathOf(key));
+      return { size: s.size };
+    } catch (e) {
+      if (isNotFound(e)) return null;
+      throw e;
+    }
+  }
+
+  async read(key: string, range?: { start: number; end?: number }): Promise<Readable> {
+    const path = this.pathOf(key);
+    // Open first so that a missing file is a clean rejection rather than a stream error.
+    const handle = await open(path, 'r').catch((e: unknown) => {
+      throw isNotFound(e) ? new NotFoundError(`${key} is not stored`) : e;
+    });
+    return createReadStream('', {
+      fd: handle.fd,
+      autoClose: true,
+      start: range?.start,
+      end: range?.end,
+      highWaterMark: 256 * 1024,
+    });
+  }
+
+  async putFile(key: string, spoolPath: string): Promise<void> {
+    const target = this.pathOf(key);
+    const fh = await open(spoolPath, 'r+');
+    try {
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+    await mkdir(dirname(target), { recursive: true });
+    await rename(spoolPath, target);
+    await syncDir(dirname(target));
+  }
+
+  async delete(key: string): Promise<void> {
+    try {
+      await unlink(this.pathOf(key));
+    } catch (e) {
+      if (!isNotFound(e)) throw e;
+    }
+  }
+
+  async *list(): AsyncIterable<{ key: string; size: number }> {
+    for (const a of await readdirSafe(this.objectsDir)) {
+      for (const b of await readdirSafe(join(this.objectsDir, a))) {
+        for (const key of await readdirSafe(join(this.objectsDir, a, b))) {
+          const s = await this.stat(key).catch(() => null);
+          if (s) yield { key, size: s.size };
+        }
+      }
+    }
+  }
+
+  async checkWritable(): Promise<void> {
+    const probe = join(this.spoolDir, `.probe-${process.pid}`);
+    await writeFile(probe, 'ok');
+    await rm(probe, { force: true });
+  }
+}
+
+async function syncDir(dir: string): Promise<void> {
+  const fh = await open(dir, 'r');
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+async function readdirSafe(dir: string): Promise<string[]> {
+  try {
+    return await readdir(dir);
+  } catch (e) {
+    if (isNotFound(e)) return [];
+    throw e;
+  }
+}
+
+function isNotFound(e: unknown): boolean {
+  return (e as NodeJS.ErrnoException)?.code === 'ENOENT';
+}

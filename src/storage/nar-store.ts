@@ -1,0 +1,24 @@
+import type { Readable } from 'node:stream';
+
+/** Where NAR files live. Keys are narwhal's own NAR file names (`<nix32>.nar.xz`). */
+export interface NarStore {
+  /** Directory for download spools; for the filesystem store it is on the same filesystem as the objects. */
+  readonly spoolDir: string;
+  /** Size of a stored object, or null if absent. */
+  stat(key: string): Promise<{ size: number } | null>;
+  /** Streams a stored object (optionally a byte range, inclusive end). Rejects with NotFoundError if absent. */
+  read(key: string, range?: { start: number; end?: number }): Promise<Readable>;
+  /**
+   * Commits a complete, verified spool file under `key`, atomically: readers see either nothing or the
+   * whole object. The spool file is consumed (moved or deleted).
+   */
+  putFile(key: string, spoolPath: string): Promise<void>;
+  /** Removes an object; absent is not an error. */
+  delete(key: string): Promise<void>;
+  /** Every stored object, for fsck and accounting. */
+  list(): AsyncIterable<{ key: string; size: number }>;
+  /** Throws if the store cannot be written (readiness). */
+  checkWritable(): Promise<void>;
+}
+
+export const NAR_STORE = Symbol('NAR_STORE');

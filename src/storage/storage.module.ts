@@ -1,0 +1,26 @@
+import { Module } from '@nestjs/common';
+import { APP_CONFIG, type AppConfig } from '../config/app-config';
+import { FilesystemNarStore } from './filesystem/filesystem-nar-store';
+import { NAR_STORE, type NarStore } from './nar-store';
+
+/** Picks the NarStore implementation from configuration. */
+export async function createNarStore(config: AppConfig): Promise<NarStore> {
+  const storage = config.storage;
+  switch (storage.kind) {
+    case 'fs': {
+      const store = new FilesystemNarStore(storage.path);
+      await store.init();
+      return store;
+    }
+    default: {
+      const unknown: never = storage.kind;
+      throw new Error(`unknown storage kind ${String(unknown)}`);
+    }
+  }
+}
+
+@Module({
+  providers: [{ provide: NAR_STORE, inject: [APP_CONFIG], useFactory: createNarStore }],
+  exports: [NAR_STORE],
+})
+export class StorageModule {}
