@@ -17,11 +17,13 @@ export function createLogger(level: LogLevel): ConsoleLogger {
 }
 
 /** Builds the application (not yet listening). Used by `narwhal serve` and by the module tests. */
-export async function createApp(config: AppConfig, logger = createLogger(config.logLevel)): Promise<NestFastifyApplication> {
+export async function createApp(
+  config: AppConfig,
+  logger = createLogger(config.logLevel),
+): Promise<NestFastifyApplication> {
   const adapter = new FastifyAdapter({
     // HEAD routes are explicit: a HEAD must never start a NAR download.
     exposeHeadRoutes: false,
-    routerOptions: { maxParamLength: 1024 },
     return503OnClosing: true,
   });
   const app = await NestFactory.create<NestFastifyApplication>(AppModule.forRoot(config), adapter, {
@@ -36,7 +38,11 @@ export async function createApp(config: AppConfig, logger = createLogger(config.
       method: ['PUT', 'POST', 'DELETE', 'PATCH'],
       url: '/*',
       handler: async (_req, reply) => {
-        await reply.status(405).header('allow', 'GET, HEAD').type('text/plain; charset=utf-8').send('method not allowed\n');
+        await reply
+          .status(405)
+          .header('allow', 'GET, HEAD')
+          .type('text/plain; charset=utf-8')
+          .send('method not allowed\n');
       },
     });
   app.enableShutdownHooks();

@@ -13,7 +13,8 @@ function withSettings(cmd: Command): Command {
   for (const s of SETTINGS) {
     const flag = s.boolean ? `--${s.name} [bool]` : `--${s.name} <value>`;
     const opt = new Option(flag, `${s.description} (default: ${s.defaultText})`);
-    if (s.repeatable) opt.argParser((v: string, prev: string[] | undefined) => [...(prev ?? []), v]);
+    if (s.repeatable)
+      opt.argParser((v: string, prev: string[] | undefined) => [...(prev ?? []), v]);
     cmd.addOption(opt);
   }
   return cmd;
@@ -52,7 +53,9 @@ async function migrate(cmd: Command): Promise<void> {
   await ds.initialize();
   try {
     const applied = await ds.runMigrations({ transaction: 'each' });
-    console.log(applied.length ? `applied: ${applied.map((m) => m.name).join(', ')}` : 'schema is up to date');
+    console.log(
+      applied.length ? `applied: ${applied.map((m) => m.name).join(', ')}` : 'schema is up to date',
+    );
   } finally {
     await ds.destroy();
   }
@@ -67,12 +70,12 @@ async function generateKey(name: string, out: string): Promise<void> {
 
 export async function main(argv: string[]): Promise<void> {
   const program = new Command('narwhal').version(VERSION).description('A Nix binary cache proxy.');
-  withSettings(program.command('serve', { isDefault: true }).description('Serve the cache (default).')).action(
-    (_o, cmd: Command) => serve(cmd),
-  );
-  withSettings(program.command('migrate').description('Bring the database schema up to date, then exit.')).action(
-    (_o, cmd: Command) => migrate(cmd),
-  );
+  withSettings(
+    program.command('serve', { isDefault: true }).description('Serve the cache (default).'),
+  ).action((_o, cmd: Command) => serve(cmd));
+  withSettings(
+    program.command('migrate').description('Bring the database schema up to date, then exit.'),
+  ).action((_o, cmd: Command) => migrate(cmd));
   program
     .command('generate-key')
     .description('Write a new ed25519 secret key file (mode 0600) and print its public key.')

@@ -16,7 +16,8 @@ export class HttpErrorFilter implements ExceptionFilter {
       return;
     }
     const [status, message] = statusOf(error);
-    if (status >= 500) this.logger.error(error instanceof Error ? (error.stack ?? error.message) : String(error));
+    if (status >= 500)
+      this.logger.error(error instanceof Error ? (error.stack ?? error.message) : String(error));
     if (error instanceof MethodNotAllowedError) void reply.header('allow', 'GET, HEAD');
     void reply.status(status).type('text/plain; charset=utf-8').send(`${message}\n`);
   }

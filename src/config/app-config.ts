@@ -83,15 +83,25 @@ export function buildConfig(raw: RawSettings, cwd = process.cwd()): AppConfig {
   };
 
   const dataPath = resolve(cwd, one('cache-data-path') ?? './var');
-  const logLevel = parsed('log-level', (s) => {
-    if (!LOG_LEVELS.includes(s as LogLevel)) throw new Error(`must be one of ${LOG_LEVELS.join(', ')}`);
-    return s as LogLevel;
-  }, 'info');
+  const logLevel = parsed(
+    'log-level',
+    (s) => {
+      if (!LOG_LEVELS.includes(s as LogLevel))
+        throw new Error(`must be one of ${LOG_LEVELS.join(', ')}`);
+      return s as LogLevel;
+    },
+    'info',
+  );
 
-  const hostname = parsed('cache-hostname', (s) => {
-    if (!/^[A-Za-z0-9._-]+$/.test(s)) throw new Error(`"${s}" may only contain letters, digits, ".", "_" and "-"`);
-    return s;
-  }, osHostname() || 'narwhal');
+  const hostname = parsed(
+    'cache-hostname',
+    (s) => {
+      if (!/^[A-Za-z0-9._-]+$/.test(s))
+        throw new Error(`"${s}" may only contain letters, digits, ".", "_" and "-"`);
+      return s;
+    },
+    osHostname() || 'narwhal',
+  );
 
   const upstreams = many('cache-upstream-url', [DEFAULT_UPSTREAM]).map((u, i) => {
     try {
@@ -100,7 +110,8 @@ export function buildConfig(raw: RawSettings, cwd = process.cwd()): AppConfig {
       throw new ConfigError('cache-upstream-url', (e as Error).message);
     }
   });
-  if (upstreams.length === 0) throw new ConfigError('cache-upstream-url', 'at least one upstream is required');
+  if (upstreams.length === 0)
+    throw new ConfigError('cache-upstream-url', 'at least one upstream is required');
   upstreams.sort((a, b) => a.priority - b.priority); // stable: ties keep the given order
 
   const upstreamPublicKeys = many('cache-upstream-public-key', [DEFAULT_UPSTREAM_KEY]).map((k) => {
@@ -111,7 +122,10 @@ export function buildConfig(raw: RawSettings, cwd = process.cwd()): AppConfig {
     }
   });
   if (upstreamPublicKeys.length === 0) {
-    throw new ConfigError('cache-upstream-public-key', 'at least one trusted upstream key is required');
+    throw new ConfigError(
+      'cache-upstream-public-key',
+      'at least one trusted upstream key is required',
+    );
   }
 
   const positiveDuration = (s: string): number => {
@@ -124,16 +138,24 @@ export function buildConfig(raw: RawSettings, cwd = process.cwd()): AppConfig {
     server: parsed('server-addr', parseServerAddr, { host: '0.0.0.0', port: 8501 }),
     hostname,
     dataPath,
-    storeDir: parsed('cache-store-dir', (s) => {
-      if (!/^\/[^\s]*[^/]$/.test(s)) throw new Error('must be an absolute path without a trailing slash');
-      return s;
-    }, '/nix/store'),
+    storeDir: parsed(
+      'cache-store-dir',
+      (s) => {
+        if (!/^\/[^\s]*[^/]$/.test(s))
+          throw new Error('must be an absolute path without a trailing slash');
+        return s;
+      },
+      '/nix/store',
+    ),
     priority: parsed('cache-priority', (s) => parseIntStrict(s, 0, 1_000_000), 40),
     database: parsed('cache-database-url', parseDatabaseUrl(cwd), {
       kind: 'sqlite',
       path: resolve(dataPath, 'narwhal.sqlite'),
-    } as DatabaseConfig),
-    storage: { kind: 'fs', path: resolve(cwd, one('cache-storage-local') ?? resolve(dataPath, 'store')) },
+    }),
+    storage: {
+      kind: 'fs',
+      path: resolve(cwd, one('cache-storage-local') ?? resolve(dataPath, 'store')),
+    },
     upstreams,
     upstreamPublicKeys,
     upstreamTimeouts: {
@@ -146,21 +168,33 @@ export function buildConfig(raw: RawSettings, cwd = process.cwd()): AppConfig {
       signNarInfo: parsed('cache-sign-narinfo', parseBool, true),
     },
     lru: {
-      maxSize: parsed('cache-max-size', (s) => {
-        const n = parseSize(s);
-        if (n <= 0) throw new Error('must be greater than zero');
-        return n;
-      }, undefined as number | undefined),
-      schedule: parsed('cache-lru-schedule', (s) => {
-        const check = validateCronExpression(s);
-        if (!check.valid) throw new Error(`"${s}" is not a cron expression`);
-        return s;
-      }, '0 2 * * *'),
+      maxSize: parsed(
+        'cache-max-size',
+        (s) => {
+          const n = parseSize(s);
+          if (n <= 0) throw new Error('must be greater than zero');
+          return n;
+        },
+        undefined as number | undefined,
+      ),
+      schedule: parsed(
+        'cache-lru-schedule',
+        (s) => {
+          const check = validateCronExpression(s);
+          if (!check.valid) throw new Error(`"${s}" is not a cron expression`);
+          return s;
+        },
+        '0 2 * * *',
+      ),
     },
-    lock: parsed('cache-lock-backend', (s): LockConfig => {
-      if (s === 'local') return { kind: 'local' };
-      throw new Error(`"${s}" is not a lock backend this version supports (local)`);
-    }, { kind: 'local' }),
+    lock: parsed(
+      'cache-lock-backend',
+      (s): LockConfig => {
+        if (s === 'local') return { kind: 'local' };
+        throw new Error(`"${s}" is not a lock backend this version supports (local)`);
+      },
+      { kind: 'local' },
+    ),
     logLevel,
   };
 }
@@ -191,7 +225,9 @@ function parseDatabaseUrl(cwd: string) {
     const m = /^sqlite:(?:\/\/)?(.+)$/.exec(s);
     if (m) return { kind: 'sqlite', path: resolve(cwd, m[1]) };
     const scheme = /^([a-z0-9+]+):/i.exec(s)?.[1] ?? '(none)';
-    throw new Error(`unsupported database scheme "${scheme}" (this version supports sqlite:<path>)`);
+    throw new Error(
+      `unsupported database scheme "${scheme}" (this version supports sqlite:<path>)`,
+    );
   };
 }
 

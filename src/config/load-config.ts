@@ -25,7 +25,9 @@ export function loadConfig(sources: ConfigSources): AppConfig {
   for (const def of SETTINGS) {
     const envValue = sources.env[envName(def.name)];
     merged[def.name] =
-      sources.flags[def.name] ?? (envValue !== undefined && envValue !== '' ? envValue : undefined) ?? fromFile[def.name];
+      sources.flags[def.name] ??
+      (envValue !== undefined && envValue !== '' ? envValue : undefined) ??
+      fromFile[def.name];
   }
   return buildConfig(merged, sources.cwd);
 }
@@ -54,7 +56,7 @@ export function readYamlSettings(path: string): RawSettings {
       const name = YAML_ALIASES[key] ?? key;
       if (!known.has(name)) throw new ConfigError('config', `${path}: unknown setting "${key}"`);
       if (v === null || v === undefined) continue;
-      out[name] = Array.isArray(v) ? v.map((x) => String(x)) : String(v as string | number | boolean);
+      out[name] = Array.isArray(v) ? v.map((x) => scalar(x, key)) : scalar(v, key);
     }
   };
   walk(doc as Record<string, unknown>, '');
@@ -69,9 +71,18 @@ export function describeConfig(config: AppConfig): Record<string, unknown> {
     dataPath: config.dataPath,
     database: config.database.kind,
     storage: config.storage,
-    upstreams: config.upstreams.map((u) => ({ url: u.url, priority: u.priority, auth: !!u.authorization })),
+    upstreams: config.upstreams.map((u) => ({
+      url: u.url,
+      priority: u.priority,
+      auth: !!u.authorization,
+    })),
     trustedKeys: config.upstreamPublicKeys.map((k) => k.name),
     lru: config.lru,
     lock: config.lock.kind,
   };
+}
+
+function scalar(v: unknown, key: string): string {
+  if (typeof v === 'string' || typeof v === 'number' || typeof v === 'boolean') return String(v);
+  throw new ConfigError('config', `setting "${key}" must be a string, number or boolean`);
 }

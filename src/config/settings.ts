@@ -16,7 +16,11 @@ export interface SettingDef {
 }
 
 export const SETTINGS: readonly SettingDef[] = [
-  { name: 'server-addr', description: 'Address to listen on, `[host]:port`.', defaultText: ':8501' },
+  {
+    name: 'server-addr',
+    description: 'Address to listen on, `[host]:port`.',
+    defaultText: ':8501',
+  },
   {
     name: 'cache-hostname',
     description: "This cache's name; also the name of the signing key it generates.",
@@ -72,7 +76,8 @@ export const SETTINGS: readonly SettingDef[] = [
   },
   {
     name: 'cache-lru-schedule',
-    description: 'Cron expression for the LRU job (with seconds as an optional sixth leading field).',
+    description:
+      'Cron expression for the LRU job (with seconds as an optional sixth leading field).',
     defaultText: '0 2 * * *',
   },
   {
@@ -87,7 +92,8 @@ export const SETTINGS: readonly SettingDef[] = [
   },
   {
     name: 'cache-upstream-body-timeout',
-    description: 'Longest pause between two chunks of an upstream body before the download is abandoned.',
+    description:
+      'Longest pause between two chunks of an upstream body before the download is abandoned.',
     defaultText: '60s',
   },
   {

@@ -12,7 +12,9 @@ export class NarFileRepository {
   }
 
   async markStored(key: string, size: number, now = Date.now()): Promise<void> {
-    await this.ds.getRepository(NarFileEntity).update({ key }, { storedSize: size, lastAccessedAt: now });
+    await this.ds
+      .getRepository(NarFileEntity)
+      .update({ key }, { storedSize: size, lastAccessedAt: now });
   }
 
   /** Records a NAR fetched without a narinfo (its name carried the FileHash it was checked against). */
@@ -52,7 +54,10 @@ export class NarFileRepository {
   async touch(key: string, now = Date.now()): Promise<void> {
     await this.ds
       .getRepository(NarFileEntity)
-      .update({ key, lastAccessedAt: LessThan(now - TOUCH_GRANULARITY_MS) }, { lastAccessedAt: now });
+      .update(
+        { key, lastAccessedAt: LessThan(now - TOUCH_GRANULARITY_MS) },
+        { lastAccessedAt: now },
+      );
   }
 
   /** Total bytes of stored NARs. */

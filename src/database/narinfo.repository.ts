@@ -1,7 +1,12 @@
 import { Injectable } from '@nestjs/common';
 import { DataSource, LessThan } from 'typeorm';
 import type { NarInfo } from '../nix/narinfo';
-import { NarFileEntity, NarInfoEntity, NarInfoReferenceEntity, NarInfoSignatureEntity } from './entities';
+import {
+  NarFileEntity,
+  NarInfoEntity,
+  NarInfoReferenceEntity,
+  NarInfoSignatureEntity,
+} from './entities';
 
 /** Touches closer together than this are not written again (keeps hits from turning into writes). */
 export const TOUCH_GRANULARITY_MS = 60_000;
@@ -73,7 +78,11 @@ export class NarInfoRepository {
       if (ni.references.length > 0) {
         await m.insert(
           NarInfoReferenceEntity,
-          ni.references.map((reference, position) => ({ narInfoHash: n.hash, position, reference })),
+          ni.references.map((reference, position) => ({
+            narInfoHash: n.hash,
+            position,
+            reference,
+          })),
         );
       }
       if (ni.sigs.length > 0) {
@@ -92,7 +101,11 @@ export class NarInfoRepository {
   /** Marks a narinfo and its NAR file as used now (at most once per TOUCH_GRANULARITY_MS). */
   async touch(hash: string, narKey: string, now = Date.now()): Promise<void> {
     const stale = LessThan(now - TOUCH_GRANULARITY_MS);
-    await this.ds.getRepository(NarInfoEntity).update({ hash, lastAccessedAt: stale }, { lastAccessedAt: now });
-    await this.ds.getRepository(NarFileEntity).update({ key: narKey, lastAccessedAt: stale }, { lastAccessedAt: now });
+    await this.ds
+      .getRepository(NarInfoEntity)
+      .update({ hash, lastAccessedAt: stale }, { lastAccessedAt: now });
+    await this.ds
+      .getRepository(NarFileEntity)
+      .update({ key: narKey, lastAccessedAt: stale }, { lastAccessedAt: now });
   }
 }

@@ -25,7 +25,10 @@ export async function withLock<T>(
   work: () => Promise<T>,
 ): Promise<T> {
   const lease = await locker.acquire(key, ttlMs);
-  const renew = setInterval(() => void lease.extend(ttlMs).catch(() => false), Math.max(50, ttlMs / 3));
+  const renew = setInterval(
+    () => void lease.extend(ttlMs).catch(() => false),
+    Math.max(50, ttlMs / 3),
+  );
   renew.unref();
   try {
     return await work();

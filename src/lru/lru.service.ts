@@ -49,7 +49,13 @@ export class LruService implements OnModuleInit {
   /** One eviction pass; a no-op when another run holds the LRU lock or no limit is set. */
   async run(maxSize = this.config.lru.maxSize): Promise<LruReport> {
     const sizeBefore = await this.files.storedBytes();
-    const report: LruReport = { ran: false, sizeBefore, sizeAfter: sizeBefore, evicted: 0, evictedBytes: 0 };
+    const report: LruReport = {
+      ran: false,
+      sizeBefore,
+      sizeAfter: sizeBefore,
+      evicted: 0,
+      evictedBytes: 0,
+    };
     if (maxSize === undefined) return report;
     const lease = await this.locker.tryAcquire('lru', LRU_LOCK_TTL_MS);
     if (!lease) {

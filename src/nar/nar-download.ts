@@ -65,8 +65,12 @@ export class NarDownload extends EventEmitter {
       this.emit('progress');
     } catch (e) {
       verifier.destroy();
-      this.fail(e instanceof DownloadFailedError ? e : new DownloadFailedError(`download failed: ${(e as Error).message}`));
-      throw this.error;
+      const error =
+        e instanceof DownloadFailedError
+          ? e
+          : new DownloadFailedError(`download failed: ${(e as Error).message}`);
+      this.fail(error);
+      throw error;
     }
   }
 
@@ -88,61 +92,33 @@ export class NarDownload extends EventEmitter {
   createReader(): Readable {
     this.users++;
     this.readers++;
-    let offset = 0;
-    let closed = false;
-    const done = () => {
-      if (closed) return;
-      closed = true;
+    return new SpoolReader(this, () => {
       this.readers--;
-      this.off('progress', onProgress);
       void this.release();
-    };
-    let waiting: (() => void) | undefined;
-    const onProgress = () => {
-      const w = waiting;
-      waiting = undefined;
-      w?.();
-    };
-    this.on('progress', onProgress);
-    const download = this;
-    const reader = new Readable({
-      highWaterMark: READ_CHUNK,
-      read() {
-        void (async () => {
-          for (;;) {
-            if (download.state === 'failed') {
-              this.destroy(download.error);
-              return;
-            }
-            const visible = download.state === 'verified' ? download.written : Math.max(0, download.written - 1);
-            if (offset < visible && download.handle) {
-              const buf = Buffer.allocUnsafe(Math.min(READ_CHUNK, visible - offset));
-              const { bytesRead } = await download.handle.read(buf, 0, buf.length, offset);
-              offset += bytesRead;
-              this.push(bytesRead === buf.length ? buf : buf.subarray(0, bytesRead));
-              return;
-            }
-            if (download.state === 'verified') {
-              this.push(null);
-              return;
-            }
-            await new Promise<void>((resolve) => (waiting = resolve));
-          }
-        })().catch((e: Error) => this.destroy(e));
-      },
-      destroy(err, cb) {
-        done();
-        cb(err);
-      },
     });
-    reader.once('end', done);
-    return reader;
+  }
+
+  /** Reads spool bytes at `offset` (only what `readableBytes` allows). */
+  async readAt(buf: Buffer, offset: number): Promise<number> {
+    if (!this.handle) return 0;
+    const { bytesRead } = await this.handle.read(buf, 0, buf.length, offset);
+    return bytesRead;
+  }
+
+  /** Bytes a reader may have now: all once verified, else all but the last. */
+  get readableBytes(): number {
+    return this.state === 'verified' ? this.written : Math.max(0, this.written - 1);
   }
 
   private async writeAll(chunk: Buffer): Promise<void> {
     let off = 0;
     while (off < chunk.length) {
-      const { bytesWritten } = await this.handle!.write(chunk, off, chunk.length - off, this.written + off);
+      const { bytesWritten } = await this.handle!.write(
+        chunk,
+        off,
+        chunk.length - off,
+        this.written + off,
+      );
       off += bytesWritten;
     }
   }
@@ -152,5 +128,66 @@ export class NarDownload extends EventEmitter {
     const h = this.handle;
     this.handle = undefined;
     await h?.close().catch(() => undefined);
+  }
+}
+
+/** One client's view of a download: tails the spool until the download is verified or fails. */
+class SpoolReader extends Readable {
+  private offset = 0;
+  private wake?: () => void;
+  private released = false;
+  private readonly onProgress = () => {
+    const wake = this.wake;
+    this.wake = undefined;
+    wake?.();
+  };
+
+  constructor(
+    private readonly download: NarDownload,
+    private readonly onClose: () => void,
+  ) {
+    super({ highWaterMark: READ_CHUNK });
+    download.on('progress', this.onProgress);
+    this.once('end', () => this.close());
+  }
+
+  override _read(): void {
+    this.pump().catch((e: Error) => this.destroy(e));
+  }
+
+  override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
+    this.close();
+    cb(err);
+  }
+
+  private async pump(): Promise<void> {
+    const d = this.download;
+    for (;;) {
+      if (d.state === 'failed') {
+        this.destroy(d.error);
+        return;
+      }
+      const visible = d.readableBytes;
+      if (this.offset < visible) {
+        const buf = Buffer.allocUnsafe(Math.min(READ_CHUNK, visible - this.offset));
+        const n = await d.readAt(buf, this.offset);
+        if (n === 0) throw new Error('spool ended early');
+        this.offset += n;
+        this.push(n === buf.length ? buf : buf.subarray(0, n));
+        return;
+      }
+      if (d.state === 'verified') {
+        this.push(null);
+        return;
+      }
+      await new Promise<void>((resolve) => (this.wake = resolve));
+    }
+  }
+
+  private close(): void {
+    if (this.released) return;
+    this.released = true;
+    this.download.off('progress', this.onProgress);
+    this.onClose();
   }
 }

@@ -39,7 +39,13 @@ export class NarVerifier {
       });
       this.decompressed = new Promise<void>((resolve, reject) => {
         d.once('end', resolve);
-        d.once('error', (e) => reject(new DownloadFailedError(`NAR does not decompress as ${expect.compression}: ${e.message}`)));
+        d.once('error', (e) =>
+          reject(
+            new DownloadFailedError(
+              `NAR does not decompress as ${expect.compression}: ${e.message}`,
+            ),
+          ),
+        );
       });
       // Errors surface through `finish`; keep an early one from counting as unhandled.
       this.decompressed.catch(() => undefined);
@@ -78,16 +84,20 @@ export class NarVerifier {
     }
     if (e.fileHash !== undefined) {
       const got = `sha256:${sha256Nix32(this.fileHasher.digest())}`;
-      if (got !== e.fileHash) throw new DownloadFailedError(`NAR hashes to ${got}, FileHash says ${e.fileHash}`);
+      if (got !== e.fileHash)
+        throw new DownloadFailedError(`NAR hashes to ${got}, FileHash says ${e.fileHash}`);
     }
     if (this.decompressor) {
       this.decompressor.end();
       await this.decompressed;
       if (this.narBytes !== e.narSize) {
-        throw new DownloadFailedError(`NAR decompresses to ${this.narBytes} bytes, NarSize says ${e.narSize}`);
+        throw new DownloadFailedError(
+          `NAR decompresses to ${this.narBytes} bytes, NarSize says ${e.narSize}`,
+        );
       }
       const got = `sha256:${sha256Nix32(this.narHasher.digest())}`;
-      if (got !== e.narHash) throw new DownloadFailedError(`NAR content hashes to ${got}, NarHash says ${e.narHash}`);
+      if (got !== e.narHash)
+        throw new DownloadFailedError(`NAR content hashes to ${got}, NarHash says ${e.narHash}`);
     }
   }
 

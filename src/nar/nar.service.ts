@@ -136,10 +136,16 @@ export class NarService implements OnModuleInit {
         }
         const { url, body, length: upstreamLength } = await this.openUpstream(name, source.urls);
         const expect = source.expect;
-        const download = new NarDownload(name, this.store.spoolDir, expect.fileSize ?? upstreamLength);
+        const download = new NarDownload(
+          name,
+          this.store.spoolDir,
+          expect.fileSize ?? upstreamLength,
+        );
         const verifier = new NarVerifier(expect);
         if (!verifier.checksContent) {
-          this.logger.warn(`${name}: ${expect.compression} NAR without FileHash cannot be verified; checking its size only`);
+          this.logger.warn(
+            `${name}: ${expect.compression} NAR without FileHash cannot be verified; checking its size only`,
+          );
         }
         started = true;
         resolveStarted(download);
@@ -163,7 +169,7 @@ export class NarService implements OnModuleInit {
       });
       work.catch((e: unknown) => {
         this.inflight.delete(name);
-        if (!started) rejectStarted(e);
+        if (!started) rejectStarted(e instanceof Error ? e : new Error(String(e)));
         else this.logger.error(`download of ${name}: ${(e as Error).message}`);
       });
     });

@@ -36,10 +36,13 @@ export class NarInfoService {
 
   /** The narinfo text for a store path hash; NotFoundError when no upstream has a valid one. */
   async get(hash: string): Promise<string> {
-    if (!isStorePathHash(hash)) throw new InvalidHashError(`invalid store path hash ${quoteForError(hash)}`);
+    if (!isStorePathHash(hash))
+      throw new InvalidHashError(`invalid store path hash ${quoteForError(hash)}`);
     let row = await this.repo.find(hash);
     if (row) {
-      this.repo.touch(hash, row.narKey).catch((e: Error) => this.logger.warn(`touch ${hash}: ${e.message}`));
+      this.repo
+        .touch(hash, row.narKey)
+        .catch((e: Error) => this.logger.warn(`touch ${hash}: ${e.message}`));
     } else {
       row = await this.lookupOnce(hash);
       if (!row) throw new NotFoundError(`${hash}.narinfo not found`);
@@ -50,9 +53,9 @@ export class NarInfoService {
   private lookupOnce(hash: string): Promise<NarInfoEntity | null> {
     let pending = this.lookups.get(hash);
     if (!pending) {
-      pending = withLock(this.locker, `narinfo:${hash}`, LOOKUP_LOCK_TTL_MS, () => this.lookup(hash)).finally(() =>
-        this.lookups.delete(hash),
-      );
+      pending = withLock(this.locker, `narinfo:${hash}`, LOOKUP_LOCK_TTL_MS, () =>
+        this.lookup(hash),
+      ).finally(() => this.lookups.delete(hash));
       this.lookups.set(hash, pending);
     }
     return pending;
@@ -94,12 +97,16 @@ export class NarInfoService {
       return null;
     }
     if (parseStorePath(narInfo.storePath, this.config.storeDir).hash !== hash) {
-      this.logger.warn(`${hash}.narinfo from ${up.url} describes another path (${narInfo.storePath})`);
+      this.logger.warn(
+        `${hash}.narinfo from ${up.url} describes another path (${narInfo.storePath})`,
+      );
       return null;
     }
     const fingerprint = narInfoFingerprint(narInfo, this.config.storeDir);
     if (!this.signing.verifiedByUpstream(fingerprint, narInfo.sigs)) {
-      this.logger.warn(`${hash}.narinfo from ${up.url} has no signature by a trusted upstream key; ignored`);
+      this.logger.warn(
+        `${hash}.narinfo from ${up.url} has no signature by a trusted upstream key; ignored`,
+      );
       return null;
     }
     return narInfo;

@@ -23,7 +23,10 @@ export async function loadOrCreateSecretKey(path: string, name: string): Promise
   }
   await mkdir(dirname(path), { recursive: true });
   const tmp = `${path}.${randomBytes(6).toString('hex')}.tmp`;
-  await writeFile(tmp, `${formatSecretKey(generateSecretKey(name))}\n`, { mode: 0o600, flag: 'wx' });
+  await writeFile(tmp, `${formatSecretKey(generateSecretKey(name))}\n`, {
+    mode: 0o600,
+    flag: 'wx',
+  });
   try {
     await link(tmp, path);
   } catch (e) {

@@ -14,12 +14,17 @@ import { SIGNING_KEY, SigningService } from './signing.service';
           config.signing.secretKeyPath,
           config.hostname,
         );
-        if (generated) logger.log(`generated signing key "${key.name}" at ${config.signing.secretKeyPath}`);
+        if (generated)
+          logger.log(`generated signing key "${key.name}" at ${config.signing.secretKeyPath}`);
         if (looseMode !== undefined) {
-          logger.warn(`${config.signing.secretKeyPath} is readable by others (mode ${looseMode.toString(8)}); chmod 600 it`);
+          logger.warn(
+            `${config.signing.secretKeyPath} is readable by others (mode ${looseMode.toString(8)}); chmod 600 it`,
+          );
         }
         if (key.name !== config.hostname) {
-          logger.warn(`signing key is named "${key.name}", not the cache hostname "${config.hostname}"; keeping the key's name`);
+          logger.warn(
+            `signing key is named "${key.name}", not the cache hostname "${config.hostname}"; keeping the key's name`,
+          );
         }
         return key;
       },

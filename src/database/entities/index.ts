@@ -4,4 +4,9 @@ import { NarInfoSignatureEntity } from './narinfo-signature.entity';
 import { NarInfoEntity } from './narinfo.entity';
 
 export { NarFileEntity, NarInfoEntity, NarInfoReferenceEntity, NarInfoSignatureEntity };
-export const ENTITIES = [NarInfoEntity, NarInfoReferenceEntity, NarInfoSignatureEntity, NarFileEntity];
+export const ENTITIES = [
+  NarInfoEntity,
+  NarInfoReferenceEntity,
+  NarInfoSignatureEntity,
+  NarFileEntity,
+];

@@ -1,4 +1,10 @@
-import { Table, TableForeignKey, TableIndex, type MigrationInterface, type QueryRunner } from 'typeorm';
+import {
+  Table,
+  TableForeignKey,
+  TableIndex,
+  type MigrationInterface,
+  type QueryRunner,
+} from 'typeorm';
 
 /**
  * The first schema, written with TypeORM's schema builder so that one migration produces the same
@@ -26,7 +32,10 @@ export class InitialSchema1767225600000 implements MigrationInterface {
         ],
         indices: [
           new TableIndex({ name: 'idx_nar_files_stored_size', columnNames: ['stored_size'] }),
-          new TableIndex({ name: 'idx_nar_files_last_accessed_at', columnNames: ['last_accessed_at'] }),
+          new TableIndex({
+            name: 'idx_nar_files_last_accessed_at',
+            columnNames: ['last_accessed_at'],
+          }),
         ],
       }),
     );
@@ -52,7 +61,10 @@ export class InitialSchema1767225600000 implements MigrationInterface {
         ],
         indices: [
           new TableIndex({ name: 'idx_narinfos_nar_key', columnNames: ['nar_key'] }),
-          new TableIndex({ name: 'idx_narinfos_last_accessed_at', columnNames: ['last_accessed_at'] }),
+          new TableIndex({
+            name: 'idx_narinfos_last_accessed_at',
+            columnNames: ['last_accessed_at'],
+          }),
         ],
       }),
     );

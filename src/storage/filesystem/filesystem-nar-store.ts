@@ -1,4 +1,3 @@
-import { createReadStream } from 'node:fs';
 import { mkdir, open, readdir, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import type { Readable } from 'node:stream';
@@ -46,8 +45,8 @@ export class FilesystemNarStore implements NarStore {
     const handle = await open(path, 'r').catch((e: unknown) => {
       throw isNotFound(e) ? new NotFoundError(`${key} is not stored`) : e;
     });
-    return createReadStream('', {
-      fd: handle.fd,
+    // The stream owns the handle (and closes it); passing a bare fd would let GC close it mid-read.
+    return handle.createReadStream({
       autoClose: true,
       start: range?.start,
       end: range?.end,
