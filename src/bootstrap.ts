@@ -12,8 +12,22 @@ const LEVELS: Record<LogLevel, NestLogLevel[]> = {
   verbose: ['fatal', 'error', 'warn', 'log', 'debug', 'verbose'],
 };
 
+/** Nest's own start-up chatter (module and route listings) is debug output for narwhal. */
+const FRAMEWORK_CONTEXTS = new Set(['InstanceLoader', 'RoutesResolver', 'RouterExplorer', 'NestFactory']);
+
+class NarwhalLogger extends ConsoleLogger {
+  override log(message: unknown, ...rest: unknown[]): void {
+    const context = rest[rest.length - 1];
+    if (typeof context === 'string' && FRAMEWORK_CONTEXTS.has(context)) {
+      super.debug(message, ...rest);
+      return;
+    }
+    super.log(message, ...rest);
+  }
+}
+
 export function createLogger(level: LogLevel): ConsoleLogger {
-  return new ConsoleLogger('narwhal', { logLevels: LEVELS[level], json: !process.stdout.isTTY });
+  return new NarwhalLogger('narwhal', { logLevels: LEVELS[level], json: !process.stdout.isTTY });
 }
 
 /** Builds the application (not yet listening). Used by `narwhal serve` and by the module tests. */

@@ -26,6 +26,7 @@ export class NarDownload extends EventEmitter {
   readonly spoolPath: string;
   private handle?: FileHandle;
   private users = 1; // the writer
+  private spoolClosed = false;
   private readers = 0;
 
   constructor(
@@ -88,6 +89,11 @@ export class NarDownload extends EventEmitter {
     await this.release();
   }
 
+  /** A stream for one more client, or null once the spool is closed (read from storage then). */
+  tryCreateReader(): Readable | null {
+    return this.spoolClosed ? null : this.createReader();
+  }
+
   /** A stream of the NAR for one client. */
   createReader(): Readable {
     this.users++;
@@ -125,6 +131,7 @@ export class NarDownload extends EventEmitter {
 
   private async release(): Promise<void> {
     if (--this.users > 0) return;
+    this.spoolClosed = true;
     const h = this.handle;
     this.handle = undefined;
     await h?.close().catch(() => undefined);

@@ -29,7 +29,8 @@ const STALE_SPOOL_MS = 10 * 60_000;
 @Injectable()
 export class NarService implements OnModuleInit {
   private readonly logger = new Logger('nar');
-  private readonly inflight = new Map<string, Promise<NarDownload>>();
+  /** In-flight downloads by NAR name; null once it turned out to be stored already. */
+  private readonly inflight = new Map<string, Promise<NarDownload | null>>();
 
   constructor(
     @Inject(NAR_STORE) private readonly store: NarStore,
@@ -56,15 +57,15 @@ export class NarService implements OnModuleInit {
   /** GET: a stream of the NAR, from storage or from the (shared) in-flight download. */
   async get(name: string): Promise<NarResponse> {
     parseNarFileName(name); // 400 for anything that is not a NAR file name
-    const stored = await this.openStored(name);
-    if (stored) return stored;
-    const download = await this.download(name);
-    if (download.state === 'verified' && !this.inflight.has(name)) {
-      // Finished between our lookups: it is in storage now.
-      const again = await this.openStored(name);
-      if (again) return again;
+    // A download can finish between our looks at storage and at the in-flight map; then look again.
+    for (let attempt = 0; attempt < 3; attempt++) {
+      const stored = await this.openStored(name);
+      if (stored) return stored;
+      const download = await this.download(name);
+      const body = download?.tryCreateReader();
+      if (download && body) return { body, length: download.length, source: 'download' };
     }
-    return { body: download.createReader(), length: download.length, source: 'download' };
+    throw new UpstreamUnavailableError(`${name} could not be served`);
   }
 
   /** HEAD: the size if the NAR is stored or can be fetched, without downloading it. */
@@ -76,11 +77,11 @@ export class NarService implements OnModuleInit {
       if (s) return { length: s.size };
     }
     const inflight = this.inflight.get(name);
-    if (inflight) return { length: (await inflight).length };
+    const download = inflight ? await inflight : null;
+    if (download) return { length: download.length };
     if (!row) throw new NotFoundError(`${name} is not known`);
     try {
-      const { body, length } = await this.upstream.open(row.upstreamUrl, 'HEAD');
-      body.destroy();
+      const { length } = await this.upstream.open(row.upstreamUrl, 'HEAD');
       return { length: row.fileSize ?? length };
     } catch (e) {
       this.logger.debug(`HEAD ${name}: ${this.upstream.describeError(e)}`);
@@ -104,7 +105,7 @@ export class NarService implements OnModuleInit {
   }
 
   /** The in-flight download of `name`, started if needed; resolves once bytes are flowing. */
-  private download(name: string): Promise<NarDownload> {
+  private download(name: string): Promise<NarDownload | null> {
     let pending = this.inflight.get(name);
     if (!pending) {
       pending = this.startDownload(name);
@@ -118,20 +119,18 @@ export class NarService implements OnModuleInit {
    * Resolves with the download as soon as the upstream answered 200 (clients start streaming then);
    * the rest of the download continues in the background under the lock.
    */
-  private startDownload(name: string): Promise<NarDownload> {
-    return new Promise<NarDownload>((resolveStarted, rejectStarted) => {
+  private startDownload(name: string): Promise<NarDownload | null> {
+    return new Promise<NarDownload | null>((resolveStarted, rejectStarted) => {
       let started = false;
       const work = withLock(this.locker, `nar:${name}`, DOWNLOAD_LOCK_TTL_MS, async () => {
         const source = await this.resolveSource(name);
         if (!source) throw new NotFoundError(`${name} is not known`);
         const row = source.row;
         if (row?.storedSize != null && (await this.store.stat(name))) {
-          // Another request stored it while we waited for the lock.
-          const done = new NarDownload(name, this.store.spoolDir, row.storedSize);
-          done.state = 'verified';
+          // Another holder stored it while we waited for the lock.
           this.inflight.delete(name);
           started = true;
-          resolveStarted(done);
+          resolveStarted(null);
           return;
         }
         const { url, body, length: upstreamLength } = await this.openUpstream(name, source.urls);

@@ -67,7 +67,7 @@ export class UpstreamService implements OnApplicationShutdown {
     for await (const chunk of body as AsyncIterable<Buffer>) {
       size += chunk.length;
       if (size > MAX_NARINFO_BYTES) {
-        body.destroy();
+        await discard(body);
         throw new Error(`${redact(url)}: document larger than ${MAX_NARINFO_BYTES} bytes`);
       }
       chunks.push(chunk);
@@ -82,11 +82,13 @@ export class UpstreamService implements OnApplicationShutdown {
     if (upstream?.authorization) headers.authorization = upstream.authorization;
     const res = await request(url, { dispatcher: this.dispatcher, method, headers });
     if (res.statusCode !== 200) {
-      res.body.destroy();
+      await discard(res.body);
       throw new UpstreamStatusError(res.statusCode, redact(url));
     }
     const len = Number(res.headers['content-length']);
-    return { body: res.body, length: Number.isSafeInteger(len) && len >= 0 ? len : undefined };
+    const length = Number.isSafeInteger(len) && len >= 0 ? len : undefined;
+    if (method === 'HEAD') await discard(res.body);
+    return { body: res.body, length };
   }
 
   /** The configured upstream a URL belongs to (credentials go only to their own upstream). */
@@ -107,6 +109,13 @@ export class UpstreamService implements OnApplicationShutdown {
   async onApplicationShutdown(): Promise<void> {
     await this.agent.close();
   }
+}
+
+/** Throws away a response body we do not want, without leaving an unhandled stream error behind. */
+async function discard(body: Readable & { dump?: () => Promise<void> }): Promise<void> {
+  body.on('error', () => undefined);
+  if (body.dump) await body.dump().catch(() => undefined);
+  else body.destroy();
 }
 
 /** Drops credentials from a URL before it is shown anywhere. */
