@@ -1,0 +1,173 @@
+import { createHash } from 'node:crypto';
+import { Readable, Transform } from 'node:stream';
+import { setTimeout as sleep } from 'node:timers/promises';
+import * as zlib from 'node:zlib';
+import { pipeline } from 'node:stream/promises';
+import { describe, expect, it } from 'vitest';
+import { NIX_NARS, STORE_DIR, fixtureBytes, fixtureText, seqText } from './__fixtures__/vectors';
+import { type Compression } from './compression';
+import { canDecompress, createNarDecompressor } from './decompress';
+import { parseNarInfo } from './narinfo';
+import { sha256Nix32 } from './hash';
+
+/** Feeds `input` in `chunkSize` pieces through a fresh decoder and collects the output. */
+async function decode(c: Compression, input: Buffer, chunkSize = 4096): Promise<Buffer> {
+  const decoder = createNarDecompressor(c);
+  if (decoder === null) throw new Error(`no decoder for ${c}`);
+  const pieces: Buffer[] = [];
+  for (let i = 0; i < input.length; i += chunkSize) pieces.push(input.subarray(i, i + chunkSize));
+  const out: Buffer[] = [];
+  await pipeline(Readable.from(pieces), decoder, async (source: AsyncIterable<Buffer>) => {
+    for await (const chunk of source) out.push(chunk);
+  });
+  return Buffer.concat(out);
+}
+
+function sha256(b: Buffer): string {
+  return `sha256:${sha256Nix32(createHash('sha256').update(b).digest())}`;
+}
+
+describe('createNarDecompressor', () => {
+  it('returns a Transform for what it decodes and null for the rest', () => {
+    for (const c of ['none', 'xz', 'zstd', 'br', 'gzip'] as const) {
+      expect(createNarDecompressor(c)).toBeInstanceOf(Transform);
+      expect(canDecompress(c)).toBe(true);
+    }
+    for (const c of ['bzip2', 'lz4', 'lzip'] as const) {
+      expect(createNarDecompressor(c)).toBeNull();
+      expect(canDecompress(c)).toBe(false);
+    }
+  });
+
+  it('passes uncompressed NARs through', async () => {
+    const nar = fixtureBytes('nar/leaf.nar');
+    expect(await decode('none', nar, 7)).toEqual(nar);
+  });
+
+  describe.each(NIX_NARS)('$nar, written by Nix 2.8', ({ nar, narinfo }) => {
+    const info = parseNarInfo(fixtureText(narinfo), { storeDir: STORE_DIR });
+    const file = fixtureBytes(nar);
+
+    it('is the file its narinfo describes', () => {
+      expect(sha256(file)).toBe(info.fileHash);
+      expect(file.length).toBe(info.fileSize);
+    });
+
+    it.each([1, 13, 4096, 1 << 20])(
+      'decodes to the NarHash when fed %i bytes at a time',
+      async (size) => {
+        const out = await decode(info.compression, file, size);
+        expect(out.length).toBe(info.narSize);
+        expect(sha256(out)).toBe(info.narHash);
+      },
+    );
+  });
+
+  describe.each([
+    ['xz', 'cli/seq.txt.xz'],
+    ['zstd', 'cli/seq.txt.zst'],
+    ['gzip', 'cli/seq.txt.gz'],
+  ] as const)('%s data made by the CLI tool', (c, file) => {
+    it.each([1, 100, 65536])('decodes `seq 1 10000` fed %i bytes at a time', async (size) => {
+      expect((await decode(c, fixtureBytes(file), size)).toString('utf8')).toBe(seqText());
+    });
+  });
+
+  it.each([
+    ['xz', 'cli/hello-world.concat.xz'],
+    ['zstd', 'cli/hello-world.concat.zst'],
+    ['gzip', 'cli/hello-world.concat.gz'],
+  ] as const)('decodes concatenated %s streams, as Nix does', async (c, file) => {
+    expect((await decode(c, fixtureBytes(file), 5)).toString('utf8')).toBe('hello world\n');
+  });
+});
+
+describe('bad compressed input ends in a stream error, not a clean end or a hang', () => {
+  const inputs: [Compression, Buffer][] = [
+    ['xz', fixtureBytes('nar/seq.nar.xz')],
+    ['zstd', fixtureBytes('nar/seq.nar.zst')],
+    ['br', fixtureBytes('nar/seq.nar.br')],
+    ['gzip', fixtureBytes('nar/seq.nar.gz')],
+  ];
+
+  describe.each(inputs)('%s', (c, good) => {
+    it('truncated', async () => {
+      await expect(decode(c, good.subarray(0, Math.floor(good.length / 2)), 100)).rejects.toThrow();
+    });
+
+    it('cut just before its end', async () => {
+      await expect(decode(c, good.subarray(0, good.length - 1))).rejects.toThrow();
+    });
+
+    it('corrupted in the middle', async () => {
+      const bad = Buffer.from(good);
+      for (let i = 0; i < 64; i++) bad[Math.floor(bad.length / 3) + i] ^= 0xa5;
+      await expect(decode(c, bad, 100)).rejects.toThrow();
+    });
+
+    it('not compressed at all', async () => {
+      await expect(decode(c, fixtureBytes('nar/leaf.nar'))).rejects.toThrow();
+    });
+
+    it('empty', async () => {
+      await expect(decode(c, Buffer.alloc(0))).rejects.toThrow();
+    });
+  });
+});
+
+describe('a small input that inflates to 64 MiB (decompression bomb)', () => {
+  const MiB = 1 << 20;
+  const zeros = Buffer.alloc(64 * MiB);
+  const bombs: [Compression, () => Buffer][] = [
+    ['xz', () => fixtureBytes('cli/zeros-64MiB.xz')],
+    ['zstd', () => fixtureBytes('cli/zeros-64MiB.zst')],
+    ['gzip', () => zlib.gzipSync(zeros, { level: 9 })],
+    [
+      'br',
+      () =>
+        zlib.brotliCompressSync(zeros, { params: { [zlib.constants.BROTLI_PARAM_QUALITY]: 1 } }),
+    ],
+  ];
+
+  it.each(bombs)(
+    '%s: is not inflated into memory while nobody reads',
+    async (c, make) => {
+      const input = make();
+      expect(input.length).toBeLessThan(100_000);
+      const decoder = createNarDecompressor(c);
+      if (decoder === null) throw new Error(`no decoder for ${c}`);
+      decoder.end(input);
+      await sleep(300);
+      expect(decoder.readableLength).toBeLessThanOrEqual(8 * MiB);
+      let total = 0;
+      for await (const chunk of decoder as AsyncIterable<Buffer>) {
+        if (!chunk.equals(zeros.subarray(0, chunk.length))) throw new Error('non-zero output');
+        total += chunk.length;
+      }
+      expect(total).toBe(64 * MiB);
+    },
+    30_000,
+  );
+});
+
+describe('destroying a decoder mid-stream (client went away)', () => {
+  it.each([
+    ['xz', 'nar/seq.nar.xz'],
+    ['zstd', 'nar/seq.nar.zst'],
+    ['br', 'nar/seq.nar.br'],
+    ['gzip', 'nar/seq.nar.gz'],
+  ] as const)('%s: closes without an error event', async (c, file) => {
+    const decoder = createNarDecompressor(c);
+    if (decoder === null) throw new Error(`no decoder for ${c}`);
+    const errors: Error[] = [];
+    decoder.on('error', (err: Error) => errors.push(err));
+    decoder.on('data', () => undefined);
+    const input = fixtureBytes(file);
+    decoder.write(input.subarray(0, Math.floor(input.length / 2)));
+    await sleep(20);
+    decoder.destroy();
+    await sleep(50);
+    expect(decoder.destroyed).toBe(true);
+    expect(errors).toEqual([]);
+  });
+});

@@ -1,0 +1,24 @@
+// Minimal typings for the part of lzma-native that narwhal uses (the package ships none).
+// Its streams come from the readable-stream package, not node:stream; decompress.ts wraps them.
+declare module 'lzma-native' {
+  import type { EventEmitter } from 'node:events';
+
+  export interface LzmaOptions {
+    /** Memory limit for the decoder, in bytes. */
+    memlimit?: number;
+    /** Decode on the calling thread instead of a worker thread. */
+    synchronous?: boolean;
+  }
+
+  /** The readable-stream (v3) Transform lzma-native returns, as far as narwhal uses it. */
+  export interface LzmaStream extends EventEmitter {
+    write(chunk: Buffer, callback: (err?: Error | null) => void): boolean;
+    end(): void;
+    pause(): void;
+    resume(): void;
+    destroy(err?: Error): void;
+  }
+
+  /** An auto-detecting (.xz / .lzma) streaming decoder; concatenated .xz streams are accepted. */
+  export function createDecompressor(options?: LzmaOptions): LzmaStream;
+}

@@ -1,0 +1,128 @@
+/**
+ * Nix signing keys and narinfo signatures (ed25519, libsodium layout), with tweetnacl.
+ *
+ * Secret key text: `<name>:<base64 of 64 bytes>` (32-byte seed followed by the 32-byte public key).
+ * Public key text: `<name>:<base64 of 32 bytes>`. Signature: `<name>:<base64 of 64 bytes>`.
+ * Errors about keys never include the key text.
+ */
+import nacl from 'tweetnacl';
+import { InvalidKeyError, InvalidSignatureError } from '../nix/errors';
+
+export interface SecretKey {
+  name: string;
+  /** 64 bytes: seed ‖ public key. */
+  secretKey: Uint8Array;
+  /** 32 bytes. */
+  publicKey: Uint8Array;
+}
+
+export interface PublicKey {
+  name: string;
+  /** 32 bytes. */
+  key: Uint8Array;
+}
+
+const SECRET_KEY_BYTES = nacl.sign.secretKeyLength; // 64
+const PUBLIC_KEY_BYTES = nacl.sign.publicKeyLength; // 32
+const SIGNATURE_BYTES = nacl.sign.signatureLength; // 64
+const BASE64 = /^[A-Za-z0-9+/]*={0,2}$/;
+
+/** A key name as Nix accepts it: non-empty, no ':'; narwhal also refuses whitespace. */
+function isKeyName(name: string): boolean {
+  return name.length > 0 && !/[:\s]/.test(name);
+}
+
+/** Splits `<name>:<base64>` and decodes the payload; undefined if the form is wrong. */
+function splitNamed(
+  text: string,
+  bytes: number,
+): { name: string; payload: Uint8Array } | undefined {
+  const colon = text.indexOf(':');
+  if (colon <= 0) return undefined;
+  const name = text.slice(0, colon);
+  const b64 = text.slice(colon + 1);
+  if (!isKeyName(name) || b64.length % 4 !== 0 || !BASE64.test(b64)) return undefined;
+  const payload = Buffer.from(b64, 'base64');
+  if (payload.length !== bytes || payload.toString('base64') !== b64) return undefined;
+  return { name, payload: new Uint8Array(payload) };
+}
+
+function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && a.every((byte, i) => byte === b[i]);
+}
+
+export function parseSecretKey(text: string): SecretKey {
+  const parts = splitNamed(text.trim(), SECRET_KEY_BYTES);
+  if (parts === undefined) {
+    throw new InvalidKeyError(
+      'secret key is not "<name>:<base64 of 64 bytes>" (as written by nix-store --generate-binary-cache-key)',
+    );
+  }
+  const seed = parts.payload.subarray(0, 32);
+  const derived = nacl.sign.keyPair.fromSeed(seed);
+  if (!equalBytes(derived.secretKey, parts.payload)) {
+    throw new InvalidKeyError('secret key is corrupt: its public half does not match its seed');
+  }
+  return { name: parts.name, secretKey: derived.secretKey, publicKey: derived.publicKey };
+}
+
+export function parsePublicKey(text: string): PublicKey {
+  const parts = splitNamed(text.trim(), PUBLIC_KEY_BYTES);
+  if (parts === undefined) {
+    throw new InvalidKeyError('public key is not "<name>:<base64 of 32 bytes>"');
+  }
+  return { name: parts.name, key: parts.payload };
+}
+
+export function generateSecretKey(name: string): SecretKey {
+  if (!isKeyName(name)) {
+    throw new InvalidKeyError(
+      `key name ${JSON.stringify(name)} must be non-empty, without ':' or whitespace`,
+    );
+  }
+  const pair = nacl.sign.keyPair();
+  return { name, secretKey: pair.secretKey, publicKey: pair.publicKey };
+}
+
+export function formatSecretKey(k: SecretKey): string {
+  return `${k.name}:${Buffer.from(k.secretKey).toString('base64')}`;
+}
+
+export function formatPublicKey(k: SecretKey | PublicKey): string {
+  const key = 'key' in k ? k.key : k.publicKey;
+  return `${k.name}:${Buffer.from(key).toString('base64')}`;
+}
+
+/** Signs a narinfo fingerprint; returns the `Sig:` value `<name>:<base64>`. */
+export function signFingerprint(k: SecretKey, fingerprint: string): string {
+  const sig = nacl.sign.detached(Buffer.from(fingerprint, 'utf8'), k.secretKey);
+  return `${k.name}:${Buffer.from(sig).toString('base64')}`;
+}
+
+export function parseSignature(s: string): { keyName: string; signature: Uint8Array } {
+  const parts = splitNamed(s.trim(), SIGNATURE_BYTES);
+  if (parts === undefined) {
+    throw new InvalidSignatureError('signature is not "<key name>:<base64 of 64 bytes>"');
+  }
+  return { keyName: parts.name, signature: parts.payload };
+}
+
+/**
+ * True if `sig` names one of the `trusted` keys and verifies `fingerprint` with it. Malformed
+ * signatures and unknown key names give false; this never throws.
+ */
+export function verifyFingerprint(sig: string, fingerprint: string, trusted: PublicKey[]): boolean {
+  let parsed: { keyName: string; signature: Uint8Array };
+  try {
+    parsed = parseSignature(sig);
+  } catch {
+    return false;
+  }
+  const message = Buffer.from(fingerprint, 'utf8');
+  return trusted.some(
+    (key) =>
+      key.name === parsed.keyName &&
+      key.key.length === PUBLIC_KEY_BYTES &&
+      nacl.sign.detached.verify(message, parsed.signature, key.key),
+  );
+}
