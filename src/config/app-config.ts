@@ -16,8 +16,23 @@ export class ConfigError extends Error {
 }
 
 export type LogLevel = 'error' | 'warn' | 'info' | 'debug' | 'verbose';
-export type DatabaseConfig = { kind: 'sqlite'; path: string };
-export type StorageConfig = { kind: 'fs'; path: string };
+export type DatabaseConfig =
+  | { kind: 'sqlite'; path: string }
+  | { kind: 'postgres'; url: string; poolMax: number }
+  | { kind: 'mysql'; url: string; poolMax: number };
+export type S3StorageConfig = {
+  kind: 's3';
+  bucket: string;
+  endpoint?: string;
+  region: string;
+  accessKeyId?: string;
+  secretAccessKey?: string;
+  forcePathStyle: boolean;
+  prefix: string;
+  /** Local directory for download spools. */
+  spoolDir: string;
+};
+export type StorageConfig = { kind: 'fs'; path: string } | S3StorageConfig;
 export type LockConfig = { kind: 'local' };
 
 export interface UpstreamConfig {
@@ -128,6 +143,8 @@ export function buildConfig(raw: RawSettings, cwd = process.cwd()): AppConfig {
     );
   }
 
+  const poolMax = parsed('cache-database-pool-max', (s) => parseIntStrict(s, 1, 1000), 20);
+
   const positiveDuration = (s: string): number => {
     const ms = parseDuration(s);
     if (ms <= 0) throw new Error('must be greater than zero');
@@ -148,14 +165,11 @@ export function buildConfig(raw: RawSettings, cwd = process.cwd()): AppConfig {
       '/nix/store',
     ),
     priority: parsed('cache-priority', (s) => parseIntStrict(s, 0, 1_000_000), 40),
-    database: parsed('cache-database-url', parseDatabaseUrl(cwd), {
+    database: parsed('cache-database-url', parseDatabaseUrl(cwd, poolMax), {
       kind: 'sqlite',
       path: resolve(dataPath, 'narwhal.sqlite'),
     }),
-    storage: {
-      kind: 'fs',
-      path: resolve(cwd, one('cache-storage-local') ?? resolve(dataPath, 'store')),
-    },
+    storage: storageConfig(one, parsed, cwd, dataPath),
     upstreams,
     upstreamPublicKeys,
     upstreamTimeouts: {
@@ -220,14 +234,94 @@ function parseServerAddr(s: string): { host: string; port: number } {
   return { host: m[1] ?? (m[2] || '0.0.0.0'), port };
 }
 
-function parseDatabaseUrl(cwd: string) {
+function parseDatabaseUrl(cwd: string, poolMax: number) {
   return (s: string): DatabaseConfig => {
     const m = /^sqlite:(?:\/\/)?(.+)$/.exec(s);
     if (m) return { kind: 'sqlite', path: resolve(cwd, m[1]) };
-    const scheme = /^([a-z0-9+]+):/i.exec(s)?.[1] ?? '(none)';
-    throw new Error(
-      `unsupported database scheme "${scheme}" (this version supports sqlite:<path>)`,
+    let u: URL;
+    try {
+      u = new URL(s);
+    } catch {
+      throw new Error('is not a URL (sqlite:<path>, postgresql://…, mysql://…)');
+    }
+    const kind = {
+      'postgresql:': 'postgres',
+      'postgres:': 'postgres',
+      'mysql:': 'mysql',
+      'mariadb:': 'mysql',
+    }[u.protocol] as 'postgres' | 'mysql' | undefined;
+    if (!kind)
+      throw new Error(
+        `unsupported database scheme "${u.protocol.slice(0, -1)}" (sqlite, postgresql, mysql)`,
+      );
+    if (!u.hostname) throw new Error('names no host');
+    if (u.pathname.replace(/^\//, '') === '') throw new Error('names no database (…/dbname)');
+    return { kind, url: s, poolMax };
+  };
+}
+
+type One = (name: string) => string | undefined;
+type Parsed = <T>(name: string, fn: (s: string) => T, fallback: T) => T;
+
+/** Local directory or S3, never both; local under the data path when neither is given. */
+function storageConfig(one: One, parsed: Parsed, cwd: string, dataPath: string): StorageConfig {
+  const local = one('cache-storage-local');
+  const bucket = one('cache-storage-s3-bucket');
+  if (local !== undefined && bucket !== undefined) {
+    throw new ConfigError(
+      'cache-storage-s3-bucket',
+      'choose one storage: --cache-storage-local or --cache-storage-s3-bucket, not both',
     );
+  }
+  const s3Settings = [
+    'cache-storage-s3-endpoint',
+    'cache-storage-s3-access-key-id',
+    'cache-storage-s3-secret-access-key',
+    'cache-storage-s3-prefix',
+  ];
+  if (bucket === undefined) {
+    const stray = s3Settings.find((n) => one(n) !== undefined);
+    if (stray)
+      throw new ConfigError(stray, 'is an S3 setting, but --cache-storage-s3-bucket is not set');
+    return { kind: 'fs', path: resolve(cwd, local ?? resolve(dataPath, 'store')) };
+  }
+  if (!/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/.test(bucket)) {
+    throw new ConfigError('cache-storage-s3-bucket', `"${bucket}" is not a valid bucket name`);
+  }
+  const accessKeyId = one('cache-storage-s3-access-key-id');
+  const secretAccessKey = one('cache-storage-s3-secret-access-key');
+  if ((accessKeyId === undefined) !== (secretAccessKey === undefined)) {
+    throw new ConfigError(
+      accessKeyId === undefined
+        ? 'cache-storage-s3-access-key-id'
+        : 'cache-storage-s3-secret-access-key',
+      'S3 access key id and secret access key go together',
+    );
+  }
+  const endpoint = parsed(
+    'cache-storage-s3-endpoint',
+    (v) => {
+      const u = new URL(v);
+      if (u.protocol !== 'http:' && u.protocol !== 'https:')
+        throw new Error('must be an http(s) URL');
+      return v.replace(/\/+$/, '');
+    },
+    undefined as string | undefined,
+  );
+  const prefix = one('cache-storage-s3-prefix') ?? '';
+  if (prefix.startsWith('/') || prefix.includes('..')) {
+    throw new ConfigError('cache-storage-s3-prefix', 'must be relative and must not contain ".."');
+  }
+  return {
+    kind: 's3',
+    bucket,
+    endpoint,
+    region: one('cache-storage-s3-region') ?? 'us-east-1',
+    accessKeyId,
+    secretAccessKey,
+    forcePathStyle: parsed('cache-storage-s3-force-path-style', parseBool, false),
+    prefix,
+    spoolDir: resolve(dataPath, 'spool'),
   };
 }
 

@@ -49,6 +49,7 @@ export function readYamlSettings(path: string): RawSettings {
   const walk = (obj: Record<string, unknown>, prefix: string): void => {
     for (const [k, v] of Object.entries(obj)) {
       const key = prefix ? `${prefix}-${k}` : k;
+      if (v === null && !known.has(YAML_ALIASES[key] ?? key)) continue; // a section with every key commented out
       if (v !== null && typeof v === 'object' && !Array.isArray(v)) {
         walk(v as Record<string, unknown>, key);
         continue;
@@ -70,7 +71,15 @@ export function describeConfig(config: AppConfig): Record<string, unknown> {
     hostname: config.hostname,
     dataPath: config.dataPath,
     database: config.database.kind,
-    storage: config.storage,
+    storage:
+      config.storage.kind === 'fs'
+        ? config.storage
+        : {
+            kind: 's3',
+            bucket: config.storage.bucket,
+            endpoint: config.storage.endpoint,
+            prefix: config.storage.prefix,
+          },
     upstreams: config.upstreams.map((u) => ({
       url: u.url,
       priority: u.priority,

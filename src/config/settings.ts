@@ -33,14 +33,56 @@ export const SETTINGS: readonly SettingDef[] = [
   },
   {
     name: 'cache-database-url',
-    description: 'Database: `sqlite:<path>`.',
+    description:
+      'Database: `sqlite:<path>`, `postgresql://user:pass@host:port/db` (or `postgres://`), `mysql://user:pass@host:port/db` (MySQL or MariaDB).',
     defaultText: 'sqlite:<data-path>/narwhal.sqlite',
     secret: true,
   },
   {
+    name: 'cache-database-pool-max',
+    description: 'Most database connections per instance (PostgreSQL/MySQL; SQLite uses one).',
+    defaultText: '20',
+  },
+  {
     name: 'cache-storage-local',
-    description: 'Directory where NAR files are stored.',
-    defaultText: '<data-path>/store',
+    description: 'Directory where NAR files are stored (not together with S3).',
+    defaultText: '<data-path>/store, unless S3 is configured',
+  },
+  {
+    name: 'cache-storage-s3-bucket',
+    description: 'S3 bucket for NAR files; setting it selects S3 storage.',
+    defaultText: 'none',
+  },
+  {
+    name: 'cache-storage-s3-endpoint',
+    description:
+      'S3 endpoint URL for S3-compatible servers (MinIO, Garage, Ceph RGW, R2); empty means AWS.',
+    defaultText: 'AWS',
+  },
+  { name: 'cache-storage-s3-region', description: 'S3 region.', defaultText: 'us-east-1' },
+  {
+    name: 'cache-storage-s3-access-key-id',
+    description: 'S3 access key id; empty uses the AWS SDK default credential chain.',
+    defaultText: 'none',
+    secret: true,
+  },
+  {
+    name: 'cache-storage-s3-secret-access-key',
+    description: 'S3 secret access key.',
+    defaultText: 'none',
+    secret: true,
+  },
+  {
+    name: 'cache-storage-s3-force-path-style',
+    description:
+      'Address the bucket as `endpoint/bucket` instead of `bucket.endpoint` (MinIO and most self-hosted servers need it).',
+    defaultText: 'false',
+    boolean: true,
+  },
+  {
+    name: 'cache-storage-s3-prefix',
+    description: 'Key prefix for every object narwhal writes, e.g. `narwhal/`.',
+    defaultText: 'none',
   },
   {
     name: 'cache-upstream-url',

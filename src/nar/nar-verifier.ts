@@ -90,7 +90,7 @@ export class NarVerifier {
     if (this.decompressor) {
       this.decompressor.end();
       await this.decompressed;
-      if (this.narBytes !== e.narSize) {
+      if (e.narSize !== undefined && this.narBytes !== e.narSize) {
         throw new DownloadFailedError(
           `NAR decompresses to ${this.narBytes} bytes, NarSize says ${e.narSize}`,
         );

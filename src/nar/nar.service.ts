@@ -148,23 +148,7 @@ export class NarService implements OnModuleInit {
         }
         started = true;
         resolveStarted(download);
-        const began = Date.now();
-        try {
-          await download.receive(body as AsyncIterable<Buffer>, verifier);
-          await this.store.putFile(name, download.spoolPath);
-          if (row) await this.files.markStored(name, download.written);
-          else await this.files.recordStored(name, url, source.expect, download.written);
-          this.logger.log(
-            `stored ${name} (${download.written} bytes in ${Date.now() - began} ms, ${download.readerCount} readers)`,
-          );
-          this.inflight.delete(name);
-          await download.finishWriting(false);
-        } catch (e) {
-          this.logger.warn(`discarded ${name}: ${(e as Error).message}`);
-          download.fail(e instanceof DownloadFailedError ? e : new DownloadFailedError(String(e)));
-          this.inflight.delete(name);
-          await download.finishWriting(true);
-        }
+        await this.complete(download, verifier, body as AsyncIterable<Buffer>, source, url);
       });
       work.catch((e: unknown) => {
         this.inflight.delete(name);
@@ -172,6 +156,40 @@ export class NarService implements OnModuleInit {
         else this.logger.error(`download of ${name}: ${(e as Error).message}`);
       });
     });
+  }
+
+  /** Receives, verifies and commits one download; on any failure nothing is stored and readers break. */
+  private async complete(
+    download: NarDownload,
+    verifier: NarVerifier,
+    body: AsyncIterable<Buffer>,
+    source: NarSource,
+    url: string,
+  ): Promise<void> {
+    const name = download.key;
+    const began = Date.now();
+    // Streaming stores (S3) upload while the download runs, from a reader that ends only once verified.
+    const upload =
+      this.store.writeMode === 'stream'
+        ? this.store.put(name, download.createReader(), download.length)
+        : null;
+    upload?.catch(() => undefined); // awaited below; keep an early failure from counting as unhandled
+    try {
+      await download.receive(body, verifier);
+      if (upload) await upload;
+      else await this.store.putFile(name, download.spoolPath);
+      if (source.row) await this.files.markStored(name, download.written);
+      else await this.files.recordStored(name, url, source.expect, download.written);
+      this.logger.log(`stored ${name} (${download.written} bytes in ${Date.now() - began} ms)`);
+      this.inflight.delete(name);
+      await download.finishWriting(upload !== null);
+    } catch (e) {
+      this.logger.warn(`discarded ${name}: ${(e as Error).message}`);
+      download.fail(e instanceof DownloadFailedError ? e : new DownloadFailedError(String(e)));
+      await upload?.catch(() => undefined); // let an aborted upload finish cleaning up
+      this.inflight.delete(name);
+      await download.finishWriting(true);
+    }
   }
 
   private async openUpstream(name: string, urls: string[]) {

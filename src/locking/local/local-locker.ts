@@ -6,21 +6,27 @@ interface Holder {
   timer: NodeJS.Timeout;
 }
 
-/** In-process locks with lease expiry; waiters are woken in arrival order. */
+interface Waiter {
+  ttlMs: number;
+  grant: (lease: Lease) => void;
+}
+
+/**
+ * In-process locks with lease expiry. A released (or expired) lock is handed straight to the oldest
+ * waiter, so waiters are served in arrival order and a newcomer cannot jump the queue.
+ */
 export class LocalLocker implements Locker {
   private readonly holders = new Map<string, Holder>();
-  private readonly waiters = new Map<string, Array<() => void>>();
+  private readonly waiters = new Map<string, Waiter[]>();
 
-  async acquire(key: string, ttlMs: number): Promise<Lease> {
-    for (;;) {
-      const lease = this.take(key, ttlMs);
-      if (lease) return lease;
-      await new Promise<void>((wake) => {
-        const queue = this.waiters.get(key) ?? [];
-        queue.push(wake);
-        this.waiters.set(key, queue);
-      });
-    }
+  acquire(key: string, ttlMs: number): Promise<Lease> {
+    const lease = this.take(key, ttlMs);
+    if (lease) return Promise.resolve(lease);
+    return new Promise<Lease>((grant) => {
+      const queue = this.waiters.get(key) ?? [];
+      queue.push({ ttlMs, grant });
+      this.waiters.set(key, queue);
+    });
   }
 
   tryAcquire(key: string, ttlMs: number): Promise<Lease | null> {
@@ -30,12 +36,16 @@ export class LocalLocker implements Locker {
   close(): Promise<void> {
     for (const h of this.holders.values()) clearTimeout(h.timer);
     this.holders.clear();
-    for (const queue of this.waiters.values()) queue.splice(0).forEach((wake) => wake());
+    this.waiters.clear();
     return Promise.resolve();
   }
 
   private take(key: string, ttlMs: number): Lease | null {
-    if (this.holders.has(key)) return null;
+    if (this.holders.has(key) || this.waiters.has(key)) return null;
+    return this.grant(key, ttlMs);
+  }
+
+  private grant(key: string, ttlMs: number): Lease {
     const token = randomUUID();
     this.holders.set(key, { token, timer: this.expiry(key, token, ttlMs) });
     return {
@@ -68,6 +78,6 @@ export class LocalLocker implements Locker {
     const queue = this.waiters.get(key);
     const next = queue?.shift();
     if (queue && queue.length === 0) this.waiters.delete(key);
-    next?.();
+    if (next) next.grant(this.grant(key, next.ttlMs));
   }
 }

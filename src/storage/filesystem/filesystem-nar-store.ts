@@ -1,5 +1,8 @@
 import { mkdir, open, readdir, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { createWriteStream } from 'node:fs';
 import { dirname, join } from 'node:path';
+import { pipeline } from 'node:stream/promises';
 import type { Readable } from 'node:stream';
 import { NotFoundError } from '../../common/errors';
 import type { NarStore } from '../nar-store';
@@ -12,6 +15,7 @@ const KEY_RE = /^[0-9a-z]{8,}\.nar(\.[a-z0-9]+)?$/;
  */
 export class FilesystemNarStore implements NarStore {
   readonly spoolDir: string;
+  readonly writeMode = 'spool';
   private readonly objectsDir: string;
 
   constructor(root: string) {
@@ -41,17 +45,23 @@ export class FilesystemNarStore implements NarStore {
 
   async read(key: string, range?: { start: number; end?: number }): Promise<Readable> {
     const path = this.pathOf(key);
+    if (range) checkRange(range);
     // Open first so that a missing file is a clean rejection rather than a stream error.
     const handle = await open(path, 'r').catch((e: unknown) => {
       throw isNotFound(e) ? new NotFoundError(`${key} is not stored`) : e;
     });
     // The stream owns the handle (and closes it); passing a bare fd would let GC close it mid-read.
-    return handle.createReadStream({
-      autoClose: true,
-      start: range?.start,
-      end: range?.end,
-      highWaterMark: 256 * 1024,
-    });
+    try {
+      return handle.createReadStream({
+        autoClose: true,
+        start: range?.start,
+        end: range?.end,
+        highWaterMark: 256 * 1024,
+      });
+    } catch (e) {
+      await handle.close();
+      throw e;
+    }
   }
 
   async putFile(key: string, spoolPath: string): Promise<void> {
@@ -65,6 +75,22 @@ export class FilesystemNarStore implements NarStore {
     await mkdir(dirname(target), { recursive: true });
     await rename(spoolPath, target);
     await syncDir(dirname(target));
+  }
+
+  async put(key: string, body: Readable, size?: number): Promise<void> {
+    this.pathOf(key); // validate before writing anything
+    const spool = join(this.spoolDir, `${key}.${randomBytes(6).toString('hex')}.part`);
+    try {
+      await pipeline(body, createWriteStream(spool, { flags: 'wx', mode: 0o644 }));
+      if (size !== undefined) {
+        const { size: got } = await stat(spool);
+        if (got !== size) throw new Error(`${key}: got ${got} bytes, expected ${size}`);
+      }
+      await this.putFile(key, spool);
+    } catch (e) {
+      await rm(spool, { force: true });
+      throw e;
+    }
   }
 
   async delete(key: string): Promise<void> {
@@ -91,6 +117,14 @@ export class FilesystemNarStore implements NarStore {
     await writeFile(probe, 'ok');
     await rm(probe, { force: true });
   }
+}
+
+function checkRange({ start, end }: { start: number; end?: number }): void {
+  const ok =
+    Number.isSafeInteger(start) &&
+    start >= 0 &&
+    (end === undefined || (Number.isSafeInteger(end) && end >= start));
+  if (!ok) throw new RangeError(`invalid byte range ${start}-${end ?? ''}`);
 }
 
 async function syncDir(dir: string): Promise<void> {

@@ -1,0 +1,269 @@
+import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { gzipSync } from 'node:zlib';
+import { describe, expect, it } from 'vitest';
+import { DownloadFailedError } from '../common/errors';
+import { encodeNix32 } from '../nix/base32';
+import type { Compression } from '../nix/compression';
+import { NarVerifier, type NarExpectations } from './nar-verifier';
+
+/** `sha256:<nix32>` as narinfo writes it. */
+function nixSha256(bytes: Buffer): string {
+  return `sha256:${encodeNix32(createHash('sha256').update(bytes).digest())}`;
+}
+
+/** Stand-in NAR content: compressible but not trivially (lines of numbers and a pseudo-random tail). */
+function makeNar(size: number, seed = 1): Buffer {
+  const lines: string[] = [];
+  let x = seed;
+  let length = 0;
+  while (length < size) {
+    x = (x * 1103515245 + 12345) >>> 0;
+    const line = `${lines.length} ${x.toString(36)}\n`;
+    lines.push(line);
+    length += line.length;
+  }
+  return Buffer.from(lines.join('')).subarray(0, size);
+}
+
+/** Compresses with the real CLI tools, as an upstream cache would have. */
+function compress(nar: Buffer, c: Compression): Buffer {
+  switch (c) {
+    case 'xz':
+      return execFileSync('xz', ['-c', '-6'], { input: nar, maxBuffer: 64 << 20 });
+    case 'zstd':
+      return execFileSync('zstd', ['-c', '-q', '-3'], { input: nar, maxBuffer: 64 << 20 });
+    case 'gzip':
+      return gzipSync(nar);
+    case 'none':
+      return Buffer.from(nar);
+    default:
+      throw new Error(`no compressor for ${c} in this test`);
+  }
+}
+
+interface Sample {
+  nar: Buffer;
+  file: Buffer;
+  expect: Required<NarExpectations>;
+}
+
+function sample(c: Compression, size = 200_000, seed = 1): Sample {
+  const nar = makeNar(size, seed);
+  const file = compress(nar, c);
+  return {
+    nar,
+    file,
+    expect: {
+      compression: c,
+      fileHash: nixSha256(file),
+      fileSize: file.length,
+      narHash: nixSha256(nar),
+      narSize: nar.length,
+    },
+  };
+}
+
+function chunks(bytes: Buffer, size: number): Buffer[] {
+  const out: Buffer[] = [];
+  for (let i = 0; i < bytes.length; i += size) out.push(bytes.subarray(i, i + size));
+  return out;
+}
+
+/** Feeds `bytes` in chunks and finishes; resolves or rejects like a download would. */
+async function verify(
+  expect: NarExpectations,
+  bytes: Buffer,
+  chunkSize = 4096,
+): Promise<NarVerifier> {
+  const v = new NarVerifier(expect);
+  try {
+    for (const c of chunks(bytes, chunkSize)) await v.update(c);
+    await v.finish();
+    return v;
+  } catch (e) {
+    v.destroy();
+    throw e;
+  }
+}
+
+async function failure(p: Promise<unknown>): Promise<DownloadFailedError> {
+  const e = await p.then(
+    () => undefined,
+    (err: unknown) => err,
+  );
+  expect(e).toBeInstanceOf(DownloadFailedError);
+  return e as DownloadFailedError;
+}
+
+const xz = sample('xz');
+const zstd = sample('zstd');
+const gzip = sample('gzip', 50_000);
+const plain = sample('none', 50_000);
+
+describe('NarVerifier accepts correct bytes', () => {
+  it.each([
+    ['xz', xz],
+    ['zstd', zstd],
+    ['gzip', gzip],
+    ['none', plain],
+  ] as const)('%s with FileHash, FileSize, NarHash and NarSize', async (_name, s) => {
+    expect(s.file.length).toBeGreaterThan(0);
+    const v = await verify(s.expect, s.file);
+    expect(v.bytes).toBe(s.file.length);
+    expect(v.checksContent).toBe(true);
+  });
+
+  it.each([1, 7, 65_536, 10_000_000])('xz fed in chunks of %d bytes', async (size) => {
+    const small = size === 1 ? sample('xz', 5_000, 2) : xz;
+    await expect(verify(small.expect, small.file, size)).resolves.toBeInstanceOf(NarVerifier);
+  });
+
+  it('with only FileHash and FileSize (no NarHash)', async () => {
+    const { fileHash, fileSize, compression } = xz.expect;
+    const v = await verify({ compression, fileHash, fileSize }, xz.file);
+    expect(v.checksContent).toBe(true);
+  });
+
+  it('with only NarHash and NarSize (attic, nix-serve)', async () => {
+    const { narHash, narSize, compression } = zstd.expect;
+    const v = await verify({ compression, narHash, narSize }, zstd.file);
+    expect(v.checksContent).toBe(true);
+  });
+
+  it('with only NarHash known (no NarSize, no FileHash)', async () => {
+    const { narHash, compression } = xz.expect;
+    const v = await verify({ compression, narHash }, xz.file);
+    expect(v.checksContent).toBe(true);
+  });
+
+  it('with nothing known but the compression, checking nothing', async () => {
+    const v = await verify({ compression: 'xz' }, Buffer.from('anything at all'));
+    expect(v.checksContent).toBe(false);
+    expect(v.bytes).toBe(15);
+  });
+
+  it('an empty NAR file when FileSize is 0 and nothing else is known', async () => {
+    await expect(
+      verify({ compression: 'none', fileSize: 0 }, Buffer.alloc(0)),
+    ).resolves.toBeInstanceOf(NarVerifier);
+  });
+});
+
+describe('NarVerifier rejects', () => {
+  it('a wrong FileHash', async () => {
+    const other = sample('xz', 200_000, 99);
+    const e = await failure(verify({ ...xz.expect, fileHash: other.expect.fileHash }, xz.file));
+    expect(e.message).toContain('FileHash');
+    expect(e.message).toContain(xz.expect.fileHash);
+  });
+
+  it('bytes that differ in one place from what FileHash covers', async () => {
+    const corrupt = Buffer.from(xz.file);
+    corrupt[corrupt.length >> 1] ^= 0x01;
+    const { compression, fileHash, fileSize } = xz.expect;
+    const e = await failure(verify({ compression, fileHash, fileSize }, corrupt));
+    expect(e.message).toContain('FileHash');
+  });
+
+  it('more bytes than FileSize, as soon as they arrive', async () => {
+    const v = new NarVerifier({ ...xz.expect, fileSize: xz.file.length - 1 });
+    const parts = chunks(xz.file, 1000);
+    for (const c of parts.slice(0, -1)) await v.update(c);
+    const e = await failure(v.update(parts[parts.length - 1]));
+    expect(e.message).toContain('longer than its FileSize');
+    v.destroy();
+  });
+
+  it('fewer bytes than FileSize', async () => {
+    const { compression, fileHash, fileSize } = xz.expect;
+    const e = await failure(
+      verify({ compression, fileHash, fileSize }, xz.file.subarray(0, xz.file.length - 10)),
+    );
+    expect(e.message).toContain(`FileSize says ${xz.file.length}`);
+  });
+
+  it('a FileSize that is too small even with no hash known', async () => {
+    await failure(verify({ compression: 'none', fileSize: 10 }, Buffer.alloc(11)));
+    await failure(verify({ compression: 'none', fileSize: 12 }, Buffer.alloc(11)));
+  });
+
+  it('a wrong NarHash when only NarHash and NarSize are known', async () => {
+    const other = sample('xz', 200_000, 42);
+    const e = await failure(
+      verify(
+        { compression: 'xz', narHash: other.expect.narHash, narSize: xz.expect.narSize },
+        xz.file,
+      ),
+    );
+    expect(e.message).toContain('NarHash');
+  });
+
+  it('a wrong NarHash even when FileHash matches', async () => {
+    const other = sample('zstd', 200_000, 42);
+    const e = await failure(verify({ ...zstd.expect, narHash: other.expect.narHash }, zstd.file));
+    expect(e.message).toContain('NarHash');
+  });
+
+  it('a wrong NarSize', async () => {
+    const e = await failure(verify({ ...xz.expect, narSize: xz.expect.narSize + 1 }, xz.file));
+    expect(e.message).toContain('NarSize');
+  });
+
+  it('NAR content that differs while FileHash is unknown', async () => {
+    // Same compressor, other content: decodes fine, hashes differently.
+    const other = sample('zstd', 200_000, 7);
+    const e = await failure(
+      verify(
+        { compression: 'zstd', narHash: zstd.expect.narHash, narSize: zstd.expect.narSize },
+        other.file,
+      ),
+    );
+    expect(e.message).toMatch(/NarHash|NarSize/);
+  });
+
+  it.each([
+    ['xz', 'random bytes', () => Buffer.from(makeNar(5_000, 3).map((b) => b ^ 0x5a))],
+    ['zstd', 'random bytes', () => Buffer.from(makeNar(5_000, 3).map((b) => b ^ 0x5a))],
+    ['gzip', 'random bytes', () => Buffer.from(makeNar(5_000, 3).map((b) => b ^ 0x5a))],
+    ['xz', 'zstd data', () => zstd.file],
+    ['zstd', 'xz data', () => xz.file],
+    ['xz', 'a truncated stream', () => xz.file.subarray(0, xz.file.length >> 1)],
+    ['zstd', 'a truncated stream', () => zstd.file.subarray(0, zstd.file.length >> 1)],
+    ['zstd', 'nothing', () => Buffer.alloc(0)],
+  ] as const)(
+    '%s that is %s (undecodable, only NarHash known)',
+    async (compression, _what, bytes) => {
+      const data = bytes();
+      const e = await failure(
+        verify({ compression, narHash: xz.expect.narHash, narSize: xz.expect.narSize }, data),
+      );
+      expect(e.message).toMatch(/decompress|NarHash|NarSize/);
+    },
+  );
+
+  it('undecodable data says so', async () => {
+    const garbage = Buffer.from(makeNar(5_000, 3).map((b) => b ^ 0x5a));
+    const e = await failure(
+      verify(
+        { compression: 'xz', narHash: xz.expect.narHash, narSize: xz.expect.narSize },
+        garbage,
+      ),
+    );
+    expect(e.message).toContain('does not decompress as xz');
+  });
+});
+
+describe('NarVerifier.checksContent', () => {
+  it('is false for a compression it cannot decode and no FileHash', () => {
+    const v = new NarVerifier({ compression: 'bzip2', narHash: xz.expect.narHash, narSize: 1 });
+    expect(v.checksContent).toBe(false);
+    v.destroy();
+  });
+
+  it('is true for a compression it cannot decode when FileHash is known', () => {
+    const v = new NarVerifier({ compression: 'lz4', fileHash: xz.expect.fileHash });
+    expect(v.checksContent).toBe(true);
+    v.destroy();
+  });
+});
