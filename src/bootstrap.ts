@@ -13,7 +13,12 @@ const LEVELS: Record<LogLevel, NestLogLevel[]> = {
 };
 
 /** Nest's own start-up chatter (module and route listings) is debug output for narwhal. */
-const FRAMEWORK_CONTEXTS = new Set(['InstanceLoader', 'RoutesResolver', 'RouterExplorer', 'NestFactory']);
+const FRAMEWORK_CONTEXTS = new Set([
+  'InstanceLoader',
+  'RoutesResolver',
+  'RouterExplorer',
+  'NestFactory',
+]);
 
 class NarwhalLogger extends ConsoleLogger {
   override log(message: unknown, ...rest: unknown[]): void {

@@ -4,6 +4,12 @@ import type { Readable } from 'node:stream';
 export interface NarStore {
   /** Directory for download spools; for the filesystem store it is on the same filesystem as the objects. */
   readonly spoolDir: string;
+  /**
+   * How a download reaches the store. `spool`: the verified spool file is handed to `putFile` (a rename
+   * for local files). `stream`: `put` is fed from the download while it runs; the stream it gets ends
+   * only once the download is verified and errors if it is not.
+   */
+  readonly writeMode: 'spool' | 'stream';
   /** Size of a stored object, or null if absent. */
   stat(key: string): Promise<{ size: number } | null>;
   /** Streams a stored object (optionally a byte range, inclusive end). Rejects with NotFoundError if absent. */
@@ -13,6 +19,11 @@ export interface NarStore {
    * whole object. The spool file is consumed (moved or deleted).
    */
   putFile(key: string, spoolPath: string): Promise<void>;
+  /**
+   * Stores `body` under `key`, atomically: the object appears only if `body` ends cleanly; if it errors,
+   * nothing appears (no partial object, no leftover upload). `size`, when known, is the exact length.
+   */
+  put(key: string, body: Readable, size?: number): Promise<void>;
   /** Removes an object; absent is not an error. */
   delete(key: string): Promise<void>;
   /** Every stored object, for fsck and accounting. */
