@@ -24,7 +24,8 @@ export default defineConfig({
           testTimeout: 300_000,
           hookTimeout: 600_000,
           // End-to-end suites start real processes and real Nix clients; one file at a time.
-          fileParallelism: false,
+          pool: 'forks',
+          poolOptions: { forks: { singleFork: true } },
         },
       },
     ],

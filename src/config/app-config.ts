@@ -33,7 +33,23 @@ export type S3StorageConfig = {
   spoolDir: string;
 };
 export type StorageConfig = { kind: 'fs'; path: string } | S3StorageConfig;
-export type LockConfig = { kind: 'local' };
+export interface LockTimings {
+  downloadTtlMs: number;
+  lruTtlMs: number;
+  retry: { maxAttempts: number; initialDelayMs: number; maxDelayMs: number; jitter: number };
+}
+export type LockConfig =
+  | ({ kind: 'local' } & LockTimings)
+  | ({
+      kind: 'redis';
+      addrs: string[];
+      username?: string;
+      password?: string;
+      db: number;
+      tls: boolean;
+      keyPrefix: string;
+      allowDegraded: boolean;
+    } & LockTimings);
 
 export interface UpstreamConfig {
   /** Base URL without credentials, query or trailing slash. */
@@ -59,6 +75,8 @@ export interface AppConfig {
   signing: { secretKeyPath: string; signNarInfo: boolean };
   lru: { maxSize?: number; schedule: string };
   lock: LockConfig;
+  /** How other instances reach this one (for streaming an in-flight download); derived when unset. */
+  advertiseUrl?: string;
   logLevel: LogLevel;
 }
 
@@ -201,13 +219,16 @@ export function buildConfig(raw: RawSettings, cwd = process.cwd()): AppConfig {
         '0 2 * * *',
       ),
     },
-    lock: parsed(
-      'cache-lock-backend',
-      (s): LockConfig => {
-        if (s === 'local') return { kind: 'local' };
-        throw new Error(`"${s}" is not a lock backend this version supports (local)`);
+    lock: lockConfig(one, parsed, positiveDuration),
+    advertiseUrl: parsed(
+      'cache-advertise-url',
+      (v) => {
+        const u = new URL(v);
+        if (u.protocol !== 'http:' && u.protocol !== 'https:')
+          throw new Error('must be an http(s) URL');
+        return v.replace(/\/+$/, '');
       },
-      { kind: 'local' },
+      undefined as string | undefined,
     ),
     logLevel,
   };
@@ -261,6 +282,68 @@ function parseDatabaseUrl(cwd: string, poolMax: number) {
 }
 
 type One = (name: string) => string | undefined;
+
+function lockConfig(one: One, parsed: Parsed, duration: (s: string) => number): LockConfig {
+  const kind = parsed(
+    'cache-lock-backend',
+    (v) => {
+      if (v !== 'local' && v !== 'redis')
+        throw new Error(`"${v}" is not a lock backend (local, redis)`);
+      return v;
+    },
+    'local' as 'local' | 'redis',
+  );
+  const timings: LockTimings = {
+    downloadTtlMs: parsed('cache-lock-download-ttl', duration, 5 * 60_000),
+    lruTtlMs: parsed('cache-lock-lru-ttl', duration, 30 * 60_000),
+    retry: {
+      maxAttempts: parsed(
+        'cache-lock-retry-max-attempts',
+        (v) => parseIntStrict(v, 1, 1_000_000),
+        600,
+      ),
+      initialDelayMs: parsed('cache-lock-retry-initial-delay', duration, 50),
+      maxDelayMs: parsed('cache-lock-retry-max-delay', duration, 2000),
+      jitter: parsed(
+        'cache-lock-retry-jitter',
+        (v) => {
+          const n = Number(v);
+          if (!/^\d*\.?\d+$/.test(v) || n < 0 || n > 1)
+            throw new Error(`"${v}" is not a number from 0 to 1`);
+          return n;
+        },
+        0.2,
+      ),
+    },
+  };
+  if (kind === 'local') {
+    const stray = ['cache-redis-addrs', 'cache-redis-password', 'cache-redis-username'].find(
+      (n) => one(n) !== undefined,
+    );
+    if (stray)
+      throw new ConfigError(stray, 'is a Redis setting, but --cache-lock-backend is not redis');
+    return { kind, ...timings };
+  }
+  const addrs = (one('cache-redis-addrs') ?? '127.0.0.1:6379').split(/[\s,]+/).filter(Boolean);
+  for (const a of addrs) {
+    if (!/^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$/.test(a)) {
+      throw new ConfigError('cache-redis-addrs', `"${a}" is not host:port`);
+    }
+  }
+  if (addrs.length === 0)
+    throw new ConfigError('cache-redis-addrs', 'at least one address is required');
+  return {
+    kind,
+    ...timings,
+    addrs,
+    username: one('cache-redis-username'),
+    password: one('cache-redis-password'),
+    db: parsed('cache-redis-db', (v) => parseIntStrict(v, 0, 1024), 0),
+    tls: parsed('cache-redis-use-tls', parseBool, false),
+    keyPrefix: one('cache-lock-redis-key-prefix') ?? 'narwhal:lock:',
+    allowDegraded: parsed('cache-lock-allow-degraded-mode', parseBool, true),
+  };
+}
 type Parsed = <T>(name: string, fn: (s: string) => T, fallback: T) => T;
 
 /** Local directory or S3, never both; local under the data path when neither is given. */

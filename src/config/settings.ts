@@ -140,8 +140,74 @@ export const SETTINGS: readonly SettingDef[] = [
   },
   {
     name: 'cache-lock-backend',
-    description: 'Lock provider: `local` (one instance).',
+    description:
+      'Lock provider: `local` (one instance) or `redis` (several instances sharing a database and storage).',
     defaultText: 'local',
+  },
+  {
+    name: 'cache-redis-addrs',
+    description:
+      'Redis address(es) `host:port`, comma-separated; several addresses mean a Redis Cluster.',
+    defaultText: '127.0.0.1:6379',
+  },
+  { name: 'cache-redis-username', description: 'Redis ACL user name.', defaultText: 'none' },
+  {
+    name: 'cache-redis-password',
+    description: 'Redis password.',
+    defaultText: 'none',
+    secret: true,
+  },
+  { name: 'cache-redis-db', description: 'Redis database number.', defaultText: '0' },
+  {
+    name: 'cache-redis-use-tls',
+    description: 'Connect to Redis with TLS.',
+    defaultText: 'false',
+    boolean: true,
+  },
+  {
+    name: 'cache-lock-redis-key-prefix',
+    description: 'Prefix of the Redis keys narwhal uses for locks.',
+    defaultText: 'narwhal:lock:',
+  },
+  {
+    name: 'cache-lock-download-ttl',
+    description:
+      'Lease of a download or lookup lock; the holder renews it while it works, so it only matters when a holder dies.',
+    defaultText: '5m',
+  },
+  { name: 'cache-lock-lru-ttl', description: 'Lease of the LRU job lock.', defaultText: '30m' },
+  {
+    name: 'cache-lock-retry-max-attempts',
+    description: 'How often a waiter retries a held Redis lock before giving up.',
+    defaultText: '600',
+  },
+  {
+    name: 'cache-lock-retry-initial-delay',
+    description: 'First wait between lock retries.',
+    defaultText: '50ms',
+  },
+  {
+    name: 'cache-lock-retry-max-delay',
+    description: 'Longest wait between lock retries (exponential backoff).',
+    defaultText: '2s',
+  },
+  {
+    name: 'cache-lock-retry-jitter',
+    description: 'Random fraction (0–1) added to or taken from each retry wait.',
+    defaultText: '0.2',
+  },
+  {
+    name: 'cache-lock-allow-degraded-mode',
+    description:
+      'While Redis is unreachable, serve misses with local locks (logged, counted, shown in /readyz) instead of failing them.',
+    defaultText: 'true',
+    boolean: true,
+  },
+  {
+    name: 'cache-advertise-url',
+    description:
+      'URL at which the other instances reach this one, to stream a download it is running (several instances only).',
+    defaultText: 'http://<hostname>:<port>',
   },
   {
     name: 'cache-priority',

@@ -7,12 +7,32 @@ export interface Lease {
   extend(ttlMs: number): Promise<boolean>;
 }
 
+export interface LockerStatus {
+  backend: 'local' | 'redis';
+  /** False when the backend cannot be reached (and degraded mode is off, or not possible). */
+  healthy: boolean;
+  /** True while a distributed locker falls back to in-process locks. */
+  degraded: boolean;
+  detail?: string;
+}
+
 export interface Locker {
-  /** Waits until the lock is free, then holds it for at most ttlMs (unless extended). */
-  acquire(key: string, ttlMs: number): Promise<Lease>;
+  /**
+   * Waits until the lock is free, then holds it for at most ttlMs (unless extended). `info` is what
+   * other contenders see through `holderInfo` while this lease holds (e.g. the holder's URL).
+   */
+  acquire(key: string, ttlMs: number, info?: string): Promise<Lease>;
   /** Takes the lock if it is free right now, else resolves null. */
-  tryAcquire(key: string, ttlMs: number): Promise<Lease | null>;
+  tryAcquire(key: string, ttlMs: number, info?: string): Promise<Lease | null>;
+  /** The `info` of the current holder of `key` ('' if it gave none), or null if the lock is free. */
+  holderInfo(key: string): Promise<string | null>;
+  status(): LockerStatus;
   close(): Promise<void>;
+}
+
+/** A waiter gave up: the lock stayed held for all its retries. */
+export class LockTimeoutError extends Error {
+  override name = 'LockTimeoutError';
 }
 
 export const LOCKER = Symbol('LOCKER');
@@ -23,8 +43,9 @@ export async function withLock<T>(
   key: string,
   ttlMs: number,
   work: () => Promise<T>,
+  info?: string,
 ): Promise<T> {
-  const lease = await locker.acquire(key, ttlMs);
+  const lease = await locker.acquire(key, ttlMs, info);
   const renew = setInterval(
     () => void lease.extend(ttlMs).catch(() => false),
     Math.max(50, ttlMs / 3),

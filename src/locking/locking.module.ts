@@ -9,8 +9,10 @@ export function createLocker(config: AppConfig): Locker {
   switch (lock.kind) {
     case 'local':
       return new LocalLocker();
+    case 'redis':
+      throw new Error('the Redis locker is not built yet');
     default: {
-      const unknown: never = lock.kind;
+      const unknown: never = lock;
       throw new Error(`unknown lock backend ${String(unknown)}`);
     }
   }

@@ -1,13 +1,15 @@
 import { randomUUID } from 'node:crypto';
-import type { Lease, Locker } from '../locker';
+import type { Lease, Locker, LockerStatus } from '../locker';
 
 interface Holder {
   token: string;
+  info: string;
   timer: NodeJS.Timeout;
 }
 
 interface Waiter {
   ttlMs: number;
+  info: string;
   grant: (lease: Lease) => void;
 }
 
@@ -19,18 +21,26 @@ export class LocalLocker implements Locker {
   private readonly holders = new Map<string, Holder>();
   private readonly waiters = new Map<string, Waiter[]>();
 
-  acquire(key: string, ttlMs: number): Promise<Lease> {
-    const lease = this.take(key, ttlMs);
+  acquire(key: string, ttlMs: number, info = ''): Promise<Lease> {
+    const lease = this.take(key, ttlMs, info);
     if (lease) return Promise.resolve(lease);
     return new Promise<Lease>((grant) => {
       const queue = this.waiters.get(key) ?? [];
-      queue.push({ ttlMs, grant });
+      queue.push({ ttlMs, info, grant });
       this.waiters.set(key, queue);
     });
   }
 
-  tryAcquire(key: string, ttlMs: number): Promise<Lease | null> {
-    return Promise.resolve(this.take(key, ttlMs));
+  tryAcquire(key: string, ttlMs: number, info = ''): Promise<Lease | null> {
+    return Promise.resolve(this.take(key, ttlMs, info));
+  }
+
+  holderInfo(key: string): Promise<string | null> {
+    return Promise.resolve(this.holders.get(key)?.info ?? null);
+  }
+
+  status(): LockerStatus {
+    return { backend: 'local', healthy: true, degraded: false };
   }
 
   close(): Promise<void> {
@@ -40,14 +50,14 @@ export class LocalLocker implements Locker {
     return Promise.resolve();
   }
 
-  private take(key: string, ttlMs: number): Lease | null {
+  private take(key: string, ttlMs: number, info: string): Lease | null {
     if (this.holders.has(key) || this.waiters.has(key)) return null;
-    return this.grant(key, ttlMs);
+    return this.grant(key, ttlMs, info);
   }
 
-  private grant(key: string, ttlMs: number): Lease {
+  private grant(key: string, ttlMs: number, info: string): Lease {
     const token = randomUUID();
-    this.holders.set(key, { token, timer: this.expiry(key, token, ttlMs) });
+    this.holders.set(key, { token, info, timer: this.expiry(key, token, ttlMs) });
     return {
       key,
       release: () => {
@@ -78,6 +88,6 @@ export class LocalLocker implements Locker {
     const queue = this.waiters.get(key);
     const next = queue?.shift();
     if (queue && queue.length === 0) this.waiters.delete(key);
-    if (next) next.grant(this.grant(key, next.ttlMs));
+    if (next) next.grant(this.grant(key, next.ttlMs, next.info));
   }
 }
