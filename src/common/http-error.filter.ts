@@ -1,5 +1,6 @@
 import { ArgumentsHost, Catch, HttpException, Logger, type ExceptionFilter } from '@nestjs/common';
 import type { FastifyReply } from 'fastify';
+import { LockTimeoutError } from '../locking/locker';
 import { NixFormatError } from '../nix/errors';
 import { MethodNotAllowedError, NotFoundError, UpstreamUnavailableError } from './errors';
 
@@ -26,7 +27,9 @@ export class HttpErrorFilter implements ExceptionFilter {
 function statusOf(error: unknown): [number, string] {
   if (error instanceof NixFormatError) return [400, error.message];
   if (error instanceof NotFoundError) return [404, error.message || 'not found'];
-  if (error instanceof UpstreamUnavailableError) return [404, 'not found'];
+  // Nix reads 404 as "not here" and falls back; a 5xx would make it retry and then give up on us.
+  if (error instanceof UpstreamUnavailableError || error instanceof LockTimeoutError)
+    return [404, 'not found'];
   if (error instanceof MethodNotAllowedError) return [405, 'method not allowed'];
   if (error instanceof HttpException) return [error.getStatus(), error.message];
   return [500, 'internal error'];

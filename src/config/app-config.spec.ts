@@ -63,7 +63,12 @@ describe('buildConfig defaults', () => {
   it('has the documented timeouts, LRU, lock, log level, store dir, priority and hostname', () => {
     expect(c.upstreamTimeouts).toEqual({ connectMs: 3_000, headersMs: 10_000, bodyMs: 60_000 });
     expect(c.lru).toEqual({ maxSize: undefined, schedule: '0 2 * * *' });
-    expect(c.lock).toEqual({ kind: 'local' });
+    expect(c.lock).toEqual({
+      kind: 'local',
+      downloadTtlMs: 300_000,
+      lruTtlMs: 1_800_000,
+      retry: { maxAttempts: 600, initialDelayMs: 50, maxDelayMs: 2000, jitter: 0.2 },
+    });
     expect(c.logLevel).toBe('info');
     expect(c.storeDir).toBe('/nix/store');
     expect(c.priority).toBe(40);
@@ -352,8 +357,9 @@ describe('bad values stop startup with a ConfigError naming the setting', () => 
     ['cache-upstream-body-timeout', '1d'],
     ['cache-upstream-body-timeout', '0'],
     ['cache-sign-narinfo', 'maybe'],
-    ['cache-lock-backend', 'redis'],
     ['cache-lock-backend', 'etcd'],
+    ['cache-redis-addrs', 'localhost'],
+    ['cache-lock-retry-jitter', '2'],
     ['cache-priority', 'high'],
     ['cache-priority', '-1'],
     ['cache-priority', '1.5'],
@@ -381,10 +387,29 @@ describe('bad values stop startup with a ConfigError naming the setting', () => 
     expect(e.message).not.toContain('hunter2');
   });
 
-  it('says why: redis locking is not supported yet', () => {
-    expect(configError(() => build({ 'cache-lock-backend': 'redis' })).message).toContain(
-      '"redis"',
+  it('says why: an unknown lock backend', () => {
+    expect(configError(() => build({ 'cache-lock-backend': 'etcd' })).message).toContain('"etcd"');
+  });
+
+  it('rejects Redis settings without the redis lock backend', () => {
+    expect(configError(() => build({ 'cache-redis-addrs': 'r:6379' })).setting).toBe(
+      'cache-redis-addrs',
     );
+  });
+
+  it('builds the redis lock backend with its defaults', () => {
+    const c = build({ 'cache-lock-backend': 'redis', 'cache-redis-password': 'hunter2' });
+    expect(c.lock).toMatchObject({
+      kind: 'redis',
+      addrs: ['127.0.0.1:6379'],
+      db: 0,
+      tls: false,
+      keyPrefix: 'narwhal:lock:',
+      allowDegraded: true,
+      password: 'hunter2',
+      downloadTtlMs: 300_000,
+      lruTtlMs: 1_800_000,
+    });
   });
 
   it('says why: a single-valued setting given twice', () => {

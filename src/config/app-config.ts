@@ -291,7 +291,7 @@ function lockConfig(one: One, parsed: Parsed, duration: (s: string) => number): 
         throw new Error(`"${v}" is not a lock backend (local, redis)`);
       return v;
     },
-    'local' as 'local' | 'redis',
+    'local',
   );
   const timings: LockTimings = {
     downloadTtlMs: parsed('cache-lock-download-ttl', duration, 5 * 60_000),

@@ -327,7 +327,7 @@ cache:
     const e = configError(() => load({ file: yamlFile('cache:\n  max-size: 10X\n') }));
     expect(e.message.startsWith('--cache-max-size: ')).toBe(true);
     const l = configError(() =>
-      load({ file: yamlFile('cache:\n  lock-backend: redis\n', 'l.yaml') }),
+      load({ file: yamlFile('cache:\n  lock-backend: etcd\n', 'l.yaml') }),
     );
     expect(l.message.startsWith('--cache-lock-backend: ')).toBe(true);
     const h = configError(() => load({ file: yamlFile('cache:\n  hostname: [a, b]\n', 'h.yaml') }));
@@ -345,7 +345,7 @@ describe('bad values from env and flags', () => {
     ['cache-upstream-url', 'gopher://x.example'],
     ['cache-upstream-public-key', 'x:notbase64!'],
     ['cache-database-url', 'mongodb://u:p@localhost/narwhal'],
-    ['cache-lock-backend', 'redis'],
+    ['cache-lock-backend', 'etcd'],
   ])('--%s %j', (setting, value) => {
     const fromEnv = configError(() => load({ env: { [envName(setting)]: value } }));
     expect(fromEnv.message.startsWith(`--${setting}: `)).toBe(true);

@@ -46,15 +46,28 @@ export async function withLock<T>(
   info?: string,
 ): Promise<T> {
   const lease = await locker.acquire(key, ttlMs, info);
-  const renew = setInterval(
-    () => void lease.extend(ttlMs).catch(() => false),
-    Math.max(50, ttlMs / 3),
-  );
-  renew.unref();
+  const stop = keepAlive(lease, ttlMs);
   try {
     return await work();
   } finally {
-    clearInterval(renew);
+    stop();
     await lease.release();
   }
+}
+
+/** Renews `lease` every third of its TTL until the returned function is called. */
+export function keepAlive(lease: Lease, ttlMs: number, onLost?: () => void): () => void {
+  const timer = setInterval(
+    () => {
+      lease.extend(ttlMs).then(
+        (kept) => {
+          if (!kept) onLost?.();
+        },
+        () => undefined, // a failed renewal is retried at the next tick
+      );
+    },
+    Math.max(50, ttlMs / 3),
+  );
+  timer.unref();
+  return () => clearInterval(timer);
 }

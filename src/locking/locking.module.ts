@@ -2,6 +2,8 @@ import { Inject, Module, type OnApplicationShutdown } from '@nestjs/common';
 import { APP_CONFIG, type AppConfig } from '../config/app-config';
 import { LocalLocker } from './local/local-locker';
 import { LOCKER, type Locker } from './locker';
+import { DegradableLocker } from './redis/degradable-locker';
+import { RedisLocker } from './redis/redis-locker';
 
 /** Picks the Locker implementation from configuration. */
 export function createLocker(config: AppConfig): Locker {
@@ -10,7 +12,7 @@ export function createLocker(config: AppConfig): Locker {
     case 'local':
       return new LocalLocker();
     case 'redis':
-      throw new Error('the Redis locker is not built yet');
+      return new DegradableLocker(new RedisLocker(lock), new LocalLocker(), lock.allowDegraded);
     default: {
       const unknown: never = lock;
       throw new Error(`unknown lock backend ${String(unknown)}`);

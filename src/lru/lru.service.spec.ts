@@ -50,7 +50,7 @@ afterEach(async () => {
 });
 
 function lru(maxSize: number | undefined, schedule = '0 2 * * *'): LruService {
-  const config = { lru: { maxSize, schedule } } as AppConfig;
+  const config = { lru: { maxSize, schedule }, lock: { lruTtlMs: 60_000 } } as AppConfig;
   return new LruService(config, locker, store, files, scheduler);
 }
 

@@ -16,7 +16,6 @@ export interface LruReport {
   evictedBytes: number;
 }
 
-const LRU_LOCK_TTL_MS = 30 * 60_000;
 const BATCH = 200;
 
 /** Keeps stored NARs under --cache-max-size by evicting the least recently used ones. */
@@ -57,7 +56,7 @@ export class LruService implements OnModuleInit {
       evictedBytes: 0,
     };
     if (maxSize === undefined) return report;
-    const lease = await this.locker.tryAcquire('lru', LRU_LOCK_TTL_MS);
+    const lease = await this.locker.tryAcquire('lru', this.config.lock.lruTtlMs);
     if (!lease) {
       this.logger.log('another LRU run is in progress; skipping');
       return report;

@@ -3,12 +3,14 @@ import { LockingModule } from '../locking/locking.module';
 import { StorageModule } from '../storage/storage.module';
 import { UpstreamModule } from '../upstream/upstream.module';
 import { NarController } from './nar.controller';
+import { NarFetcher } from './nar-fetcher';
 import { NarService } from './nar.service';
+import { PeerClient } from './peer-client';
 
 @Module({
   imports: [LockingModule, StorageModule, UpstreamModule],
   controllers: [NarController],
-  providers: [NarService],
+  providers: [NarService, NarFetcher, PeerClient],
   exports: [NarService],
 })
 export class NarModule {}

@@ -2,41 +2,54 @@ import { Inject, Injectable, Logger, type OnModuleInit } from '@nestjs/common';
 import { readdir, stat, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
-import { DownloadFailedError, NotFoundError, UpstreamUnavailableError } from '../common/errors';
-import type { NarFileEntity } from '../database/entities';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { NotFoundError, UpstreamUnavailableError } from '../common/errors';
+import { APP_CONFIG, type AppConfig } from '../config/app-config';
 import { NarFileRepository } from '../database/nar-file.repository';
-import { LOCKER, withLock, type Locker } from '../locking/locker';
-import { parseNarFileName, type Compression } from '../nix/compression';
+import { keepAlive, LOCKER, type Locker } from '../locking/locker';
+import { parseNarFileName } from '../nix/compression';
 import { NAR_STORE, type NarStore } from '../storage/nar-store';
 import { UpstreamService } from '../upstream/upstream.service';
-import { NarDownload } from './nar-download';
-import { NarVerifier, type NarExpectations } from './nar-verifier';
+import type { NarDownload } from './nar-download';
+import { NarFetcher } from './nar-fetcher';
+import { PeerClient } from './peer-client';
 
 /** What the controller streams to one client. */
 export interface NarResponse {
   body: Readable;
   length?: number;
-  source: 'storage' | 'download';
+  /** storage: a stored copy; download: this instance's download; peer: another instance's download. */
+  source: 'storage' | 'download' | 'peer';
 }
 
-const DOWNLOAD_LOCK_TTL_MS = 5 * 60_000;
+/** Who is fetching a NAR that is not stored yet. */
+type Claim =
+  { kind: 'local'; download: NarDownload } | { kind: 'peer'; url: string } | { kind: 'retry' };
+
 const STALE_SPOOL_MS = 10 * 60_000;
 
 /**
- * The NAR download flow: serve from storage when stored; otherwise one upstream download per NAR,
- * streamed to every client that asks while it runs, verified, and only then committed to storage.
+ * The NAR download flow. Stored → stream from storage. Otherwise exactly one download per NAR across
+ * all instances: the instance that takes the NAR's lock downloads it (NarFetcher) and every client of
+ * that instance streams from the download as it arrives; clients of other instances stream it from the
+ * lock holder (whose URL is in the lock), or — if it cannot be reached — wait for it to be stored.
  */
 @Injectable()
 export class NarService implements OnModuleInit {
   private readonly logger = new Logger('nar');
-  /** In-flight downloads by NAR name; null once it turned out to be stored already. */
-  private readonly inflight = new Map<string, Promise<NarDownload | null>>();
+  /** This instance's running downloads, by NAR name. */
+  private readonly downloads = new Map<string, NarDownload>();
+  /** Pending claims, so that concurrent local requests decide once. */
+  private readonly claims = new Map<string, Promise<Claim>>();
 
   constructor(
+    @Inject(APP_CONFIG) private readonly config: AppConfig,
     @Inject(NAR_STORE) private readonly store: NarStore,
     @Inject(LOCKER) private readonly locker: Locker,
     private readonly files: NarFileRepository,
     private readonly upstream: UpstreamService,
+    private readonly fetcher: NarFetcher,
+    private readonly peers: PeerClient,
   ) {}
 
   /** Removes spool files left by a crash (never visible as objects, but they take space). */
@@ -51,21 +64,32 @@ export class NarService implements OnModuleInit {
   }
 
   get downloadsInFlight(): number {
-    return this.inflight.size;
+    return this.downloads.size;
   }
 
-  /** GET: a stream of the NAR, from storage or from the (shared) in-flight download. */
+  /** GET: a stream of the NAR, from storage, from this instance's download or from a peer's. */
   async get(name: string): Promise<NarResponse> {
     parseNarFileName(name); // 400 for anything that is not a NAR file name
-    // A download can finish between our looks at storage and at the in-flight map; then look again.
-    for (let attempt = 0; attempt < 3; attempt++) {
+    const { maxAttempts, initialDelayMs, maxDelayMs, jitter } = this.config.lock.retry;
+    let delay = initialDelayMs;
+    for (let attempt = 0; attempt < maxAttempts; attempt++) {
       const stored = await this.openStored(name);
       if (stored) return stored;
-      const download = await this.download(name);
-      const body = download?.tryCreateReader();
-      if (download && body) return { body, length: download.length, source: 'download' };
+      const claim = await this.claim(name);
+      if (claim.kind === 'local') {
+        const body = claim.download.tryCreateReader();
+        if (body) return { body, length: claim.download.length, source: 'download' };
+        continue; // it finished in the meantime: it is in storage now
+      }
+      if (claim.kind === 'peer') {
+        const remote = await this.peers.open(claim.url, name);
+        if (remote) return { ...remote, source: 'peer' };
+      }
+      // The holder finished, failed, or cannot be reached: look again after a pause.
+      await sleep(delay * (1 + jitter * (2 * Math.random() - 1)));
+      delay = Math.min(maxDelayMs, delay * 2);
     }
-    throw new UpstreamUnavailableError(`${name} could not be served`);
+    throw new UpstreamUnavailableError(`${name}: gave up waiting for another instance's download`);
   }
 
   /** HEAD: the size if the NAR is stored or can be fetched, without downloading it. */
@@ -76,9 +100,8 @@ export class NarService implements OnModuleInit {
       const s = await this.store.stat(name);
       if (s) return { length: s.size };
     }
-    const inflight = this.inflight.get(name);
-    const download = inflight ? await inflight : null;
-    if (download) return { length: download.length };
+    const running = this.downloads.get(name);
+    if (running) return { length: running.length };
     if (!row) throw new NotFoundError(`${name} is not known`);
     try {
       const { length } = await this.upstream.open(row.upstreamUrl, 'HEAD');
@@ -87,6 +110,13 @@ export class NarService implements OnModuleInit {
       this.logger.debug(`HEAD ${name}: ${this.upstream.describeError(e)}`);
       throw new UpstreamUnavailableError(`${name} is not available upstream`);
     }
+  }
+
+  /** For peers: a stream of a download this instance is running, or null. */
+  streamForPeer(name: string): { body: Readable; length?: number } | null {
+    const download = this.downloads.get(name);
+    const body = download?.tryCreateReader();
+    return download && body ? { body, length: download.length } : null;
   }
 
   private async openStored(name: string): Promise<NarResponse | null> {
@@ -104,133 +134,54 @@ export class NarService implements OnModuleInit {
     }
   }
 
-  /** The in-flight download of `name`, started if needed; resolves once bytes are flowing. */
-  private download(name: string): Promise<NarDownload | null> {
-    let pending = this.inflight.get(name);
+  /** Decides, once for all concurrent local requests, who fetches `name`. */
+  private claim(name: string): Promise<Claim> {
+    const running = this.downloads.get(name);
+    if (running) return Promise.resolve({ kind: 'local', download: running });
+    let pending = this.claims.get(name);
     if (!pending) {
-      pending = this.startDownload(name);
-      this.inflight.set(name, pending);
-      pending.catch(() => this.inflight.delete(name));
+      pending = this.tryClaim(name).finally(() => this.claims.delete(name));
+      this.claims.set(name, pending);
     }
     return pending;
   }
 
-  /**
-   * Resolves with the download as soon as the upstream answered 200 (clients start streaming then);
-   * the rest of the download continues in the background under the lock.
-   */
-  private startDownload(name: string): Promise<NarDownload | null> {
-    return new Promise<NarDownload | null>((resolveStarted, rejectStarted) => {
-      let started = false;
-      const work = withLock(this.locker, `nar:${name}`, DOWNLOAD_LOCK_TTL_MS, async () => {
-        const source = await this.resolveSource(name);
-        if (!source) throw new NotFoundError(`${name} is not known`);
-        const row = source.row;
-        if (row?.storedSize != null && (await this.store.stat(name))) {
-          // Another holder stored it while we waited for the lock.
-          this.inflight.delete(name);
-          started = true;
-          resolveStarted(null);
-          return;
-        }
-        const { url, body, length: upstreamLength } = await this.openUpstream(name, source.urls);
-        const expect = source.expect;
-        const download = new NarDownload(
-          name,
-          this.store.spoolDir,
-          expect.fileSize ?? upstreamLength,
-        );
-        const verifier = new NarVerifier(expect);
-        if (!verifier.checksContent) {
-          this.logger.warn(
-            `${name}: ${expect.compression} NAR without FileHash cannot be verified; checking its size only`,
-          );
-        }
-        started = true;
-        resolveStarted(download);
-        await this.complete(download, verifier, body as AsyncIterable<Buffer>, source, url);
-      });
-      work.catch((e: unknown) => {
-        this.inflight.delete(name);
-        if (!started) rejectStarted(e instanceof Error ? e : new Error(String(e)));
-        else this.logger.error(`download of ${name}: ${(e as Error).message}`);
-      });
-    });
-  }
-
-  /** Receives, verifies and commits one download; on any failure nothing is stored and readers break. */
-  private async complete(
-    download: NarDownload,
-    verifier: NarVerifier,
-    body: AsyncIterable<Buffer>,
-    source: NarSource,
-    url: string,
-  ): Promise<void> {
-    const name = download.key;
-    const began = Date.now();
-    // Streaming stores (S3) upload while the download runs, from a reader that ends only once verified.
-    const upload =
-      this.store.writeMode === 'stream'
-        ? this.store.put(name, download.createReader(), download.length)
-        : null;
-    upload?.catch(() => undefined); // awaited below; keep an early failure from counting as unhandled
-    try {
-      await download.receive(body, verifier);
-      if (upload) await upload;
-      else await this.store.putFile(name, download.spoolPath);
-      if (source.row) await this.files.markStored(name, download.written);
-      else await this.files.recordStored(name, url, source.expect, download.written);
-      this.logger.log(`stored ${name} (${download.written} bytes in ${Date.now() - began} ms)`);
-      this.inflight.delete(name);
-      await download.finishWriting(upload !== null);
-    } catch (e) {
-      this.logger.warn(`discarded ${name}: ${(e as Error).message}`);
-      download.fail(e instanceof DownloadFailedError ? e : new DownloadFailedError(String(e)));
-      await upload?.catch(() => undefined); // let an aborted upload finish cleaning up
-      this.inflight.delete(name);
-      await download.finishWriting(true);
+  private async tryClaim(name: string): Promise<Claim> {
+    const key = `nar:${name}`;
+    const ttl = this.config.lock.downloadTtlMs;
+    const lease = await this.locker.tryAcquire(key, ttl, this.peers.selfUrl);
+    if (!lease) {
+      const holder = await this.locker.holderInfo(key);
+      if (holder && holder !== this.peers.selfUrl) return { kind: 'peer', url: holder };
+      return { kind: 'retry' };
     }
-  }
-
-  private async openUpstream(name: string, urls: string[]) {
-    for (const url of urls) {
-      try {
-        return { url, ...(await this.upstream.open(url)) };
-      } catch (e) {
-        this.logger.debug(`${name}: ${this.upstream.describeError(e)}`);
-      }
-    }
-    throw new UpstreamUnavailableError(`${name}: no upstream has it`);
-  }
-
-  /** Where the bytes of `name` come from and what they must hash to. */
-  private async resolveSource(name: string): Promise<NarSource | null> {
-    const row = await this.files.find(name);
-    if (row) {
-      return {
-        row,
-        urls: [row.upstreamUrl],
-        expect: {
-          compression: row.compression as Compression,
-          fileHash: row.fileHash ?? undefined,
-          fileSize: row.fileSize ?? undefined,
-          narHash: row.narHash,
-          narSize: row.narSize,
-        },
-      };
-    }
-    // Asked for without a narinfo seen here (e.g. a client's long-cached narinfo after an eviction):
-    // try `nar/<name>` on every upstream, trusting only bytes that hash to the FileHash in the name.
-    const { hash, compression } = parseNarFileName(name);
-    return {
-      urls: this.upstream.upstreams.map((u) => this.upstream.urlFor(u, `nar/${name}`)),
-      expect: { compression, fileHash: `sha256:${hash}` },
+    const stopRenewing = keepAlive(lease, ttl, () =>
+      this.logger.warn(`lost the lock of ${name} while downloading it`),
+    );
+    const release = async () => {
+      stopRenewing();
+      await lease.release().catch((e: Error) => this.logger.warn(`releasing ${key}: ${e.message}`));
     };
+    try {
+      if (await this.storedNow(name)) {
+        await release();
+        return { kind: 'retry' }; // another holder stored it before we got the lock
+      }
+      const { download, finished } = await this.fetcher.start(name);
+      this.downloads.set(name, download);
+      void finished.finally(async () => {
+        this.downloads.delete(name);
+        await release();
+      });
+      return { kind: 'local', download };
+    } catch (e) {
+      await release();
+      throw e;
+    }
   }
-}
 
-interface NarSource {
-  row?: NarFileEntity;
-  urls: string[];
-  expect: NarExpectations;
+  private async storedNow(name: string): Promise<boolean> {
+    const row = await this.files.find(name);
+    return row?.storedSize != null && (await this.store.stat(name)) !== null;
+  }
 }

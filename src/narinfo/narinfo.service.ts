@@ -13,8 +13,6 @@ import { isStorePathHash, parseStorePath } from '../nix/store-path';
 import { SigningService } from '../signing/signing.service';
 import { UpstreamService } from '../upstream/upstream.service';
 
-const LOOKUP_LOCK_TTL_MS = 60_000;
-
 /**
  * The narinfo request flow: hit → serve from the database; miss → under the lock for the hash, ask the
  * upstreams in priority order, accept the first answer whose signature verifies against a trusted
@@ -53,7 +51,7 @@ export class NarInfoService {
   private lookupOnce(hash: string): Promise<NarInfoEntity | null> {
     let pending = this.lookups.get(hash);
     if (!pending) {
-      pending = withLock(this.locker, `narinfo:${hash}`, LOOKUP_LOCK_TTL_MS, () =>
+      pending = withLock(this.locker, `narinfo:${hash}`, this.config.lock.downloadTtlMs, () =>
         this.lookup(hash),
       ).finally(() => this.lookups.delete(hash));
       this.lookups.set(hash, pending);

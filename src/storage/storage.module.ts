@@ -2,6 +2,7 @@ import { Module } from '@nestjs/common';
 import { APP_CONFIG, type AppConfig } from '../config/app-config';
 import { FilesystemNarStore } from './filesystem/filesystem-nar-store';
 import { NAR_STORE, type NarStore } from './nar-store';
+import { S3NarStore } from './s3/s3-nar-store';
 
 /** Picks the NarStore implementation from configuration. */
 export async function createNarStore(config: AppConfig): Promise<NarStore> {
@@ -12,8 +13,13 @@ export async function createNarStore(config: AppConfig): Promise<NarStore> {
       await store.init();
       return store;
     }
+    case 's3': {
+      const store = new S3NarStore(storage);
+      await store.init();
+      return store;
+    }
     default: {
-      const unknown: never = storage.kind;
+      const unknown: never = storage;
       throw new Error(`unknown storage kind ${String(unknown)}`);
     }
   }

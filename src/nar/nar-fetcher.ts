@@ -1,0 +1,119 @@
+import { Inject, Injectable, Logger } from '@nestjs/common';
+import { DownloadFailedError, UpstreamUnavailableError } from '../common/errors';
+import type { NarFileEntity } from '../database/entities';
+import { NarFileRepository } from '../database/nar-file.repository';
+import { parseNarFileName, type Compression } from '../nix/compression';
+import { NAR_STORE, type NarStore } from '../storage/nar-store';
+import { UpstreamService } from '../upstream/upstream.service';
+import { NarDownload } from './nar-download';
+import { NarVerifier, type NarExpectations } from './nar-verifier';
+
+interface NarSource {
+  row?: NarFileEntity;
+  urls: string[];
+  expect: NarExpectations;
+}
+
+/**
+ * One upstream download of one NAR: find its source, open it, and — once clients can stream —
+ * receive, verify and commit it in the background. The caller holds the NAR's lock throughout.
+ */
+@Injectable()
+export class NarFetcher {
+  private readonly logger = new Logger('nar');
+
+  constructor(
+    @Inject(NAR_STORE) private readonly store: NarStore,
+    private readonly files: NarFileRepository,
+    private readonly upstream: UpstreamService,
+  ) {}
+
+  /**
+   * Opens the upstream and returns the download (clients may attach at once) and a promise that
+   * settles when it is committed or discarded. Rejects if no upstream serves the NAR.
+   */
+  async start(name: string): Promise<{ download: NarDownload; finished: Promise<boolean> }> {
+    const source = await this.resolveSource(name);
+    const { url, body, length: upstreamLength } = await this.openUpstream(name, source.urls);
+    const expect = source.expect;
+    const download = new NarDownload(name, this.store.spoolDir, expect.fileSize ?? upstreamLength);
+    const verifier = new NarVerifier(expect);
+    if (!verifier.checksContent) {
+      this.logger.warn(
+        `${name}: ${expect.compression} NAR without FileHash cannot be verified; checking its size only`,
+      );
+    }
+    const finished = this.complete(download, verifier, body as AsyncIterable<Buffer>, source, url);
+    return { download, finished };
+  }
+
+  /** Receives, verifies and commits; on any failure nothing is stored and every reader breaks. */
+  private async complete(
+    download: NarDownload,
+    verifier: NarVerifier,
+    body: AsyncIterable<Buffer>,
+    source: NarSource,
+    url: string,
+  ): Promise<boolean> {
+    const name = download.key;
+    const began = Date.now();
+    // Streaming stores (S3) upload while the download runs, from a reader that ends only once verified.
+    const upload =
+      this.store.writeMode === 'stream'
+        ? this.store.put(name, download.createReader(), download.length)
+        : null;
+    upload?.catch(() => undefined); // awaited below; keep an early failure from counting as unhandled
+    try {
+      await download.receive(body, verifier);
+      if (upload) await upload;
+      else await this.store.putFile(name, download.spoolPath);
+      if (source.row) await this.files.markStored(name, download.written);
+      else await this.files.recordStored(name, url, source.expect, download.written);
+      this.logger.log(`stored ${name} (${download.written} bytes in ${Date.now() - began} ms)`);
+      await download.finishWriting(upload !== null);
+      return true;
+    } catch (e) {
+      this.logger.warn(`discarded ${name}: ${(e as Error).message}`);
+      download.fail(e instanceof DownloadFailedError ? e : new DownloadFailedError(String(e)));
+      await upload?.catch(() => undefined); // let an aborted upload finish cleaning up
+      await download.finishWriting(true);
+      return false;
+    }
+  }
+
+  private async openUpstream(name: string, urls: string[]) {
+    for (const url of urls) {
+      try {
+        return { url, ...(await this.upstream.open(url)) };
+      } catch (e) {
+        this.logger.debug(`${name}: ${this.upstream.describeError(e)}`);
+      }
+    }
+    throw new UpstreamUnavailableError(`${name}: no upstream has it`);
+  }
+
+  /** Where the bytes of `name` come from and what they must hash to. */
+  private async resolveSource(name: string): Promise<NarSource> {
+    const row = await this.files.find(name);
+    if (row) {
+      return {
+        row,
+        urls: [row.upstreamUrl],
+        expect: {
+          compression: row.compression as Compression,
+          fileHash: row.fileHash ?? undefined,
+          fileSize: row.fileSize ?? undefined,
+          narHash: row.narHash || undefined,
+          narSize: row.narHash ? row.narSize : undefined,
+        },
+      };
+    }
+    // Asked for without a narinfo seen here (e.g. a client's long-cached narinfo after an eviction):
+    // try `nar/<name>` on every upstream, trusting only bytes that hash to the FileHash in the name.
+    const { hash, compression } = parseNarFileName(name);
+    return {
+      urls: this.upstream.upstreams.map((u) => this.upstream.urlFor(u, `nar/${name}`)),
+      expect: { compression, fileHash: `sha256:${hash}` },
+    };
+  }
+}

@@ -1,0 +1,58 @@
+import { Inject, Injectable, Logger, type OnApplicationShutdown } from '@nestjs/common';
+import { hostname } from 'node:os';
+import type { Readable } from 'node:stream';
+import { Agent, request } from 'undici';
+import { APP_CONFIG, type AppConfig } from '../config/app-config';
+
+/** Path under which an instance serves the downloads it is running to its peers. */
+export const PEER_DOWNLOADS_PATH = '_narwhal/downloads';
+
+/**
+ * Streams a NAR that another narwhal instance is downloading right now, from that instance's
+ * in-flight download (`GET <peer>/_narwhal/downloads/<name>`), so a client of this instance gets its
+ * first byte without waiting for the other instance to finish.
+ */
+@Injectable()
+export class PeerClient implements OnApplicationShutdown {
+  private readonly logger = new Logger('peer');
+  private readonly agent: Agent;
+  /** The URL this instance advertises in the locks it holds. */
+  readonly selfUrl: string;
+
+  constructor(@Inject(APP_CONFIG) config: AppConfig) {
+    const { host, port } = config.server;
+    const wildcard = host === '0.0.0.0' || host === '::' || host === '';
+    this.selfUrl =
+      config.advertiseUrl ??
+      `http://${wildcard ? hostname() : host.includes(':') ? `[${host}]` : host}:${port}`;
+    this.agent = new Agent({
+      connect: { timeout: config.upstreamTimeouts.connectMs },
+      headersTimeout: config.upstreamTimeouts.headersMs,
+      bodyTimeout: config.upstreamTimeouts.bodyMs,
+    });
+  }
+
+  /** The peer's stream of `name`, or null if the peer is not (or no longer) downloading it. */
+  async open(peerUrl: string, name: string): Promise<{ body: Readable; length?: number } | null> {
+    if (!/^https?:\/\//.test(peerUrl)) return null;
+    try {
+      const res = await request(`${peerUrl}/${PEER_DOWNLOADS_PATH}/${name}`, {
+        dispatcher: this.agent,
+      });
+      if (res.statusCode !== 200) {
+        res.body.on('error', () => undefined);
+        await res.body.dump().catch(() => undefined);
+        return null;
+      }
+      const len = Number(res.headers['content-length']);
+      return { body: res.body, length: Number.isSafeInteger(len) ? len : undefined };
+    } catch (e) {
+      this.logger.debug(`peer ${peerUrl} unreachable for ${name}: ${(e as Error).message}`);
+      return null;
+    }
+  }
+
+  async onApplicationShutdown(): Promise<void> {
+    await this.agent.close();
+  }
+}

@@ -1,0 +1,238 @@
+import { randomBytes } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { mkdir, rm, stat } from 'node:fs/promises';
+import { hostname } from 'node:os';
+import { Readable } from 'node:stream';
+import {
+  AbortMultipartUploadCommand,
+  DeleteObjectCommand,
+  GetObjectCommand,
+  HeadObjectCommand,
+  ListObjectsV2Command,
+  PutObjectCommand,
+  S3Client,
+} from '@aws-sdk/client-s3';
+import { Upload } from '@aws-sdk/lib-storage';
+import { Logger } from '@nestjs/common';
+import { NotFoundError } from '../../common/errors';
+import type { S3StorageConfig } from '../../config/app-config';
+import type { NarStore } from '../nar-store';
+
+// Same rule as the filesystem store: narwhal's own NAR file names, nothing that could escape `nar/`.
+const KEY_RE = /^[0-9a-z]{8,}\.nar(\.[a-z0-9]+)?$/;
+
+export interface S3NarStoreOptions {
+  /** Multipart part size; S3's minimum is 5 MiB. */
+  partSize?: number;
+  /**
+   * Parts uploaded at once. Live memory per upload is about (queueSize + 2) × partSize: 2 → ~33 MiB,
+   * 4 → ~50 MiB measured with 8 MiB parts. A download is rarely faster than two parallel parts.
+   */
+  queueSize?: number;
+}
+
+/**
+ * NARs as objects `<prefix>nar/<key>` in one bucket. Writes stream from the download into a multipart
+ * upload (bounded memory); an upload whose body fails is aborted, so no partial object ever appears.
+ * Spools stay on local disk in `spoolDir`.
+ */
+export class S3NarStore implements NarStore {
+  readonly spoolDir: string;
+  readonly writeMode = 'stream';
+  readonly client: S3Client;
+  private readonly bucket: string;
+  private readonly objectsPrefix: string;
+  private readonly probePrefix: string;
+  private readonly partSize: number;
+  private readonly queueSize: number;
+  private readonly logger = new Logger(S3NarStore.name);
+
+  constructor(config: S3StorageConfig, options: S3NarStoreOptions = {}) {
+    this.spoolDir = config.spoolDir;
+    this.bucket = config.bucket;
+    this.objectsPrefix = `${config.prefix}nar/`;
+    this.probePrefix = `${config.prefix}.narwhal-probe-`;
+    this.partSize = options.partSize ?? 8 * 1024 * 1024;
+    this.queueSize = options.queueSize ?? 2;
+    this.client = new S3Client({
+      region: config.region,
+      endpoint: config.endpoint,
+      forcePathStyle: config.forcePathStyle,
+      // Without static keys the SDK's default chain applies (env, profile, IMDS, web identity, …).
+      credentials:
+        config.accessKeyId !== undefined && config.secretAccessKey !== undefined
+          ? { accessKeyId: config.accessKeyId, secretAccessKey: config.secretAccessKey }
+          : undefined,
+      // Reads hold a socket for as long as a client takes to download; the SDK's default of 50 would
+      // let slow clients starve every other request.
+      requestHandler: {
+        connectionTimeout: 10_000,
+        httpAgent: { keepAlive: true, maxSockets: 256 },
+        httpsAgent: { keepAlive: true, maxSockets: 256 },
+      },
+    });
+  }
+
+  async init(): Promise<void> {
+    await mkdir(this.spoolDir, { recursive: true });
+  }
+
+  /** Releases the client's sockets. */
+  onModuleDestroy(): void {
+    this.client.destroy();
+  }
+
+  objectKeyOf(key: string): string {
+    if (!KEY_RE.test(key)) throw new Error(`invalid storage key ${JSON.stringify(key)}`);
+    return this.objectsPrefix + key;
+  }
+
+  async stat(key: string): Promise<{ size: number } | null> {
+    try {
+      const head = await this.client.send(
+        new HeadObjectCommand({ Bucket: this.bucket, Key: this.objectKeyOf(key) }),
+      );
+      return { size: head.ContentLength ?? 0 };
+    } catch (e) {
+      if (isNotFound(e)) return null;
+      throw e;
+    }
+  }
+
+  async read(key: string, range?: { start: number; end?: number }): Promise<Readable> {
+    const objectKey = this.objectKeyOf(key);
+    const res = await this.client
+      .send(
+        new GetObjectCommand({
+          Bucket: this.bucket,
+          Key: objectKey,
+          Range: range ? `bytes=${range.start}-${range.end ?? ''}` : undefined,
+        }),
+      )
+      .catch((e: unknown) => {
+        throw isNotFound(e) ? new NotFoundError(`${key} is not stored`) : e;
+      });
+    if (!(res.Body instanceof Readable)) {
+      throw new Error(`${key}: S3 returned no readable body`);
+    }
+    return res.Body;
+  }
+
+  async putFile(key: string, spoolPath: string): Promise<void> {
+    this.objectKeyOf(key); // validate before touching the spool
+    const { size } = await stat(spoolPath);
+    await this.put(key, createReadStream(spoolPath, { highWaterMark: 1024 * 1024 }), size);
+    await rm(spoolPath, { force: true });
+  }
+
+  async put(key: string, body: Readable, size?: number): Promise<void> {
+    const objectKey = this.objectKeyOf(key);
+    // Remember why the body failed: lib-storage reports the first failure of any of its uploaders.
+    const failure: { error?: unknown } = {};
+    const source = Readable.from(exactly(body, key, size, failure), { objectMode: false });
+    const upload = new Upload({
+      client: this.client,
+      params: {
+        Bucket: this.bucket,
+        Key: objectKey,
+        Body: source,
+        ContentType: 'application/x-nix-nar',
+      },
+      partSize: this.partSize,
+      queueSize: this.queueSize,
+      // Abort ourselves (below) so that a failed abort cannot hide the body's error.
+      leavePartsOnError: true,
+    });
+    try {
+      await upload.done();
+    } catch (e) {
+      const bodyError = failure.error; // before destroying `body` adds a "premature close" of its own
+      source.destroy();
+      if (!body.destroyed) body.destroy();
+      // done() settles only after every part request has finished, so the abort discards all parts.
+      if (upload.uploadId) await this.abortUpload(objectKey, upload.uploadId);
+      throw bodyError ?? e;
+    }
+  }
+
+  async delete(key: string): Promise<void> {
+    // S3 answers 204 for an absent key too.
+    await this.client.send(
+      new DeleteObjectCommand({ Bucket: this.bucket, Key: this.objectKeyOf(key) }),
+    );
+  }
+
+  async *list(): AsyncIterable<{ key: string; size: number }> {
+    let token: string | undefined;
+    do {
+      const page = await this.client.send(
+        new ListObjectsV2Command({
+          Bucket: this.bucket,
+          Prefix: this.objectsPrefix,
+          ContinuationToken: token,
+        }),
+      );
+      for (const object of page.Contents ?? []) {
+        const key = object.Key?.slice(this.objectsPrefix.length);
+        // Like the filesystem store, skip anything that is not one of our object names.
+        if (key !== undefined && KEY_RE.test(key)) yield { key, size: object.Size ?? 0 };
+      }
+      token = page.IsTruncated ? page.NextContinuationToken : undefined;
+    } while (token);
+  }
+
+  async checkWritable(): Promise<void> {
+    const probe = `${this.probePrefix}${hostname()}-${process.pid}-${randomBytes(4).toString('hex')}`;
+    await this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key: probe, Body: 'ok' }));
+    await this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: probe }));
+  }
+
+  private async abortUpload(objectKey: string, uploadId: string): Promise<void> {
+    try {
+      await this.client.send(
+        new AbortMultipartUploadCommand({
+          Bucket: this.bucket,
+          Key: objectKey,
+          UploadId: uploadId,
+        }),
+      );
+    } catch (e) {
+      // The object never appears either way; only the parts' storage leaks until a lifecycle rule
+      // (AbortIncompleteMultipartUpload) removes them.
+      this.logger.warn(
+        `could not abort multipart upload ${uploadId} of ${objectKey}: ${(e as Error).message}`,
+      );
+    }
+  }
+}
+
+/** Passes `body` through, failing (before the last part is sent) unless it has exactly `size` bytes. */
+async function* exactly(
+  body: Readable,
+  key: string,
+  size: number | undefined,
+  failure: { error?: unknown },
+): AsyncGenerator<Buffer> {
+  let length = 0;
+  try {
+    for await (const chunk of body as AsyncIterable<Buffer>) {
+      length += chunk.length;
+      if (size !== undefined && length > size) {
+        throw new Error(`${key}: got more than the expected ${size} bytes`);
+      }
+      yield chunk;
+    }
+    if (size !== undefined && length !== size) {
+      throw new Error(`${key}: got ${length} bytes, expected ${size}`);
+    }
+  } catch (e) {
+    failure.error = e;
+    throw e;
+  }
+}
+
+/** A missing object: GetObject says NoSuchKey; HeadObject has no body, so the SDK names it NotFound. */
+function isNotFound(e: unknown): boolean {
+  const name = (e as { name?: unknown } | null)?.name;
+  return name === 'NoSuchKey' || name === 'NotFound';
+}
