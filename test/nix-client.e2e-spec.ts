@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { BACKENDS, type Backend } from './support/backends';
 import { StreamingSha256 } from './support/hash';
 import { NarwhalProcess } from './support/narwhal-process';
 import {
@@ -34,7 +35,8 @@ const haveNix = requireNix();
 const MiB = 1024 * 1024;
 const CONCURRENT_CLIENTS = 20;
 
-describe.skipIf(!haveNix)('real Nix client through narwhal', () => {
+describe.skipIf(!haveNix).each(BACKENDS)('real Nix client through narwhal on $name', (kind) => {
+  let backend: Backend | null = null;
   let workDir: string;
   let dataPath: string;
   let fx: Fixtures;
@@ -51,6 +53,8 @@ describe.skipIf(!haveNix)('real Nix client through narwhal', () => {
     const started = Date.now();
     fx = await buildFixtures(workDir);
     fixtureMs = Date.now() - started;
+    backend = await kind.start();
+    if (!backend) return; // a service is unreachable outside CI: the tests below skip
     upstreamA = await UpstreamServer.start(fx.upstreamA.dir);
     upstreamB = await UpstreamServer.start(fx.upstreamB.dir);
     narwhal = await startNarwhal();
@@ -62,6 +66,7 @@ describe.skipIf(!haveNix)('real Nix client through narwhal', () => {
     await narwhal?.kill();
     await upstreamA?.close();
     await upstreamB?.close();
+    await backend?.close();
     if (workDir && process.env.NARWHAL_E2E_KEEP !== '1') {
       // Client stores hold read-only store paths; make them writable before removing.
       await run('chmod', ['-R', 'u+w', workDir]);
@@ -71,7 +76,8 @@ describe.skipIf(!haveNix)('real Nix client through narwhal', () => {
     }
   });
 
-  beforeEach(({ onTestFailed }) => {
+  beforeEach(({ onTestFailed, skip }) => {
+    if (!backend) skip();
     onTestFailed(() => {
       console.error(`narwhal exit status: ${JSON.stringify(narwhal?.exitStatus())}`);
       console.error(`--- narwhal output (last 8000 chars) ---\n${narwhal?.logs().slice(-8000)}`);
@@ -87,7 +93,14 @@ describe.skipIf(!haveNix)('real Nix client through narwhal', () => {
       upstreamPublicKeys: [fx.upstreamA.publicKey, fx.upstreamB.publicKey],
       // Lets the harness itself be tried against a stand-in server.
       entry: process.env.NARWHAL_E2E_ENTRY,
+      env: backend?.env,
     });
+  }
+
+  /** Files in the data path and objects in external storage whose name contains one of `names`. */
+  async function storedFiles(names: string[]): Promise<string[]> {
+    const objects = (await backend!.objectNames()).filter((k) => names.some((n) => k.includes(n)));
+    return [...(await findFiles(dataPath, names)), ...objects];
   }
 
   function freshStore(): string {
@@ -241,7 +254,7 @@ describe.skipIf(!haveNix)('real Nix client through narwhal', () => {
             `(hash ${broken.hash}, expected ${fileHash} for the intact file)`,
         ).toBe(false);
         const leftBehind = await eventually(
-          () => findFiles(join(dataPath, 'store'), names),
+          () => storedFiles(names),
           (f) => f.length === 0,
         );
         expect(leftBehind, `files named after the broken NAR (${fault}) in the data dir`).toEqual(
@@ -257,7 +270,7 @@ describe.skipIf(!haveNix)('real Nix client through narwhal', () => {
         });
         expect({ hash: good.hash, size: good.size }).toEqual({ hash: fileHash, size: fileSize });
         const stored = await eventually(
-          () => findFiles(join(dataPath, 'store'), names),
+          () => storedFiles(names),
           (f) => f.length > 0,
         );
         expect(stored, `a file named after one of ${names.join(', ')}`).not.toEqual([]);
