@@ -9,21 +9,29 @@ export default defineConfig({
     projects: [
       {
         plugins,
+        test: { name: 'unit', include: ['src/**/*.spec.ts'], environment: 'node' },
+      },
+      {
+        // The whole application through Fastify inject, against real local HTTP upstreams.
+        plugins,
         test: {
-          name: 'unit',
-          include: ['src/**/*.spec.ts'],
+          name: 'module',
+          include: ['test/module/**/*.e2e-spec.ts'],
           environment: 'node',
+          testTimeout: 60_000,
         },
       },
       {
+        // Real services (PostgreSQL, MariaDB, Redis, an S3 server), real processes, the real Nix client.
         plugins,
         test: {
           name: 'e2e',
           include: ['test/**/*.e2e-spec.ts'],
+          exclude: ['test/module/**'],
           environment: 'node',
           testTimeout: 300_000,
           hookTimeout: 600_000,
-          // End-to-end suites start real processes and real Nix clients; one file at a time.
+          // One file at a time: these suites start servers and measure concurrency.
           pool: 'forks',
           poolOptions: { forks: { singleFork: true } },
         },

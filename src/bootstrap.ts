@@ -56,13 +56,15 @@ export async function createApp(
     .route({
       method: ['PUT', 'POST', 'DELETE', 'PATCH'],
       url: '/*',
-      handler: async (_req, reply) => {
+      // Answer before Fastify looks at the body (else an upload gets 415 or 413, not 405).
+      onRequest: async (_req, reply) => {
         await reply
           .status(405)
           .header('allow', 'GET, HEAD')
           .type('text/plain; charset=utf-8')
           .send('method not allowed\n');
       },
+      handler: () => Promise.resolve(undefined),
     });
   app.enableShutdownHooks();
   return app;

@@ -35,6 +35,11 @@ export class NarController {
     throw new InvalidNarNameError('invalid NAR path');
   }
 
+  @Head('nar/*')
+  nestedHead(): never {
+    throw new InvalidNarNameError('invalid NAR path');
+  }
+
   /** For other narwhal instances: stream a download this instance is running (404 if none). */
   @Get(`${PEER_DOWNLOADS_PATH}/:name`)
   async peer(@Param('name') name: string, @Res() reply: FastifyReply): Promise<void> {

@@ -2,7 +2,7 @@ import { Inject, Injectable, Logger } from '@nestjs/common';
 import { NotFoundError } from '../common/errors';
 import { APP_CONFIG, type AppConfig, type UpstreamConfig } from '../config/app-config';
 import type { NarInfoEntity } from '../database/entities';
-import { NarInfoRepository } from '../database/narinfo.repository';
+import { NarInfoRepository, TOUCH_GRANULARITY_MS } from '../database/narinfo.repository';
 import { LOCKER, withLock, type Locker } from '../locking/locker';
 import { narFileName } from '../nix/compression';
 import { InvalidHashError, quoteForError } from '../nix/errors';
@@ -13,6 +13,17 @@ import { isStorePathHash, parseStorePath } from '../nix/store-path';
 import { SigningService } from '../signing/signing.service';
 import { UpstreamService } from '../upstream/upstream.service';
 
+interface RecentNarInfo {
+  text: string;
+  narKey: string;
+  touchedAt: number;
+  until: number;
+}
+
+/** How long a served narinfo is answered from memory (an eviction elsewhere shows after at most this). */
+const RECENT_TTL_MS = 30_000;
+const RECENT_MAX = 20_000;
+
 /**
  * The narinfo request flow: hit → serve from the database; miss → under the lock for the hash, ask the
  * upstreams in priority order, accept the first answer whose signature verifies against a trusted
@@ -21,6 +32,8 @@ import { UpstreamService } from '../upstream/upstream.service';
 @Injectable()
 export class NarInfoService {
   private readonly logger = new Logger('narinfo');
+  /** Narinfos served lately, as rendered: hits skip the database for RECENT_TTL_MS. */
+  private readonly recent = new Map<string, RecentNarInfo>();
   /** Concurrent local misses of one hash share one lookup (including a 404 answer). */
   private readonly lookups = new Map<string, Promise<NarInfoEntity | null>>();
 
@@ -36,16 +49,40 @@ export class NarInfoService {
   async get(hash: string): Promise<string> {
     if (!isStorePathHash(hash))
       throw new InvalidHashError(`invalid store path hash ${quoteForError(hash)}`);
-    let row = await this.repo.find(hash);
-    if (row) {
-      this.repo
-        .touch(hash, row.narKey)
-        .catch((e: Error) => this.logger.warn(`touch ${hash}: ${e.message}`));
-    } else {
-      row = await this.lookupOnce(hash);
-      if (!row) throw new NotFoundError(`${hash}.narinfo not found`);
+    const now = Date.now();
+    const cached = this.recent.get(hash);
+    if (cached && cached.until > now) {
+      this.touchIfStale(hash, cached, now);
+      return cached.text;
     }
-    return this.render(row);
+    let row = await this.repo.find(hash);
+    if (!row) row = await this.lookupOnce(hash);
+    if (!row) throw new NotFoundError(`${hash}.narinfo not found`);
+    const entry = {
+      text: this.render(row),
+      narKey: row.narKey,
+      touchedAt: row.lastAccessedAt,
+      until: now + RECENT_TTL_MS,
+    };
+    this.touchIfStale(hash, entry, now);
+    this.remember(hash, entry);
+    return entry.text;
+  }
+
+  /** Records the access in the database at most once per TOUCH_GRANULARITY_MS per narinfo. */
+  private touchIfStale(hash: string, entry: RecentNarInfo, now: number): void {
+    if (now - entry.touchedAt < TOUCH_GRANULARITY_MS) return;
+    entry.touchedAt = now;
+    this.repo
+      .touch(hash, entry.narKey, now)
+      .catch((e: Error) => this.logger.warn(`touch ${hash}: ${e.message}`));
+  }
+
+  private remember(hash: string, entry: RecentNarInfo): void {
+    this.recent.delete(hash);
+    this.recent.set(hash, entry);
+    if (this.recent.size > RECENT_MAX)
+      this.recent.delete(this.recent.keys().next().value as string);
   }
 
   private lookupOnce(hash: string): Promise<NarInfoEntity | null> {

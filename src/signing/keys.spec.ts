@@ -169,3 +169,19 @@ describe('bad key text', () => {
     expect(() => parsePublicKey(text)).toThrow(InvalidKeyError);
   });
 });
+
+describe('native ed25519 path agrees with tweetnacl', () => {
+  it('signs byte-for-byte like tweetnacl and verifies what tweetnacl signed', async () => {
+    const { generateSecretKey, signFingerprint, signFingerprintReference, verifyFingerprint } =
+      await import('./keys');
+    for (let i = 0; i < 20; i++) {
+      const key = generateSecretKey(`k-${i}`);
+      const fp = `1;/nix/store/${'a'.repeat(32)}-x${i};sha256:${'0'.repeat(52)};${i + 1};`;
+      const native = signFingerprint(key, fp);
+      expect(native).toBe(signFingerprintReference(key, fp));
+      const trusted = [{ name: key.name, key: key.publicKey }];
+      expect(verifyFingerprint(signFingerprintReference(key, fp), fp, trusted)).toBe(true);
+      expect(verifyFingerprint(native, `${fp}x`, trusted)).toBe(false);
+    }
+  });
+});

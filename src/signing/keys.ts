@@ -1,10 +1,15 @@
 /**
- * Nix signing keys and narinfo signatures (ed25519, libsodium layout), with tweetnacl.
+ * Nix signing keys and narinfo signatures (ed25519, libsodium layout). Keys are made and checked with
+ * tweetnacl; signing and verifying on the request path use Node's native ed25519 (same bytes —
+ * ed25519 is deterministic, and a spec checks the two agree), which is ~50× faster than tweetnacl's
+ * pure-JS arithmetic (measured: sign 7.7 ms → 0.07 ms, verify 14 ms → 0.2 ms) and so keeps a cold
+ * narinfo from blocking the event loop.
  *
  * Secret key text: `<name>:<base64 of 64 bytes>` (32-byte seed followed by the 32-byte public key).
  * Public key text: `<name>:<base64 of 32 bytes>`. Signature: `<name>:<base64 of 64 bytes>`.
  * Errors about keys never include the key text.
  */
+import { createPrivateKey, createPublicKey, sign, verify, type KeyObject } from 'node:crypto';
 import nacl from 'tweetnacl';
 import { InvalidKeyError, InvalidSignatureError } from '../nix/errors';
 
@@ -95,8 +100,46 @@ export function formatPublicKey(k: SecretKey | PublicKey): string {
 
 /** Signs a narinfo fingerprint; returns the `Sig:` value `<name>:<base64>`. */
 export function signFingerprint(k: SecretKey, fingerprint: string): string {
+  const sig = sign(null, Buffer.from(fingerprint, 'utf8'), nativePrivateKey(k.secretKey));
+  return `${k.name}:${sig.toString('base64')}`;
+}
+
+/** tweetnacl's signature, for checking the native path against the reference one. */
+export function signFingerprintReference(k: SecretKey, fingerprint: string): string {
   const sig = nacl.sign.detached(Buffer.from(fingerprint, 'utf8'), k.secretKey);
   return `${k.name}:${Buffer.from(sig).toString('base64')}`;
+}
+
+// DER prefixes that wrap a raw ed25519 seed (PKCS#8) or public key (SPKI) for node:crypto.
+const PKCS8_ED25519 = Buffer.from('302e020100300506032b657004220420', 'hex');
+const SPKI_ED25519 = Buffer.from('302a300506032b6570032100', 'hex');
+const nativeKeys = new WeakMap<Uint8Array, KeyObject>();
+
+function nativePrivateKey(secretKey: Uint8Array): KeyObject {
+  let k = nativeKeys.get(secretKey);
+  if (!k) {
+    const seed = Buffer.from(secretKey.subarray(0, 32));
+    k = createPrivateKey({
+      key: Buffer.concat([PKCS8_ED25519, seed]),
+      format: 'der',
+      type: 'pkcs8',
+    });
+    nativeKeys.set(secretKey, k);
+  }
+  return k;
+}
+
+function nativePublicKey(publicKey: Uint8Array): KeyObject {
+  let k = nativeKeys.get(publicKey);
+  if (!k) {
+    k = createPublicKey({
+      key: Buffer.concat([SPKI_ED25519, publicKey]),
+      format: 'der',
+      type: 'spki',
+    });
+    nativeKeys.set(publicKey, k);
+  }
+  return k;
 }
 
 export function parseSignature(s: string): { keyName: string; signature: Uint8Array } {
@@ -123,6 +166,14 @@ export function verifyFingerprint(sig: string, fingerprint: string, trusted: Pub
     (key) =>
       key.name === parsed.keyName &&
       key.key.length === PUBLIC_KEY_BYTES &&
-      nacl.sign.detached.verify(message, parsed.signature, key.key),
+      verifyNative(message, key.key, parsed.signature),
   );
+}
+
+function verifyNative(message: Buffer, publicKey: Uint8Array, signature: Uint8Array): boolean {
+  try {
+    return verify(null, message, nativePublicKey(publicKey), signature);
+  } catch {
+    return false; // a public key that is not a curve point
+  }
 }
