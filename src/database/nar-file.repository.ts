@@ -2,6 +2,7 @@ import { Injectable } from '@nestjs/common';
 import { DataSource, IsNull, LessThan, Not } from 'typeorm';
 import { NarFileEntity, NarInfoEntity } from './entities';
 import { TOUCH_GRANULARITY_MS } from './narinfo.repository';
+import { inTransaction } from './transaction';
 
 @Injectable()
 export class NarFileRepository {
@@ -81,7 +82,7 @@ export class NarFileRepository {
 
   /** Deletes a NAR file row and every narinfo that points at it. */
   async deleteWithNarInfos(key: string): Promise<void> {
-    await this.ds.transaction(async (m) => {
+    await inTransaction(this.ds, async (m) => {
       await m.delete(NarInfoEntity, { narKey: key });
       await m.delete(NarFileEntity, { key });
     });

@@ -1,5 +1,6 @@
 import { Injectable } from '@nestjs/common';
 import { DataSource, LessThan } from 'typeorm';
+import { inTransaction } from './transaction';
 import type { NarInfo } from '../nix/narinfo';
 import {
   NarFileEntity,
@@ -10,6 +11,24 @@ import {
 
 /** Touches closer together than this are not written again (keeps hits from turning into writes). */
 export const TOUCH_GRANULARITY_MS = 60_000;
+
+/** Every narinfos column but the key: a narinfo saved again replaces all of them. */
+const NARINFO_REPLACED_COLUMNS = [
+  'store_path',
+  'nar_key',
+  'compression',
+  'file_hash',
+  'file_size',
+  'nar_hash',
+  'nar_size',
+  'deriver',
+  'system',
+  'ca',
+  'upstream_url',
+  'own_signature',
+  'created_at',
+  'last_accessed_at',
+];
 
 export interface NewNarInfo {
   hash: string;
@@ -38,7 +57,7 @@ export class NarInfoRepository {
   /** Records a verified upstream narinfo and the NAR file it points to, in one transaction. */
   async save(n: NewNarInfo, now = Date.now()): Promise<void> {
     const ni = n.narInfo;
-    await this.ds.transaction(async (m) => {
+    await inTransaction(this.ds, async (m) => {
       await m
         .createQueryBuilder()
         .insert()
@@ -57,24 +76,33 @@ export class NarInfoRepository {
         })
         .orIgnore()
         .execute();
-      await m.delete(NarInfoEntity, { hash: n.hash });
-      await m.insert(NarInfoEntity, {
-        hash: n.hash,
-        storePath: ni.storePath,
-        narKey: n.narKey,
-        compression: ni.compression,
-        fileHash: ni.fileHash ?? null,
-        fileSize: ni.fileSize ?? null,
-        narHash: ni.narHash,
-        narSize: ni.narSize,
-        deriver: ni.deriver ?? null,
-        system: ni.system ?? null,
-        ca: ni.ca ?? null,
-        upstreamUrl: n.upstreamUrl,
-        ownSignature: null,
-        createdAt: now,
-        lastAccessedAt: now,
-      });
+      // An upsert, not delete + insert: it locks the narinfo row, so that concurrent saves of one
+      // hash (from other instances) take turns instead of failing on the primary key.
+      await m
+        .createQueryBuilder()
+        .insert()
+        .into(NarInfoEntity)
+        .values({
+          hash: n.hash,
+          storePath: ni.storePath,
+          narKey: n.narKey,
+          compression: ni.compression,
+          fileHash: ni.fileHash ?? null,
+          fileSize: ni.fileSize ?? null,
+          narHash: ni.narHash,
+          narSize: ni.narSize,
+          deriver: ni.deriver ?? null,
+          system: ni.system ?? null,
+          ca: ni.ca ?? null,
+          upstreamUrl: n.upstreamUrl,
+          ownSignature: null,
+          createdAt: now,
+          lastAccessedAt: now,
+        })
+        .orUpdate(NARINFO_REPLACED_COLUMNS, ['hash'])
+        .execute();
+      await m.delete(NarInfoReferenceEntity, { narInfoHash: n.hash });
+      await m.delete(NarInfoSignatureEntity, { narInfoHash: n.hash });
       if (ni.references.length > 0) {
         await m.insert(
           NarInfoReferenceEntity,
