@@ -76,6 +76,20 @@ export async function main(argv: string[]): Promise<void> {
   withSettings(
     program.command('migrate').description('Bring the database schema up to date, then exit.'),
   ).action((_o, cmd: Command) => migrate(cmd));
+  withSettings(
+    program
+      .command('fsck')
+      .description('Check that database and storage agree; exit 1 while problems remain.'),
+  )
+    .option('--repair', 'fix what is found so that it is fetched again')
+    .option('--verify-content', 'also hash every stored NAR (reads all of storage)')
+    .option('--dry-run', 'with --repair: report what would be repaired, change nothing')
+    .option('--orphan-grace <duration>', 'leave younger objects without a stored row alone', '15m')
+    .action(async (_o, cmd: Command) => {
+      const config = configFrom(cmd);
+      const { runFsckCommand } = await import('./fsck/fsck.command');
+      process.exitCode = await runFsckCommand(config, cmd.opts());
+    });
   program
     .command('generate-key')
     .description('Write a new ed25519 secret key file (mode 0600) and print its public key.')

@@ -25,6 +25,8 @@ export class NarDownload extends EventEmitter {
   written = 0;
   readonly spoolPath: string;
   private handle?: FileHandle;
+  /** Set once the upstream body has ended (before verification). */
+  received = false;
   private users = 1; // the writer
   private spoolClosed = false;
   private readers = 0;
@@ -51,12 +53,17 @@ export class NarDownload extends EventEmitter {
   async receive(body: AsyncIterable<Buffer>, verifier: NarVerifier): Promise<void> {
     try {
       this.handle = await open(this.spoolPath, 'wx+', 0o600);
+      // NarHash needs decompression, which may be slower than the network: let it read the spool at
+      // its own pace rather than pace the download (clients still wait for it before the last byte).
+      if (verifier.decompresses) verifier.detach(this.createRawReader());
       for await (const chunk of body) {
         await verifier.update(chunk);
         await this.writeAll(chunk);
         this.written += chunk.length;
         this.emit('progress');
       }
+      this.received = true;
+      this.emit('progress');
       await verifier.finish();
       if (this.length !== undefined && this.length !== this.written) {
         throw new DownloadFailedError(`upstream sent ${this.written} of ${this.length} bytes`);
@@ -98,10 +105,16 @@ export class NarDownload extends EventEmitter {
   createReader(): Readable {
     this.users++;
     this.readers++;
-    return new SpoolReader(this, () => {
+    return new SpoolReader(this, false, () => {
       this.readers--;
       void this.release();
     });
+  }
+
+  /** Every byte as soon as it is written, ending when the upstream body ends: for the verifier. */
+  private createRawReader(): Readable {
+    this.users++;
+    return new SpoolReader(this, true, () => void this.release());
   }
 
   /** Reads spool bytes at `offset` (only what `readableBytes` allows). */
@@ -151,6 +164,8 @@ class SpoolReader extends Readable {
 
   constructor(
     private readonly download: NarDownload,
+    /** Raw: no byte held back, ends when the upstream body ends (unverified) — never for clients. */
+    private readonly raw: boolean,
     private readonly onClose: () => void,
   ) {
     super({ highWaterMark: READ_CHUNK });
@@ -174,7 +189,7 @@ class SpoolReader extends Readable {
         this.destroy(d.error);
         return;
       }
-      const visible = d.readableBytes;
+      const visible = this.raw ? d.written : d.readableBytes;
       if (this.offset < visible) {
         const buf = Buffer.allocUnsafe(Math.min(READ_CHUNK, visible - this.offset));
         const n = await d.readAt(buf, this.offset);
@@ -183,7 +198,7 @@ class SpoolReader extends Readable {
         this.push(n === buf.length ? buf : buf.subarray(0, n));
         return;
       }
-      if (d.state === 'verified') {
+      if (this.raw ? d.received && this.offset >= d.written : d.state === 'verified') {
         this.push(null);
         return;
       }

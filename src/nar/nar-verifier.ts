@@ -1,6 +1,6 @@
 import { createHash, type Hash } from 'node:crypto';
 import { once } from 'node:events';
-import type { Transform } from 'node:stream';
+import type { Readable, Transform } from 'node:stream';
 import { DownloadFailedError } from '../common/errors';
 import type { Compression } from '../nix/compression';
 import { createNarDecompressor } from '../nix/decompress';
@@ -28,6 +28,8 @@ export class NarVerifier {
   private readonly narHasher: Hash = createHash('sha256');
   private narBytes = 0;
   private readonly decompressed: Promise<void>;
+  /** Set when the decompressor reads from its own source instead of `update`. */
+  private detached = false;
 
   constructor(private readonly expect: NarExpectations) {
     this.decompressor = expect.narHash ? createNarDecompressor(expect.compression) : null;
@@ -63,6 +65,24 @@ export class NarVerifier {
     return this.fileBytes;
   }
 
+  /** True when NarHash is checked by decompressing (and so `detach` is useful). */
+  get decompresses(): boolean {
+    return this.decompressor !== null;
+  }
+
+  /**
+   * Feeds the decompressor from `source` (the same bytes, e.g. re-read from the spool file) instead
+   * of from `update`, so that a slow decompressor does not slow the download down; `finish` then
+   * waits for `source` to end. Call before the first `update`.
+   */
+  detach(source: Readable): void {
+    const d = this.decompressor;
+    if (!d) return;
+    this.detached = true;
+    source.once('error', (e) => d.destroy(e));
+    source.pipe(d);
+  }
+
   /** Feeds the next chunk as served; resolves when the decompressor can take more. */
   async update(chunk: Buffer): Promise<void> {
     this.fileBytes += chunk.length;
@@ -70,7 +90,7 @@ export class NarVerifier {
       throw new DownloadFailedError(`NAR is longer than its FileSize ${this.expect.fileSize}`);
     }
     this.fileHasher.update(chunk);
-    const d = this.decompressor;
+    const d = this.detached ? null : this.decompressor;
     if (d && !d.destroyed && !d.write(chunk)) {
       await Promise.race([once(d, 'drain'), this.decompressed]);
     }
@@ -88,7 +108,7 @@ export class NarVerifier {
         throw new DownloadFailedError(`NAR hashes to ${got}, FileHash says ${e.fileHash}`);
     }
     if (this.decompressor) {
-      this.decompressor.end();
+      if (!this.detached) this.decompressor.end();
       await this.decompressed;
       if (e.narSize !== undefined && this.narBytes !== e.narSize) {
         throw new DownloadFailedError(
