@@ -8,6 +8,7 @@ import { createNarStore } from '../storage/storage.module';
 import {
   DEFAULT_ORPHAN_GRACE_MS,
   fsck,
+  FsckRefusedError,
   PROBLEM_KINDS,
   type FsckEvent,
   type FsckOptions,
@@ -49,7 +50,8 @@ export async function runFsckCommand(
   let store: Awaited<ReturnType<typeof createNarStore>> | undefined;
   try {
     if (await ds.showMigrations()) {
-      throw new Error('the database schema is not up to date: run `narwhal migrate` first');
+      out.write('fsck: the database schema is not up to date; run `narwhal migrate` first\n');
+      return 1;
     }
     store = await createNarStore(config);
     const printer = new Printer(out, options);
@@ -60,7 +62,12 @@ export async function runFsckCommand(
       options,
       report: (e) => printer.event(e),
       inspect: inspectorFor(store, config.storage),
+    }).catch((e: unknown) => {
+      if (!(e instanceof FsckRefusedError)) throw e;
+      printer.event({ type: 'warning', message: e.message });
+      return null;
     });
+    if (!summary) return 1;
     printer.summary(summary);
     return summary.remaining === 0 ? 0 : 1;
   } finally {
@@ -132,7 +139,8 @@ class Printer {
   event(e: FsckEvent): void {
     switch (e.type) {
       case 'phase':
-        this.lastProgress = 0;
+        // Terminal: the counter shows from the first item. Plain lines: the first after 10 s.
+        this.lastProgress = this.tty ? 0 : Date.now();
         if (!this.tty)
           this.line(
             `checking ${PHASE_LABELS[e.phase]}${e.total !== undefined ? ` (${e.total})` : ''}`,

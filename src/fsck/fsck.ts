@@ -256,6 +256,11 @@ class FsckRun {
       const body = await this.store.read(row.key);
       // for-await destroys `body` if the loop throws; update() waits while the decompressor is full.
       for await (const chunk of body as AsyncIterable<Buffer>) await verifier.update(chunk);
+      // A read that ended early (e.g. a cut connection) says nothing about the content: never delete
+      // for it. (Bad content fails in update() mid-way or in finish(), as DownloadFailedError.)
+      if (verifier.bytes !== info.size) {
+        throw new Error(`the read ended after ${verifier.bytes} of ${info.size} bytes`);
+      }
       await verifier.finish();
       this.summary.contentVerified++;
     } catch (e) {
@@ -390,7 +395,6 @@ class FsckRun {
       }
     }
     this.summary.narInfos = total;
-    this.emit({ type: 'progress', phase: 'narinfos', done: total, total });
     this.emit({ type: 'phase-done', phase: 'narinfos', done: total });
   }
 

@@ -5,6 +5,7 @@ import {
   HealthIndicatorService,
   TypeOrmHealthIndicator,
 } from '@nestjs/terminus';
+import { LOCKER, type Locker } from '../locking/locker';
 import { NAR_STORE, type NarStore } from '../storage/nar-store';
 
 @Controller()
@@ -14,6 +15,7 @@ export class HealthController {
     private readonly indicators: HealthIndicatorService,
     private readonly db: TypeOrmHealthIndicator,
     @Inject(NAR_STORE) private readonly store: NarStore,
+    @Inject(LOCKER) private readonly locker: Locker,
   ) {}
 
   /** Liveness: the process serves requests. */
@@ -23,7 +25,10 @@ export class HealthController {
     return this.health.check([]);
   }
 
-  /** Readiness: the database answers and storage can be written. */
+  /**
+   * Readiness: the database answers, storage can be written, and locks can be taken (a Redis outage
+   * in degraded mode is reported but keeps the instance ready).
+   */
   @Get('readyz')
   @HealthCheck()
   ready() {
@@ -34,6 +39,16 @@ export class HealthController {
           .check('storage')
           .attempt(() => this.store.checkWritable())
           .withTimeout(3000),
+      () => {
+        const s = this.locker.status();
+        const lock = this.indicators.check('lock');
+        const data = {
+          backend: s.backend,
+          degraded: s.degraded,
+          ...(s.detail ? { detail: s.detail } : {}),
+        };
+        return s.healthy ? lock.up(data) : lock.down(data);
+      },
     ]);
   }
 }

@@ -1,7 +1,11 @@
 import { Module } from '@nestjs/common';
 import { TerminusModule } from '@nestjs/terminus';
+import { LockingModule } from '../locking/locking.module';
 import { StorageModule } from '../storage/storage.module';
 import { HealthController } from './health.controller';
 
-@Module({ imports: [TerminusModule, StorageModule], controllers: [HealthController] })
+@Module({
+  imports: [TerminusModule, StorageModule, LockingModule],
+  controllers: [HealthController],
+})
 export class HealthModule {}

@@ -81,9 +81,7 @@ export class DegradableLocker implements Locker {
   /** Runs `viaRedis`; if Redis is unreachable, runs `viaLocal` (degraded mode) or rethrows. */
   private async either<T>(viaRedis: () => Promise<T>, viaLocal: () => Promise<T>): Promise<T> {
     try {
-      const result = await viaRedis();
-      this.observe(true);
-      return result;
+      return await viaRedis();
     } catch (e) {
       if (!this.fellBack(e)) throw e;
       return viaLocal();
@@ -127,7 +125,10 @@ export class DegradableLocker implements Locker {
     await lease.release();
   }
 
-  /** Logs the transitions between Redis reachable and unreachable, once each. */
+  /**
+   * Logs the transitions between Redis reachable and unreachable, once each. "Reachable" comes only
+   * from the connection becoming ready; "unreachable" also from a failed operation.
+   */
   private observe(up: boolean, detail = ''): void {
     if (up === !this.redisDown) return;
     this.redisDown = !up;

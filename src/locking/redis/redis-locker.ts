@@ -121,7 +121,7 @@ export class RedisLocker implements Locker {
       () => {
         // The SET may still run after a timeout; queued behind it on the same connection, this
         // takes back a lock nobody would know it holds. Best effort: it fails if the link is down.
-        this.client.narwhalLockRelease(redisKey, value).catch(() => 0);
+        void this.client.narwhalLockRelease(redisKey, value).catch(() => 0);
       },
     );
     if (set !== 'OK') return null;

@@ -1,0 +1,327 @@
+import { ListObjectsV2Command } from '@aws-sdk/client-s3';
+import { createHash } from 'node:crypto';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { get } from 'node:http';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { encodeNix32 } from '../../src/nix/base32';
+import { reachableServer, type FreshDatabase } from '../database/database-servers';
+import { redisServerOrSkip, type RedisServerProcess } from '../locking/redis-servers';
+import { FakeUpstream, makeKey, makeStorePath, type StorePathFixture } from '../module/fixtures';
+import { S3rverFixture } from '../storage/s3rver';
+import { NarwhalProcess } from '../support/narwhal-process';
+
+/**
+ * The High Availability flow: two narwhal processes behind no balancer at all (the test is the
+ * balancer), sharing PostgreSQL, an S3 server and a Redis of their own, in front of one throttled
+ * upstream. A NAR asked for on both at once is downloaded once, and the instance that does not
+ * download streams it from the one that does.
+ */
+
+const MiB = 1024 * 1024;
+const CLIENTS = 32;
+const LOCK_TTL = '3s';
+
+interface Fetched {
+  status: number;
+  source?: string;
+  bytes: number;
+  sha256: string;
+  /** ms since the start of the round: first body byte, end (clean or broken). */
+  firstByteAt?: number;
+  endAt: number;
+  clean: boolean;
+}
+
+describe('several instances share one download (PostgreSQL + S3 + Redis)', () => {
+  let workDir: string;
+  let db: FreshDatabase | null = null;
+  let s3: S3rverFixture | null = null;
+  let bucket: string;
+  let redis: RedisServerProcess | null = null;
+  let upstream: FakeUpstream;
+  const key = makeKey('up-ha-1');
+  let a: NarwhalProcess;
+  let b: NarwhalProcess;
+  let ready = false;
+
+  beforeAll(async () => {
+    const pg = await reachableServer('postgres'); // fails under CI=true when unreachable
+    redis = await redisServerOrSkip();
+    if (!pg || !redis) return;
+    db = await pg.createDatabase();
+    s3 = await S3rverFixture.start();
+    bucket = await s3.createBucket();
+    upstream = await FakeUpstream.start();
+    workDir = await mkdtemp(join(tmpdir(), 'narwhal-ha-'));
+    [a, b] = await Promise.all([startInstance('a'), startInstance('b')]);
+    ready = true;
+  });
+
+  afterAll(async () => {
+    await a?.kill();
+    await b?.kill();
+    await upstream?.close();
+    await redis?.stop();
+    await s3?.stop();
+    await db?.drop();
+    if (workDir) await rm(workDir, { recursive: true, force: true });
+  });
+
+  beforeEach(({ skip, onTestFailed }) => {
+    if (!ready) skip();
+    onTestFailed(() => {
+      console.error(`--- instance a ---\n${a?.logs().slice(-6000)}`);
+      console.error(`--- instance b ---\n${b?.logs().slice(-6000)}`);
+    });
+  });
+
+  function startInstance(name: string): Promise<NarwhalProcess> {
+    const c = s3!.storageConfig(bucket, '');
+    return NarwhalProcess.start({
+      dataPath: join(workDir, name),
+      hostname: 'narwhal-ha', // both instances sign with one key name…
+      upstreamUrls: [upstream.url],
+      upstreamPublicKeys: [
+        `${key.secret.name}:${Buffer.from(key.secret.publicKey).toString('base64')}`,
+      ],
+      env: {
+        // …and one key file, as a real deployment shares its secret key.
+        CACHE_SECRET_KEY_PATH: join(workDir, 'secret-key'),
+        CACHE_DATABASE_URL: db!.config.kind === 'postgres' ? db!.config.url : '',
+        CACHE_STORAGE_S3_BUCKET: bucket,
+        CACHE_STORAGE_S3_ENDPOINT: s3!.endpoint,
+        CACHE_STORAGE_S3_REGION: c.region,
+        CACHE_STORAGE_S3_ACCESS_KEY_ID: c.accessKeyId ?? '',
+        CACHE_STORAGE_S3_SECRET_ACCESS_KEY: c.secretAccessKey ?? '',
+        CACHE_STORAGE_S3_FORCE_PATH_STYLE: 'true',
+        CACHE_LOCK_BACKEND: 'redis',
+        CACHE_REDIS_ADDRS: redis!.addr,
+        CACHE_LOCK_DOWNLOAD_TTL: LOCK_TTL,
+        CACHE_LOCK_RETRY_MAX_DELAY: '250ms',
+      },
+    });
+  }
+
+  /** A ≥ 32 MiB uncompressed NAR, served at about 16 MiB/s so that downloads overlap. */
+  async function publishBlob(name: string): Promise<StorePathFixture> {
+    const f = await makeStorePath([key], { name, size: 34 * MiB, compression: 'none' });
+    upstream.publish(f);
+    upstream.set(`/${f.narInfo.url}`, { kind: 'serve', body: f.file, chunkDelayMs: 4 });
+    return f;
+  }
+
+  function narGets(f: StorePathFixture): number {
+    return upstream.requests.filter(
+      (r) => r.method === 'GET' && r.url.startsWith(`/${f.narInfo.url}`),
+    ).length;
+  }
+
+  async function objectKeys(): Promise<string[]> {
+    const client = s3!.client();
+    try {
+      const out = await client.send(new ListObjectsV2Command({ Bucket: bucket }));
+      return (out.Contents ?? []).map((o) => o.Key ?? '');
+    } finally {
+      client.destroy();
+    }
+  }
+
+  it('32 clients split across both instances: one upstream download, identical bytes, early first bytes', async () => {
+    const blob = await publishBlob('ha-blob');
+    const narinfo = await fetchText(`${a.url}/${blob.hash}.narinfo`);
+    expect(narinfo.status).toBe(200);
+    const url = /^URL: (.*)$/m.exec(narinfo.body)![1];
+
+    const t0 = Date.now();
+    const results = await Promise.all(
+      Array.from({ length: CLIENTS }, (_, i) => fetchBody(`${(i % 2 ? b : a).url}/${url}`, t0)),
+    );
+
+    expect(narGets(blob), 'upstream NAR downloads').toBe(1);
+    for (const r of results) {
+      expect({ status: r.status, clean: r.clean, bytes: r.bytes, sha256: r.sha256 }).toEqual({
+        status: 200,
+        clean: true,
+        bytes: blob.file.length,
+        sha256: blob.fileHash,
+      });
+    }
+    const sources = new Set(results.map((r) => r.source));
+    expect(sources, 'one instance downloads, the other streams from it').toEqual(
+      new Set(['download', 'peer']),
+    );
+    // No client can finish before the upstream body ended (the last byte waits for verification).
+    const downloadEnded = Math.min(...results.map((r) => r.endAt));
+    const waiting = results.filter((r) => r.source === 'peer');
+    expect(waiting).toHaveLength(CLIENTS / 2);
+    for (const r of waiting) expect(r.firstByteAt!).toBeLessThan(downloadEnded);
+
+    // Stored once (the upload completes just after the last byte reached the clients)…
+    expect(
+      await waitFor(async () => (await objectKeys()).some((k) => k.includes(blob.fileHash))),
+    ).toBe(true);
+    expect((await objectKeys()).filter((k) => k.includes(blob.fileHash))).toHaveLength(1);
+    // …and served from storage by both instances now.
+    await waitFor(async () => (await fetchBody(`${b.url}/${url}`, t0)).source === 'storage');
+    const again = await Promise.all([
+      fetchBody(`${a.url}/${url}`, t0),
+      fetchBody(`${b.url}/${url}`, t0),
+    ]);
+    expect(again.map((r) => r.source)).toEqual(['storage', 'storage']);
+    expect(narGets(blob)).toBe(1);
+  });
+
+  it('kill -9 of the downloading instance: the other takes over and nothing partial is left', async () => {
+    const blob = await publishBlob('ha-crash');
+    const narinfo = await fetchText(`${a.url}/${blob.hash}.narinfo`);
+    const url = /^URL: (.*)$/m.exec(narinfo.body)![1];
+
+    const t0 = Date.now();
+    const onA = fetchBody(`${a.url}/${url}`, t0, { stopAfterBytes: 4 * MiB });
+    const partial = await onA;
+    expect(partial.bytes).toBeGreaterThan(0);
+    await a.kill(); // mid-transfer: the rest of the NAR is still coming from upstream
+    expect(narGets(blob)).toBe(1);
+    expect(
+      (await objectKeys()).filter((k) => k.includes(blob.fileHash)),
+      'no partial object',
+    ).toEqual([]);
+
+    // B waits out A's lease (it cannot reach A), then downloads the NAR itself.
+    const onB = await fetchBody(`${b.url}/${url}`, t0);
+    expect({
+      status: onB.status,
+      clean: onB.clean,
+      sha256: onB.sha256,
+      source: onB.source,
+    }).toEqual({
+      status: 200,
+      clean: true,
+      sha256: blob.fileHash,
+      source: 'download',
+    });
+    expect(narGets(blob)).toBe(2);
+    a = await startInstance('a'); // back for the next test
+    // The upload completes just after the last byte reached the client.
+    expect(
+      await waitFor(async () => (await objectKeys()).some((k) => k.includes(blob.fileHash))),
+    ).toBe(true);
+    expect((await objectKeys()).filter((k) => k.includes(blob.fileHash))).toHaveLength(1);
+  });
+
+  it('Redis down: hits are still served, and misses too (local locks)', async () => {
+    const stored = await publishBlob('ha-before-redis-stops');
+    const narinfo = await fetchText(`${b.url}/${stored.hash}.narinfo`);
+    const url = /^URL: (.*)$/m.exec(narinfo.body)![1];
+    expect((await fetchBody(`${b.url}/${url}`, Date.now())).sha256).toBe(stored.fileHash);
+    expect(
+      await waitFor(
+        async () => (await fetchBody(`${a.url}/${url}`, Date.now())).source === 'storage',
+      ),
+    ).toBe(true);
+
+    await redis!.stop();
+    for (const n of [a, b]) {
+      const hit = await fetchText(`${n.url}/${stored.hash}.narinfo`);
+      expect(hit.status).toBe(200);
+      const nar = await fetchBody(`${n.url}/${url}`, Date.now());
+      expect({ status: nar.status, sha256: nar.sha256, source: nar.source }).toEqual({
+        status: 200,
+        sha256: stored.fileHash,
+        source: 'storage',
+      });
+    }
+    const miss = await makeStorePath([key], { name: 'ha-while-redis-is-down' });
+    upstream.publish(miss);
+    expect((await fetchText(`${b.url}/${miss.hash}.narinfo`)).status).toBe(200);
+    const ready = await fetchText(`${b.url}/readyz`);
+    expect(ready.status).toBe(200);
+    expect(lockDetails(ready.body)).toMatchObject({
+      status: 'up',
+      backend: 'redis',
+      degraded: true,
+    });
+
+    await redis!.start(); // picked up without restarting narwhal
+    const back = await waitFor(
+      async () => lockDetails((await fetchText(`${b.url}/readyz`)).body)?.degraded === false,
+    );
+    expect(back).toBe(true);
+  });
+});
+
+function lockDetails(
+  readyzBody: string,
+): { status: string; backend: string; degraded: boolean } | undefined {
+  const parsed = JSON.parse(readyzBody) as {
+    details?: Record<string, { status: string; backend: string; degraded: boolean }>;
+  };
+  return parsed.details?.lock;
+}
+
+async function waitFor(probe: () => Promise<boolean>, ms = 15_000): Promise<boolean> {
+  const deadline = Date.now() + ms;
+  while (Date.now() < deadline) {
+    if (await probe()) return true;
+    await sleep(200);
+  }
+  return false;
+}
+
+function fetchText(url: string): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    get(url, { agent: false }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (c: string) => (body += c));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+      res.on('error', reject);
+    }).on('error', reject);
+  });
+}
+
+/** GETs a body without keeping it, hashing it as it streams; never rejects for a broken body. */
+function fetchBody(
+  url: string,
+  t0: number,
+  opts: { stopAfterBytes?: number } = {},
+): Promise<Fetched> {
+  return new Promise((resolve) => {
+    const hash = createHash('sha256');
+    let bytes = 0;
+    let firstByteAt: number | undefined;
+    let settled = false;
+    const done = (status: number, source: string | undefined, clean: boolean) => {
+      if (settled) return;
+      settled = true;
+      resolve({
+        status,
+        source,
+        bytes,
+        sha256: encodeNix32(hash.digest()),
+        firstByteAt,
+        endAt: Date.now() - t0,
+        clean,
+      });
+    };
+    const req = get(url, { agent: false }, (res) => {
+      const source = res.headers['x-narwhal-source'] as string | undefined;
+      res.on('data', (c: Buffer) => {
+        firstByteAt ??= Date.now() - t0;
+        bytes += c.length;
+        hash.update(c);
+        if (opts.stopAfterBytes !== undefined && bytes >= opts.stopAfterBytes) {
+          done(res.statusCode ?? 0, source, false);
+          req.destroy();
+        }
+      });
+      res.on('end', () => done(res.statusCode ?? 0, source, res.complete));
+      res.on('error', () => done(res.statusCode ?? 0, source, false));
+      res.on('close', () => done(res.statusCode ?? 0, source, res.complete && !res.errored));
+    });
+    req.on('error', () => done(0, undefined, false));
+  });
+}
