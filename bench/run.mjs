@@ -9,6 +9,7 @@
 // Loopback only; every loop is bounded. Settings (environment):
 //   BENCH_NAR_MIB=64  BENCH_CLIENTS=20  BENCH_COMPRESSION=xz|zstd|none  BENCH_REQUESTS=2000
 //   BENCH_CONCURRENCY=32  BENCH_COLD_NARINFOS=300  NARWHAL_DIST=<dir with main.js> (default ../dist)
+//   BENCH_STORAGE=fs|s3 (s3: an s3rver child process)
 //   BENCH_KEEP=1 keeps the temporary directory; BENCH_NODE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/p"
 //   passes node options to the narwhal process.
 
@@ -32,6 +33,7 @@ if (!existsSync(MAIN)) {
 }
 const require = createRequire(import.meta.url);
 const { encodeNix32 } = require(join(DIST, 'nix/base32.js'));
+const { CreateBucketCommand, S3Client } = require('@aws-sdk/client-s3');
 const { narInfoFingerprint } = require(join(DIST, 'nix/fingerprint.js'));
 const { serializeNarInfo } = require(join(DIST, 'nix/narinfo.js'));
 const { formatPublicKey, generateSecretKey, signFingerprint } = require(
@@ -56,6 +58,11 @@ const CONCURRENCY = intEnv('BENCH_CONCURRENCY', 32, 1, 512);
 const COLD_NARINFOS = intEnv('BENCH_COLD_NARINFOS', 300, 0, 10_000);
 const HIT_NARINFOS = 100;
 const COMPRESSION = process.env.BENCH_COMPRESSION ?? 'xz';
+const STORAGE = process.env.BENCH_STORAGE ?? 'fs';
+if (STORAGE !== 'fs' && STORAGE !== 's3') {
+  console.error('bench: BENCH_STORAGE must be fs or s3');
+  process.exit(2);
+}
 const EXT = { xz: '.xz', zstd: '.zst', none: '' }[COMPRESSION];
 if (EXT === undefined) {
   console.error('bench: BENCH_COMPRESSION must be xz, zstd or none');
@@ -236,7 +243,37 @@ async function freePort() {
 // ---------------------------------------------------------------------------------------------
 // narwhal as a child process
 
-async function startNarwhal(dataPath, upstream, publicKey) {
+/** BENCH_STORAGE=s3: an s3rver child process (its memory is not narwhal's) and a fresh bucket. */
+async function startS3(dir) {
+  const script = `
+    const S3rver = require(${JSON.stringify(require.resolve('s3rver'))});
+    const s = new S3rver({ address: '127.0.0.1', port: 0, silent: true, directory: process.argv[1] });
+    s.run().then((a) => process.send({ port: a.port }));`;
+  const child = spawn(process.execPath, ['-e', script, dir], {
+    stdio: ['ignore', 'ignore', 'inherit', 'ipc'],
+  });
+  const { port } = await new Promise((resolve, reject) => {
+    child.once('message', resolve);
+    child.once('exit', (code) => reject(new Error(`s3rver exited with ${code}`)));
+  });
+  const endpoint = `http://127.0.0.1:${port}`;
+  const credentials = { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' };
+  const client = new S3Client({ region: 'us-east-1', endpoint, forcePathStyle: true, credentials });
+  await client.send(new CreateBucketCommand({ Bucket: 'bench' }));
+  client.destroy();
+  return {
+    env: {
+      CACHE_STORAGE_S3_BUCKET: 'bench',
+      CACHE_STORAGE_S3_ENDPOINT: endpoint,
+      CACHE_STORAGE_S3_ACCESS_KEY_ID: credentials.accessKeyId,
+      CACHE_STORAGE_S3_SECRET_ACCESS_KEY: credentials.secretAccessKey,
+      CACHE_STORAGE_S3_FORCE_PATH_STYLE: 'true',
+    },
+    stop: () => child.kill(),
+  };
+}
+
+async function startNarwhal(dataPath, upstream, publicKey, extraEnv = {}) {
   const port = await freePort();
   const nodeArgs = (process.env.BENCH_NODE_ARGS ?? '').split(/\s+/).filter(Boolean);
   const child = spawn(process.execPath, [...nodeArgs, MAIN, 'serve'], {
@@ -250,6 +287,7 @@ async function startNarwhal(dataPath, upstream, publicKey) {
       CACHE_UPSTREAM_PUBLIC_KEY: publicKey,
       CACHE_HOSTNAME: 'narwhal-bench',
       LOG_LEVEL: 'warn',
+      ...extraEnv,
     },
   });
   let output = '';
@@ -406,6 +444,7 @@ async function main() {
   const work = await mkdtemp(join(tmpdir(), 'narwhal-bench-'));
   let upstream;
   let narwhal;
+  let s3;
   let perClientTtfb = '';
   try {
     const key = generateSecretKey('bench-upstream-1');
@@ -425,7 +464,8 @@ async function main() {
     const colds = Array.from({ length: COLD_NARINFOS }, () => smallNarInfo(key));
     for (const n of [...hits, ...colds]) upstream.narinfos.set(`/${n.hash}.narinfo`, n.text);
 
-    narwhal = await startNarwhal(join(work, 'data'), upstream, formatPublicKey(key));
+    if (STORAGE === 's3') s3 = await startS3(join(work, 's3'));
+    narwhal = await startNarwhal(join(work, 'data'), upstream, formatPublicKey(key), s3?.env);
     const base = narwhal.base;
     const agent = new Agent({ keepAlive: true, maxSockets: CONCURRENCY });
     console.log(
@@ -434,6 +474,7 @@ async function main() {
     );
     row('setup', 'NAR size / file size', `${mib(big.info.narSize)} / ${mib(big.info.fileSize)}`);
     row('setup', 'compression', COMPRESSION);
+    row('setup', 'storage', STORAGE);
     row('setup', 'narwhal RSS after start', mib(procStatus(narwhal.pid).rss));
 
     // 1. narinfo hits: warm each once, then measure.
@@ -604,6 +645,7 @@ async function main() {
   } finally {
     await narwhal?.stop();
     await upstream?.close();
+    s3?.stop();
     if (process.env.BENCH_KEEP === '1') console.log(`kept ${work}`);
     else await rm(work, { recursive: true, force: true });
   }

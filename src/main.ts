@@ -38,24 +38,27 @@ function camel(name: string): string {
 async function serve(cmd: Command): Promise<void> {
   const config = configFrom(cmd);
   const { createApp, createLogger } = await import('./bootstrap');
+  const { GracefulShutdown } = await import('./shutdown/graceful-shutdown');
   const logger = createLogger(config.logLevel);
-  logger.log(`starting narwhal ${VERSION} ${JSON.stringify(describeConfig(config))}`);
+  logger.pino.info({ version: VERSION, config: describeConfig(config) }, 'starting narwhal');
   const app = await createApp(config, logger);
+  new GracefulShutdown(app, {
+    timeoutMs: config.shutdownTimeoutMs,
+    logger,
+  }).installSignalHandlers();
   await app.listen(config.server.port, config.server.host);
-  logger.log(`serving on ${await app.getUrl()}`);
 }
 
 async function migrate(cmd: Command): Promise<void> {
   const config = configFrom(cmd);
-  const { dataSourceOptions } = await import('./database/data-source');
+  const { dataSourceOptions, migrateUnderLock } = await import('./database/data-source');
   const { DataSource } = await import('typeorm');
   const ds = new DataSource(dataSourceOptions(config.database));
   await ds.initialize();
   try {
-    const applied = await ds.runMigrations({ transaction: 'each' });
-    console.log(
-      applied.length ? `applied: ${applied.map((m) => m.name).join(', ')}` : 'schema is up to date',
-    );
+    // Under the same cross-instance lock as a starting server, so both may run at once.
+    const applied = await migrateUnderLock(ds);
+    console.log(applied.length ? `applied: ${applied.join(', ')}` : 'schema is up to date');
   } finally {
     await ds.destroy();
   }

@@ -2,17 +2,19 @@ import { Inject, Module, type OnApplicationShutdown } from '@nestjs/common';
 import { APP_CONFIG, type AppConfig } from '../config/app-config';
 import { LocalLocker } from './local/local-locker';
 import { LOCKER, type Locker } from './locker';
-import { DegradableLocker } from './redis/degradable-locker';
-import { RedisLocker } from './redis/redis-locker';
 
 /** Picks the Locker implementation from configuration. */
-export function createLocker(config: AppConfig): Locker {
+export async function createLocker(config: AppConfig): Promise<Locker> {
   const lock = config.lock;
   switch (lock.kind) {
     case 'local':
       return new LocalLocker();
-    case 'redis':
+    case 'redis': {
+      // Loaded only when used (ioredis costs ~15 MB of memory).
+      const { DegradableLocker } = await import('./redis/degradable-locker');
+      const { RedisLocker } = await import('./redis/redis-locker');
       return new DegradableLocker(new RedisLocker(lock), new LocalLocker(), lock.allowDegraded);
+    }
     default: {
       const unknown: never = lock;
       throw new Error(`unknown lock backend ${String(unknown)}`);

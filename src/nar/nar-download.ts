@@ -6,7 +6,7 @@ import { Readable } from 'node:stream';
 import { DownloadFailedError } from '../common/errors';
 import type { NarVerifier } from './nar-verifier';
 
-const READ_CHUNK = 256 * 1024;
+const READ_CHUNK = 64 * 1024;
 
 export type DownloadState = 'streaming' | 'verified' | 'failed';
 

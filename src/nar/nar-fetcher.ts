@@ -2,6 +2,7 @@ import { Inject, Injectable, Logger } from '@nestjs/common';
 import { DownloadFailedError, UpstreamUnavailableError } from '../common/errors';
 import type { NarFileEntity } from '../database/entities';
 import { NarFileRepository } from '../database/nar-file.repository';
+import { MetricsService } from '../metrics/metrics.service';
 import { parseNarFileName, type Compression } from '../nix/compression';
 import { NAR_STORE, type NarStore } from '../storage/nar-store';
 import { UpstreamService } from '../upstream/upstream.service';
@@ -26,6 +27,7 @@ export class NarFetcher {
     @Inject(NAR_STORE) private readonly store: NarStore,
     private readonly files: NarFileRepository,
     private readonly upstream: UpstreamService,
+    private readonly metrics: MetricsService,
   ) {}
 
   /**
@@ -43,7 +45,8 @@ export class NarFetcher {
         `${name}: ${expect.compression} NAR without FileHash cannot be verified; checking its size only`,
       );
     }
-    const finished = this.complete(download, verifier, body as AsyncIterable<Buffer>, source, url);
+    const counted = this.metrics.countUpstreamBody(this.upstream.labelOf(url), body);
+    const finished = this.complete(download, verifier, counted, source, url);
     return { download, finished };
   }
 
@@ -71,12 +74,14 @@ export class NarFetcher {
       else await this.files.recordStored(name, url, source.expect, download.written);
       this.logger.log(`stored ${name} (${download.written} bytes in ${Date.now() - began} ms)`);
       await download.finishWriting(upload !== null);
+      this.metrics.downloadFinished('stored');
       return true;
     } catch (e) {
       this.logger.warn(`discarded ${name}: ${(e as Error).message}`);
       download.fail(e instanceof DownloadFailedError ? e : new DownloadFailedError(String(e)));
       await upload?.catch(() => undefined); // let an aborted upload finish cleaning up
       await download.finishWriting(true);
+      this.metrics.downloadFinished('discarded');
       return false;
     }
   }

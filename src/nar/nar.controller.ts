@@ -1,6 +1,7 @@
 import { Controller, Get, Head, Param, Res } from '@nestjs/common';
 import type { FastifyReply } from 'fastify';
 import { NotFoundError } from '../common/errors';
+import { MetricsService } from '../metrics/metrics.service';
 import { InvalidNarNameError } from '../nix/errors';
 import { parseNarFileName } from '../nix/compression';
 import { NarService } from './nar.service';
@@ -10,7 +11,10 @@ const NAR_CONTENT_TYPE = 'application/x-nix-nar';
 
 @Controller()
 export class NarController {
-  constructor(private readonly nars: NarService) {}
+  constructor(
+    private readonly nars: NarService,
+    private readonly metrics: MetricsService,
+  ) {}
 
   @Get('nar/:name')
   async get(@Param('name') name: string, @Res() reply: FastifyReply): Promise<void> {
@@ -18,7 +22,7 @@ export class NarController {
     void reply.type(NAR_CONTENT_TYPE).header('x-narwhal-source', nar.source);
     if (nar.length !== undefined) void reply.header('content-length', nar.length);
     // A stream error after the headers makes Fastify destroy the socket: no clean end for bad bytes.
-    await reply.send(nar.body);
+    await reply.send(this.metrics.countServed(nar.source, nar.body));
   }
 
   @Head('nar/:name')

@@ -7,6 +7,7 @@ import { NotFoundError, UpstreamUnavailableError } from '../common/errors';
 import { APP_CONFIG, type AppConfig } from '../config/app-config';
 import { NarFileRepository } from '../database/nar-file.repository';
 import { keepAlive, LOCKER, type Locker } from '../locking/locker';
+import { MetricsService } from '../metrics/metrics.service';
 import { parseNarFileName } from '../nix/compression';
 import { NAR_STORE, type NarStore } from '../storage/nar-store';
 import { UpstreamService } from '../upstream/upstream.service';
@@ -50,7 +51,10 @@ export class NarService implements OnModuleInit {
     private readonly upstream: UpstreamService,
     private readonly fetcher: NarFetcher,
     private readonly peers: PeerClient,
-  ) {}
+    private readonly metrics: MetricsService,
+  ) {
+    metrics.watchDownloads(() => this.downloads.values());
+  }
 
   /** Removes spool files left by a crash (never visible as objects, but they take space). */
   async onModuleInit(): Promise<void> {
@@ -74,16 +78,26 @@ export class NarService implements OnModuleInit {
     let delay = initialDelayMs;
     for (let attempt = 0; attempt < maxAttempts; attempt++) {
       const stored = await this.openStored(name);
-      if (stored) return stored;
+      if (stored) {
+        this.metrics.narRequest('hit');
+        return stored;
+      }
+      const joining = this.downloads.has(name) || this.claims.has(name);
       const claim = await this.claim(name);
       if (claim.kind === 'local') {
         const body = claim.download.tryCreateReader();
-        if (body) return { body, length: claim.download.length, source: 'download' };
+        if (body) {
+          this.metrics.narRequest(joining ? 'joined' : 'download');
+          return { body, length: claim.download.length, source: 'download' };
+        }
         continue; // it finished in the meantime: it is in storage now
       }
       if (claim.kind === 'peer') {
         const remote = await this.peers.open(claim.url, name);
-        if (remote) return { ...remote, source: 'peer' };
+        if (remote) {
+          this.metrics.narRequest('peer');
+          return { ...remote, source: 'peer' };
+        }
       }
       // The holder finished, failed, or cannot be reached: look again after a pause.
       await sleep(delay * (1 + jitter * (2 * Math.random() - 1)));
@@ -149,7 +163,9 @@ export class NarService implements OnModuleInit {
   private async tryClaim(name: string): Promise<Claim> {
     const key = `nar:${name}`;
     const ttl = this.config.lock.downloadTtlMs;
-    const lease = await this.locker.tryAcquire(key, ttl, this.peers.selfUrl);
+    const lease = await this.metrics.timeLock('nar', () =>
+      this.locker.tryAcquire(key, ttl, this.peers.selfUrl),
+    );
     if (!lease) {
       const holder = await this.locker.holderInfo(key);
       if (holder && holder !== this.peers.selfUrl) return { kind: 'peer', url: holder };

@@ -2,7 +2,6 @@ import { Module } from '@nestjs/common';
 import { APP_CONFIG, type AppConfig } from '../config/app-config';
 import { FilesystemNarStore } from './filesystem/filesystem-nar-store';
 import { NAR_STORE, type NarStore } from './nar-store';
-import { S3NarStore } from './s3/s3-nar-store';
 
 /** Picks the NarStore implementation from configuration. */
 export async function createNarStore(config: AppConfig): Promise<NarStore> {
@@ -14,6 +13,8 @@ export async function createNarStore(config: AppConfig): Promise<NarStore> {
       return store;
     }
     case 's3': {
+      // Loaded only when used: the AWS SDK costs ~20 MB of memory.
+      const { S3NarStore } = await import('./s3/s3-nar-store');
       const store = new S3NarStore(storage);
       await store.init();
       return store;

@@ -52,7 +52,7 @@ export class S3NarStore implements NarStore {
     this.bucket = config.bucket;
     this.objectsPrefix = `${config.prefix}nar/`;
     this.probePrefix = `${config.prefix}.narwhal-probe-`;
-    this.partSize = options.partSize ?? 8 * 1024 * 1024;
+    this.partSize = options.partSize ?? 5 * 1024 * 1024;
     this.queueSize = options.queueSize ?? 2;
     this.client = new S3Client({
       region: config.region,
