@@ -9,7 +9,13 @@ export default defineConfig({
     projects: [
       {
         plugins,
-        test: { name: 'unit', include: ['src/**/*.spec.ts'], environment: 'node' },
+        // Generous timeout: some specs feed decoders a byte at a time, slow on a busy 2-core machine.
+        test: {
+          name: 'unit',
+          include: ['src/**/*.spec.ts'],
+          environment: 'node',
+          testTimeout: 60_000,
+        },
       },
       {
         // The whole application through Fastify inject, against real local HTTP upstreams.

@@ -7,6 +7,7 @@ import { ConfigModule } from './config/config.module';
 import { DatabaseModule } from './database/database.module';
 import { HealthModule } from './health/health.module';
 import { LruModule } from './lru/lru.module';
+import { MetricsModule } from './metrics/metrics.module';
 import { NarModule } from './nar/nar.module';
 import { NarInfoModule } from './narinfo/narinfo.module';
 
@@ -20,6 +21,7 @@ export class AppModule {
         ConfigModule.forRoot(config),
         ScheduleModule.forRoot(),
         DatabaseModule,
+        MetricsModule.forRoot(config.metrics),
         NarInfoModule,
         NarModule,
         LruModule,

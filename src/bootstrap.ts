@@ -1,38 +1,22 @@
-import { ConsoleLogger, type LogLevel as NestLogLevel } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
 import { FastifyAdapter, type NestFastifyApplication } from '@nestjs/platform-fastify';
+import { LogController } from 'fastify';
+import type { DestinationStream } from 'pino';
 import { AppModule } from './app.module';
 import type { AppConfig, LogLevel } from './config/app-config';
+import { PinoNestLogger } from './logging/nest-logger';
+import { createPinoLogger } from './logging/pino-logger';
+import { installRequestLogging, requestIdFor } from './logging/request-logging';
 
-const LEVELS: Record<LogLevel, NestLogLevel[]> = {
-  error: ['fatal', 'error'],
-  warn: ['fatal', 'error', 'warn'],
-  info: ['fatal', 'error', 'warn', 'log'],
-  debug: ['fatal', 'error', 'warn', 'log', 'debug'],
-  verbose: ['fatal', 'error', 'warn', 'log', 'debug', 'verbose'],
-};
-
-/** Nest's own start-up chatter (module and route listings) is debug output for narwhal. */
-const FRAMEWORK_CONTEXTS = new Set([
-  'InstanceLoader',
-  'RoutesResolver',
-  'RouterExplorer',
-  'NestFactory',
-]);
-
-class NarwhalLogger extends ConsoleLogger {
-  override log(message: unknown, ...rest: unknown[]): void {
-    const context = rest[rest.length - 1];
-    if (typeof context === 'string' && FRAMEWORK_CONTEXTS.has(context)) {
-      super.debug(message, ...rest);
-      return;
-    }
-    super.log(message, ...rest);
-  }
-}
-
-export function createLogger(level: LogLevel): ConsoleLogger {
-  return new NarwhalLogger('narwhal', { logLevels: LEVELS[level], json: !process.stdout.isTTY });
+/**
+ * The process's logger: pino (JSON lines, or human lines on a terminal) with Nest's LoggerService
+ * on top, so that `new Logger('context')` in services writes to the same stream as Fastify.
+ */
+export function createLogger(
+  level: LogLevel,
+  options: { destination?: DestinationStream; pretty?: boolean } = {},
+): PinoNestLogger {
+  return new PinoNestLogger(createPinoLogger({ level, ...options }));
 }
 
 /** Builds the application (not yet listening). Used by `narwhal serve` and by the module tests. */
@@ -44,7 +28,15 @@ export async function createApp(
     // HEAD routes are explicit: a HEAD must never start a NAR download.
     exposeHeadRoutes: false,
     return503OnClosing: true,
+    // On close, keep-alive connections without a request in flight are closed at once; the others
+    // when their response ends (see shutdown/graceful-shutdown.ts).
+    forceCloseConnections: 'idle',
+    loggerInstance: logger.pino,
+    // One access line per request is written by installRequestLogging instead of Fastify's two.
+    logController: new LogController({ disableRequestLogging: true }),
+    genReqId: requestIdFor,
   });
+  installRequestLogging(adapter.getInstance());
   const app = await NestFactory.create<NestFastifyApplication>(AppModule.forRoot(config), adapter, {
     logger,
     abortOnError: false,
@@ -66,6 +58,7 @@ export async function createApp(
       },
       handler: () => Promise.resolve(undefined),
     });
-  app.enableShutdownHooks();
+  // No enableShutdownHooks(): `narwhal serve` handles SIGTERM/SIGINT with GracefulShutdown, which
+  // drains connections first and exits 0 (Nest's handler would re-raise the signal).
   return app;
 }

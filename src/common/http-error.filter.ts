@@ -2,7 +2,12 @@ import { ArgumentsHost, Catch, HttpException, Logger, type ExceptionFilter } fro
 import type { FastifyReply } from 'fastify';
 import { LockTimeoutError } from '../locking/locker';
 import { NixFormatError } from '../nix/errors';
-import { MethodNotAllowedError, NotFoundError, UpstreamUnavailableError } from './errors';
+import {
+  DownloadFailedError,
+  MethodNotAllowedError,
+  NotFoundError,
+  UpstreamUnavailableError,
+} from './errors';
 
 /** Maps domain errors to HTTP statuses; aborts the socket when a reply has already started. */
 @Catch()
@@ -17,8 +22,9 @@ export class HttpErrorFilter implements ExceptionFilter {
       return;
     }
     const [status, message] = statusOf(error);
-    if (status >= 500)
+    if (status === 500) {
       this.logger.error(error instanceof Error ? (error.stack ?? error.message) : String(error));
+    }
     if (error instanceof MethodNotAllowedError) void reply.header('allow', 'GET, HEAD');
     void reply.status(status).type('text/plain; charset=utf-8').send(`${message}\n`);
   }
@@ -31,6 +37,8 @@ function statusOf(error: unknown): [number, string] {
   if (error instanceof UpstreamUnavailableError || error instanceof LockTimeoutError)
     return [404, 'not found'];
   if (error instanceof MethodNotAllowedError) return [405, 'method not allowed'];
+  // The upstream's bytes were bad before the first one reached the client: a retry fetches them again.
+  if (error instanceof DownloadFailedError) return [502, 'upstream sent a broken NAR'];
   if (error instanceof HttpException) return [error.getStatus(), error.message];
   return [500, 'internal error'];
 }

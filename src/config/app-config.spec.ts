@@ -157,6 +157,16 @@ describe('buildConfig values', () => {
     expect(build({ 'log-level': level }).logLevel).toBe(level);
   });
 
+  it('reads --shutdown-timeout as a duration (default 30s) and rejects zero', () => {
+    expect(build({}).shutdownTimeoutMs).toBe(30_000);
+    expect(build({ 'shutdown-timeout': '1m30s' }).shutdownTimeoutMs).toBe(90_000);
+    expect(build({ 'shutdown-timeout': '250ms' }).shutdownTimeoutMs).toBe(250);
+    expect(configError(() => build({ 'shutdown-timeout': '0s' })).setting).toBe('shutdown-timeout');
+    expect(configError(() => build({ 'shutdown-timeout': 'soon' })).setting).toBe(
+      'shutdown-timeout',
+    );
+  });
+
   it('accepts several trusted keys, comma- or space-separated or as a list', () => {
     const expected = ['cache.nixos.org-1', 'test-1'];
     expect(

@@ -77,7 +77,11 @@ export interface AppConfig {
   lock: LockConfig;
   /** How other instances reach this one (for streaming an in-flight download); derived when unset. */
   advertiseUrl?: string;
+  /** `GET /metrics` (Prometheus) when enabled. */
+  metrics: { enabled: boolean };
   logLevel: LogLevel;
+  /** How long in-flight responses may run after SIGTERM/SIGINT before they are cut. */
+  shutdownTimeoutMs: number;
 }
 
 /** Raw values by setting name, already merged by precedence (flag > env > file). */
@@ -220,17 +224,10 @@ export function buildConfig(raw: RawSettings, cwd = process.cwd()): AppConfig {
       ),
     },
     lock: lockConfig(one, parsed, positiveDuration),
-    advertiseUrl: parsed(
-      'cache-advertise-url',
-      (v) => {
-        const u = new URL(v);
-        if (u.protocol !== 'http:' && u.protocol !== 'https:')
-          throw new Error('must be an http(s) URL');
-        return v.replace(/\/+$/, '');
-      },
-      undefined as string | undefined,
-    ),
+    advertiseUrl: parsed('cache-advertise-url', parseHttpUrl, undefined as string | undefined),
+    metrics: { enabled: parsed('prometheus-enabled', parseBool, false) },
     logLevel,
+    shutdownTimeoutMs: parsed('shutdown-timeout', positiveDuration, 30_000),
   };
 }
 
@@ -239,6 +236,13 @@ function parseIntStrict(s: string, min: number, max: number): number {
   const n = Number(s);
   if (n < min || n > max) throw new Error(`${n} is outside ${min}..${max}`);
   return n;
+}
+
+/** An http(s) URL, without trailing slashes. */
+function parseHttpUrl(v: string): string {
+  const u = new URL(v);
+  if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new Error('must be an http(s) URL');
+  return v.replace(/\/+$/, '');
 }
 
 export function parseBool(s: string): boolean {
@@ -383,12 +387,7 @@ function storageConfig(one: One, parsed: Parsed, cwd: string, dataPath: string):
   }
   const endpoint = parsed(
     'cache-storage-s3-endpoint',
-    (v) => {
-      const u = new URL(v);
-      if (u.protocol !== 'http:' && u.protocol !== 'https:')
-        throw new Error('must be an http(s) URL');
-      return v.replace(/\/+$/, '');
-    },
+    parseHttpUrl,
     undefined as string | undefined,
   );
   const prefix = one('cache-storage-s3-prefix') ?? '';

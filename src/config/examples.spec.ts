@@ -13,7 +13,12 @@ describe('shipped examples and documentation', () => {
   });
 
   it('config/ha.yaml selects the production backends', () => {
-    const config = loadConfig({ flags: {}, env: {}, file: join(ROOT, 'config', 'ha.yaml'), cwd: ROOT });
+    const config = loadConfig({
+      flags: {},
+      env: {},
+      file: join(ROOT, 'config', 'ha.yaml'),
+      cwd: ROOT,
+    });
     expect(config.database.kind).toBe('postgres');
     expect(config.storage.kind).toBe('s3');
     expect(config.lock.kind).toBe('redis');

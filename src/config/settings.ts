@@ -220,9 +220,21 @@ export const SETTINGS: readonly SettingDef[] = [
     defaultText: '/nix/store',
   },
   {
+    name: 'prometheus-enabled',
+    description: 'Serve Prometheus metrics at `GET /metrics` (404 when off).',
+    defaultText: 'false',
+    boolean: true,
+  },
+  {
     name: 'log-level',
     description: 'One of `error`, `warn`, `info`, `debug`, `verbose`.',
     defaultText: 'info',
+  },
+  {
+    name: 'shutdown-timeout',
+    description:
+      'On SIGTERM/SIGINT, how long responses in flight (NAR streams too) may take to finish before their connections are closed.',
+    defaultText: '30s',
   },
 ];
 

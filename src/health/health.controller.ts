@@ -1,12 +1,15 @@
-import { Controller, Get, Inject } from '@nestjs/common';
+import { Controller, Get, Head, HttpException, Inject, Res } from '@nestjs/common';
 import {
   HealthCheck,
   HealthCheckService,
   HealthIndicatorService,
   TypeOrmHealthIndicator,
+  type HealthCheckResult,
 } from '@nestjs/terminus';
+import type { FastifyReply } from 'fastify';
 import { LOCKER, type Locker } from '../locking/locker';
 import { NAR_STORE, type NarStore } from '../storage/nar-store';
+import { UpstreamProbe } from './upstream-probe';
 
 @Controller()
 export class HealthController {
@@ -16,22 +19,39 @@ export class HealthController {
     private readonly db: TypeOrmHealthIndicator,
     @Inject(NAR_STORE) private readonly store: NarStore,
     @Inject(LOCKER) private readonly locker: Locker,
+    private readonly upstreams: UpstreamProbe,
   ) {}
 
   /** Liveness: the process serves requests. */
   @Get('healthz')
   @HealthCheck()
-  live() {
-    return this.health.check([]);
+  live(@Res() reply: FastifyReply): Promise<void> {
+    return this.answer(reply, () => this.health.check([]));
+  }
+
+  @Head('healthz')
+  liveHead(@Res() reply: FastifyReply): Promise<void> {
+    return this.answer(reply, () => this.health.check([]), true);
   }
 
   /**
    * Readiness: the database answers, storage can be written, and locks can be taken (a Redis outage
-   * in degraded mode is reported but keeps the instance ready).
+   * in degraded mode is reported but keeps the instance ready). Upstream reachability is shown from
+   * the background probe and never makes narwhal unready: clients fall back on a miss anyway, and
+   * taking every instance out of a load balancer during an upstream outage would also stop hits.
    */
   @Get('readyz')
   @HealthCheck()
-  ready() {
+  ready(@Res() reply: FastifyReply): Promise<void> {
+    return this.answer(reply, () => this.readiness());
+  }
+
+  @Head('readyz')
+  readyHead(@Res() reply: FastifyReply): Promise<void> {
+    return this.answer(reply, () => this.readiness(), true);
+  }
+
+  private readiness(): Promise<HealthCheckResult> {
     return this.health.check([
       () => this.db.pingCheck('database').withTimeout(3000),
       () =>
@@ -49,6 +69,34 @@ export class HealthController {
         };
         return s.healthy ? lock.up(data) : lock.down(data);
       },
+      () => this.indicators.check('upstream').up({ upstreams: this.upstreams.snapshot() }),
     ]);
+  }
+
+  /**
+   * 200 with Terminus's JSON, or 503 with the same JSON (a failed check throws it as the exception's
+   * response). HEAD gets the same status and headers without the body.
+   */
+  private async answer(
+    reply: FastifyReply,
+    check: () => Promise<HealthCheckResult>,
+    head = false,
+  ): Promise<void> {
+    let status = 200;
+    let body: unknown;
+    try {
+      body = await check();
+    } catch (e) {
+      if (!(e instanceof HttpException)) throw e;
+      status = e.getStatus();
+      body = e.getResponse();
+    }
+    const json = JSON.stringify(body);
+    void reply
+      .status(status)
+      .type('application/json; charset=utf-8')
+      .header('cache-control', 'no-store')
+      .header('content-length', Buffer.byteLength(json));
+    await reply.send(head ? undefined : json);
   }
 }

@@ -10,6 +10,7 @@ import { openDataSource } from '../database/data-source';
 import { NarFileRepository } from '../database/nar-file.repository';
 import { NarInfoRepository } from '../database/narinfo.repository';
 import { LocalLocker } from '../locking/local/local-locker';
+import { MetricsService } from '../metrics/metrics.service';
 import { encodeNix32 } from '../nix/base32';
 import type { NarInfo } from '../nix/narinfo';
 import { FilesystemNarStore } from '../storage/filesystem/filesystem-nar-store';
@@ -50,8 +51,14 @@ afterEach(async () => {
 });
 
 function lru(maxSize: number | undefined, schedule = '0 2 * * *'): LruService {
-  const config = { lru: { maxSize, schedule }, lock: { lruTtlMs: 60_000 } } as AppConfig;
-  return new LruService(config, locker, store, files, scheduler);
+  const config = {
+    lru: { maxSize, schedule },
+    lock: { lruTtlMs: 60_000 },
+    upstreams: [],
+    metrics: { enabled: false },
+  } as unknown as AppConfig;
+  const metrics = new MetricsService(config, files, locker);
+  return new LruService(config, locker, store, files, scheduler, metrics);
 }
 
 interface Cached {

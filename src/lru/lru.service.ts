@@ -5,6 +5,7 @@ import { APP_CONFIG, type AppConfig } from '../config/app-config';
 import { formatSize } from '../config/units';
 import { NarFileRepository } from '../database/nar-file.repository';
 import { LOCKER, type Locker } from '../locking/locker';
+import { MetricsService } from '../metrics/metrics.service';
 import { NAR_STORE, type NarStore } from '../storage/nar-store';
 
 export interface LruReport {
@@ -29,6 +30,7 @@ export class LruService implements OnModuleInit {
     @Inject(NAR_STORE) private readonly store: NarStore,
     private readonly files: NarFileRepository,
     private readonly scheduler: SchedulerRegistry,
+    private readonly metrics: MetricsService,
   ) {}
 
   onModuleInit(): void {
@@ -56,13 +58,17 @@ export class LruService implements OnModuleInit {
       evictedBytes: 0,
     };
     if (maxSize === undefined) return report;
-    const lease = await this.locker.tryAcquire('lru', this.config.lock.lruTtlMs);
+    const lease = await this.metrics.timeLock('lru', () =>
+      this.locker.tryAcquire('lru', this.config.lock.lruTtlMs),
+    );
     if (!lease) {
+      this.metrics.lruRun('skipped');
       this.logger.log('another LRU run is in progress; skipping');
       return report;
     }
     try {
       report.ran = true;
+      this.metrics.lruRun('ran');
       let size = await this.files.storedBytes();
       while (size > maxSize) {
         const batch = await this.files.lruCandidates(BATCH);
@@ -75,6 +81,7 @@ export class LruService implements OnModuleInit {
           size -= f.storedSize ?? 0;
           report.evicted++;
           report.evictedBytes += f.storedSize ?? 0;
+          this.metrics.lruEvict(f.storedSize ?? 0);
         }
       }
       report.sizeAfter = size;

@@ -157,6 +157,11 @@ class SpoolReader extends Readable {
   private wake?: () => void;
   private released = false;
   private readonly onProgress = () => {
+    // A failed download ends every reader at once, also one that is paused (not reading).
+    if (this.download.state === 'failed' && !this.destroyed) {
+      this.destroy(this.download.error);
+      return;
+    }
     const wake = this.wake;
     this.wake = undefined;
     wake?.();

@@ -4,6 +4,7 @@ import { APP_CONFIG, type AppConfig, type UpstreamConfig } from '../config/app-c
 import type { NarInfoEntity } from '../database/entities';
 import { NarInfoRepository, TOUCH_GRANULARITY_MS } from '../database/narinfo.repository';
 import { LOCKER, withLock, type Locker } from '../locking/locker';
+import { MetricsService } from '../metrics/metrics.service';
 import { narFileName } from '../nix/compression';
 import { InvalidHashError, quoteForError } from '../nix/errors';
 import { narInfoFingerprint } from '../nix/fingerprint';
@@ -43,6 +44,7 @@ export class NarInfoService {
     private readonly repo: NarInfoRepository,
     private readonly upstream: UpstreamService,
     private readonly signing: SigningService,
+    private readonly metrics: MetricsService,
   ) {}
 
   /** The narinfo text for a store path hash; NotFoundError when no upstream has a valid one. */
@@ -52,11 +54,14 @@ export class NarInfoService {
     const now = Date.now();
     const cached = this.recent.get(hash);
     if (cached && cached.until > now) {
+      this.metrics.narInfoRequest('hit');
       this.touchIfStale(hash, cached, now);
       return cached.text;
     }
     let row = await this.repo.find(hash);
+    const stored = row !== null;
     if (!row) row = await this.lookupOnce(hash);
+    this.metrics.narInfoRequest(stored ? 'hit' : row ? 'miss' : 'not_found');
     if (!row) throw new NotFoundError(`${hash}.narinfo not found`);
     const entry = {
       text: this.render(row),
@@ -88,9 +93,11 @@ export class NarInfoService {
   private lookupOnce(hash: string): Promise<NarInfoEntity | null> {
     let pending = this.lookups.get(hash);
     if (!pending) {
-      pending = withLock(this.locker, `narinfo:${hash}`, this.config.lock.downloadTtlMs, () =>
-        this.lookup(hash),
-      ).finally(() => this.lookups.delete(hash));
+      const locked = this.metrics.lockTimer('narinfo');
+      pending = withLock(this.locker, `narinfo:${hash}`, this.config.lock.downloadTtlMs, () => {
+        locked();
+        return this.lookup(hash);
+      }).finally(() => this.lookups.delete(hash));
       this.lookups.set(hash, pending);
     }
     return pending;
@@ -129,12 +136,14 @@ export class NarInfoService {
       narInfo = parseNarInfo(text, { storeDir: this.config.storeDir });
     } catch (e) {
       this.logger.warn(`${hash}.narinfo from ${up.url} is malformed: ${(e as Error).message}`);
+      this.metrics.upstreamInvalid(up.url);
       return null;
     }
     if (parseStorePath(narInfo.storePath, this.config.storeDir).hash !== hash) {
       this.logger.warn(
         `${hash}.narinfo from ${up.url} describes another path (${narInfo.storePath})`,
       );
+      this.metrics.upstreamInvalid(up.url);
       return null;
     }
     const fingerprint = narInfoFingerprint(narInfo, this.config.storeDir);
@@ -142,6 +151,7 @@ export class NarInfoService {
       this.logger.warn(
         `${hash}.narinfo from ${up.url} has no signature by a trusted upstream key; ignored`,
       );
+      this.metrics.upstreamInvalid(up.url);
       return null;
     }
     return narInfo;

@@ -2,6 +2,7 @@ import { Inject, Injectable, Logger, type OnApplicationShutdown } from '@nestjs/
 import type { Readable } from 'node:stream';
 import { Agent, interceptors, request, type Dispatcher } from 'undici';
 import { APP_CONFIG, type AppConfig, type UpstreamConfig } from '../config/app-config';
+import { MetricsService, OTHER_UPSTREAM, type UpstreamKind } from '../metrics/metrics.service';
 
 /** An upstream answered, but not with 200. */
 export class UpstreamStatusError extends Error {
@@ -31,7 +32,10 @@ export class UpstreamService implements OnApplicationShutdown {
   /** Upstreams in priority order (lower first). */
   readonly upstreams: readonly UpstreamConfig[];
 
-  constructor(@Inject(APP_CONFIG) config: AppConfig) {
+  constructor(
+    @Inject(APP_CONFIG) config: AppConfig,
+    private readonly metrics: MetricsService,
+  ) {
     this.upstreams = config.upstreams;
     const t = config.upstreamTimeouts;
     this.agent = new Agent({
@@ -61,26 +65,43 @@ export class UpstreamService implements OnApplicationShutdown {
   /** GETs a small text document (a narinfo). Throws UpstreamStatusError for non-200 answers. */
   async getText(upstream: UpstreamConfig, path: string): Promise<string> {
     const url = this.urlFor(upstream, path);
-    const { body } = await this.open(url, 'GET');
+    const { body } = await this.open(url, 'GET', 'narinfo');
     const chunks: Buffer[] = [];
     let size = 0;
-    for await (const chunk of body as AsyncIterable<Buffer>) {
-      size += chunk.length;
-      if (size > MAX_NARINFO_BYTES) {
-        await discard(body);
-        throw new Error(`${redact(url)}: document larger than ${MAX_NARINFO_BYTES} bytes`);
+    try {
+      for await (const chunk of body as AsyncIterable<Buffer>) {
+        size += chunk.length;
+        if (size > MAX_NARINFO_BYTES) {
+          await discard(body);
+          this.metrics.upstreamInvalid(upstream.url);
+          throw new Error(`${redact(url)}: document larger than ${MAX_NARINFO_BYTES} bytes`);
+        }
+        chunks.push(chunk);
       }
-      chunks.push(chunk);
+    } catch (e) {
+      if (size <= MAX_NARINFO_BYTES) this.metrics.upstreamFailed(upstream.url, e); // the body broke
+      throw e;
     }
     return Buffer.concat(chunks).toString('utf8');
   }
 
   /** Opens a body stream (a NAR). The caller must consume or destroy `body`. */
-  async open(url: string, method: 'GET' | 'HEAD' = 'GET'): Promise<UpstreamBody> {
+  async open(
+    url: string,
+    method: 'GET' | 'HEAD' = 'GET',
+    kind: UpstreamKind = method === 'HEAD' ? 'head' : 'nar',
+  ): Promise<UpstreamBody> {
     const upstream = this.upstreamOf(url);
     const headers: Record<string, string> = { 'user-agent': 'narwhal' };
     if (upstream?.authorization) headers.authorization = upstream.authorization;
-    const res = await request(url, { dispatcher: this.dispatcher, method, headers });
+    const timing = this.metrics.upstreamRequest(this.labelOf(url), kind);
+    const res = await request(url, { dispatcher: this.dispatcher, method, headers }).catch(
+      (e: unknown) => {
+        timing.failed(e);
+        throw e;
+      },
+    );
+    timing.answered(res.statusCode);
     if (res.statusCode !== 200) {
       await discard(res.body);
       throw new UpstreamStatusError(res.statusCode, redact(url));
@@ -96,6 +117,11 @@ export class UpstreamService implements OnApplicationShutdown {
     return this.upstreams.find((u) => url === u.url || url.startsWith(`${u.url}/`));
   }
 
+  /** The `upstream` metrics label of a URL: its upstream's base URL (no credentials), or `other`. */
+  labelOf(url: string): string {
+    return this.upstreamOf(url)?.url ?? OTHER_UPSTREAM;
+  }
+
   describeError(e: unknown): string {
     if (e instanceof UpstreamStatusError) return e.message;
     const err = e as NodeJS.ErrnoException;
@@ -106,8 +132,12 @@ export class UpstreamService implements OnApplicationShutdown {
     return this.logger;
   }
 
+  /**
+   * Runs after the HTTP server has closed (every client finished or was cut at --shutdown-timeout):
+   * a download still running has nobody left to serve, so it is aborted rather than awaited.
+   */
   async onApplicationShutdown(): Promise<void> {
-    await this.agent.close();
+    await this.agent.destroy();
   }
 }
 

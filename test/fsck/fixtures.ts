@@ -1,4 +1,4 @@
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { compress } from 'lzma-native';
 import type { DataSource } from 'typeorm';
@@ -10,7 +10,6 @@ import {
 } from '../../src/database/entities';
 import { NarFileRepository } from '../../src/database/nar-file.repository';
 import { NarInfoRepository } from '../../src/database/narinfo.repository';
-import { encodeNix32 } from '../../src/nix/base32';
 import type { NarInfo } from '../../src/nix/narinfo';
 import type { NarStore } from '../../src/storage/nar-store';
 
@@ -22,29 +21,8 @@ import type { NarStore } from '../../src/storage/nar-store';
 
 const UPSTREAM = 'https://upstream.example';
 
-export function nix32Sha256(data: Uint8Array): string {
-  return encodeNix32(createHash('sha256').update(data).digest());
-}
-
-/** A random 32-character store path hash part. */
-export function randomHashPart(): string {
-  return encodeNix32(randomBytes(20));
-}
-
-/** One regular file as a NAR (`nix-archive-1`). */
-export function narOfFile(contents: Buffer): Buffer {
-  const parts: Buffer[] = [];
-  const str = (s: string | Buffer): void => {
-    const b = typeof s === 'string' ? Buffer.from(s) : s;
-    const len = Buffer.alloc(8);
-    len.writeBigUInt64LE(BigInt(b.length));
-    parts.push(len, b, Buffer.alloc((8 - (b.length % 8)) % 8));
-  };
-  for (const s of ['nix-archive-1', '(', 'type', 'regular', 'contents']) str(s);
-  str(contents);
-  str(')');
-  return Buffer.concat(parts);
-}
+export { narOfFile, randomHashPart, sha256Nix32 as nix32Sha256 } from '../module/fixtures';
+import { narOfFile, randomHashPart, sha256Nix32 as nix32Sha256 } from '../module/fixtures';
 
 export interface TestNar {
   /** Storage key, `<nix32 FileHash>.nar[.xz]`. */

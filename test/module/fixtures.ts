@@ -152,6 +152,8 @@ export type Behaviour =
 /** A real HTTP upstream cache on 127.0.0.1:<random port>. Unknown paths are 404. */
 export class FakeUpstream {
   readonly requests: LoggedRequest[] = [];
+  /** Requests for `/nix-cache-info` (narwhal's background reachability probe), kept apart. */
+  readonly probes: LoggedRequest[] = [];
   private readonly routes = new Map<string, Behaviour>();
   private readonly sockets = new Set<Socket>();
   /** Applied to every path without its own route (e.g. a whole upstream answering 500). */
@@ -213,8 +215,12 @@ export class FakeUpstream {
   private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const method = req.method ?? 'GET';
     const url = req.url ?? '/';
-    this.requests.push({ method, url, authorization: req.headers.authorization });
     const path = url.split('?')[0];
+    (path === '/nix-cache-info' ? this.probes : this.requests).push({
+      method,
+      url,
+      authorization: req.headers.authorization,
+    });
     const b = this.routes.get(path) ?? this.fallback;
     if (!b) {
       res.writeHead(404, { 'content-type': 'text/plain', 'content-length': 10 }).end('not found\n');

@@ -125,6 +125,27 @@ export class NarwhalProcess {
     }
   }
 
+  /** Sends `signal` and returns at once (see waitForExit). */
+  signal(signal: NodeJS.Signals): void {
+    this.child.kill(signal);
+  }
+
+  /** Waits for the process to end; rejects if it still runs after `timeoutMs`. */
+  async waitForExit(
+    timeoutMs = STOP_TIMEOUT_MS,
+  ): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
+    const exited = await Promise.race([
+      this.exited.then(() => true),
+      sleep(timeoutMs).then(() => false),
+    ]);
+    if (!exited || !this.exitInfo) {
+      throw new Error(
+        `narwhal still runs after ${timeoutMs} ms\n--- narwhal output ---\n${this.output}`,
+      );
+    }
+    return this.exitInfo;
+  }
+
   /** SIGKILL and wait for the exit. */
   async kill(): Promise<void> {
     if (this.exitInfo) return;

@@ -1,0 +1,20 @@
+import { AsyncLocalStorage } from 'node:async_hooks';
+
+/**
+ * The request a piece of code runs for. Set around each HTTP request (see request-logging.ts), so that
+ * a service's `new Logger(context).log(…)` line carries the id of the request that caused it. Work a
+ * request starts in the background (a shared NAR download) keeps the id of the request that started it.
+ */
+export interface RequestContext {
+  reqId: string;
+}
+
+const storage = new AsyncLocalStorage<RequestContext>();
+
+export function currentRequestId(): string | undefined {
+  return storage.getStore()?.reqId;
+}
+
+export function runInRequestContext<T>(context: RequestContext, fn: () => T): T {
+  return storage.run(context, fn);
+}

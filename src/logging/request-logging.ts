@@ -1,0 +1,75 @@
+import { randomUUID } from 'node:crypto';
+import { AsyncResource } from 'node:async_hooks';
+import type { IncomingMessage } from 'node:http';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import { runInRequestContext } from './request-context';
+
+export const REQUEST_ID_HEADER = 'x-request-id';
+
+/** Probes are polled every few seconds: their access lines are debug output. */
+const PROBE_PATHS = new Set(['/healthz', '/readyz']);
+
+/** What an incoming `x-request-id` may look like to be kept (else a fresh id is made). */
+const ACCEPTED_ID = /^[A-Za-z0-9._:/+=@-]{1,128}$/;
+
+/**
+ * Fastify's `genReqId`: the caller's `x-request-id` when it is a sane token (a proxy or load balancer
+ * in front of narwhal sets one), otherwise a random UUID.
+ */
+export function requestIdFor(req: IncomingMessage): string {
+  const given = req.headers[REQUEST_ID_HEADER];
+  const id = Array.isArray(given) ? given[0] : given;
+  return id !== undefined && ACCEPTED_ID.test(id) ? id : randomUUID();
+}
+
+const scopes = new WeakMap<FastifyRequest, AsyncResource>();
+
+/**
+ * Per request: echo the id in an `x-request-id` response header, run the rest of the request in a
+ * context that Nest's loggers read the id from, and write one access line when the response ends
+ * (or is cut).
+ */
+export function installRequestLogging(fastify: FastifyInstance): void {
+  fastify.addHook('onRequest', (request, reply, done) => {
+    void reply.header(REQUEST_ID_HEADER, request.id);
+    let logged = false;
+    const log = (completed: boolean) => {
+      if (logged) return;
+      logged = true;
+      logAccess(request, reply, completed);
+    };
+    reply.raw.once('finish', () => log(true)); // the whole response went to the socket
+    reply.raw.once('close', () => log(false)); // closed without 'finish': cut short
+    runInRequestContext({ reqId: request.id }, () => {
+      const scope = new AsyncResource('narwhal.request');
+      scopes.set(request, scope);
+      scope.runInAsyncScope(done);
+    });
+  });
+  // A request body is read in the socket's own async context; enter the request's again before the
+  // handler runs (as @fastify/request-context does).
+  fastify.addHook('preValidation', (request, _reply, done) => {
+    const scope = scopes.get(request);
+    if (scope) scope.runInAsyncScope(done);
+    else done();
+  });
+}
+
+function logAccess(request: FastifyRequest, reply: FastifyReply, completed: boolean): void {
+  const path = request.url.split('?')[0];
+  const fields = {
+    method: request.method,
+    url: request.url,
+    statusCode: reply.statusCode,
+    responseTime: Math.round(reply.elapsedTime),
+  };
+  if (!completed) {
+    // The connection closed before the whole response went out: the client left, or narwhal cut a
+    // body it could not complete honestly.
+    request.log.info({ ...fields, aborted: true }, 'response aborted');
+  } else if (PROBE_PATHS.has(path)) {
+    request.log.debug(fields, 'request completed');
+  } else {
+    request.log.info(fields, 'request completed');
+  }
+}

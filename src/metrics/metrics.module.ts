@@ -1,0 +1,24 @@
+import { Module, type DynamicModule } from '@nestjs/common';
+import type { AppConfig } from '../config/app-config';
+import { LockingModule } from '../locking/locking.module';
+import { HttpMetrics } from './http-metrics';
+import { MetricsController } from './metrics.controller';
+import { MetricsService } from './metrics.service';
+
+/**
+ * MetricsService for every flow (global: the flows report to it whether or not metrics are served);
+ * with --prometheus-enabled also `GET /metrics` and the per-route HTTP counters.
+ */
+@Module({})
+export class MetricsModule {
+  static forRoot(config: AppConfig['metrics']): DynamicModule {
+    return {
+      module: MetricsModule,
+      global: true,
+      imports: [LockingModule],
+      controllers: config.enabled ? [MetricsController] : [],
+      providers: [MetricsService, ...(config.enabled ? [HttpMetrics] : [])],
+      exports: [MetricsService],
+    };
+  }
+}

@@ -1,0 +1,403 @@
+import { Inject, Injectable, Logger } from '@nestjs/common';
+import { performance } from 'node:perf_hooks';
+import { pipeline, Transform, type Readable } from 'node:stream';
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { APP_CONFIG, type AppConfig } from '../config/app-config';
+import { NarFileRepository } from '../database/nar-file.repository';
+import { LOCKER, type Locker } from '../locking/locker';
+
+export const METRIC_PREFIX = 'narwhal_';
+
+export type NarInfoResult = 'hit' | 'miss' | 'not_found';
+/** hit: from storage; download: started this instance's download; joined: attached to one already running; peer: another instance's. */
+export type NarResult = 'hit' | 'download' | 'joined' | 'peer';
+export type ServedSource = 'storage' | 'download' | 'peer';
+export type UpstreamKind = 'narinfo' | 'nar' | 'head';
+export type UpstreamOutcome = 'ok' | 'not_found' | 'error';
+export type UpstreamErrorReason =
+  'timeout' | 'connection' | 'http_4xx' | 'http_5xx' | 'http_other' | 'invalid' | 'other';
+export type LockKind = 'narinfo' | 'nar' | 'lru';
+
+/** `upstream` label of a URL that belongs to no configured upstream (an absolute NAR URL elsewhere). */
+export const OTHER_UPSTREAM = 'other';
+
+/** One upstream request being timed until its response headers arrive (or it fails). */
+export interface UpstreamTiming {
+  answered(status: number): void;
+  failed(error: unknown): void;
+}
+
+/** How long the stored size is reused between scrapes (it is a database query). */
+const STORAGE_CACHE_MS = 5_000;
+/** Upstream answers that mean "not here" rather than "broken". */
+const NOT_FOUND_STATUSES = new Set([404, 410]);
+const TIMEOUT_CODES = new Set([
+  'UND_ERR_CONNECT_TIMEOUT',
+  'UND_ERR_HEADERS_TIMEOUT',
+  'UND_ERR_BODY_TIMEOUT',
+  'ETIMEDOUT',
+]);
+const CONNECTION_CODES = new Set(['UND_ERR_SOCKET', 'UND_ERR_CLOSED', 'UND_ERR_ABORTED']);
+
+/**
+ * narwhal's Prometheus metrics, in a registry of their own. The flows report what happens here
+ * whether or not `/metrics` is enabled (counting is cheap); only with --prometheus-enabled are the
+ * process metrics collected and the registry served.
+ */
+@Injectable()
+export class MetricsService {
+  private readonly logger = new Logger('metrics');
+  readonly registry = new Registry();
+
+  private readonly httpRequests: Counter<'route' | 'method' | 'status'>;
+  private readonly httpDuration: Histogram<'route' | 'method'>;
+  private readonly narInfoRequests: Counter<'result'>;
+  private readonly narRequests: Counter<'result'>;
+  private readonly upstreamRequests: Counter<'upstream' | 'kind' | 'outcome'>;
+  private readonly upstreamDuration: Histogram<'upstream' | 'kind'>;
+  private readonly upstreamBytes: Counter<'upstream'>;
+  private readonly upstreamErrors: Counter<'upstream' | 'reason'>;
+  private readonly servedBytes: Counter<'source'>;
+  private readonly downloads: Counter<'outcome'>;
+  private readonly lockWait: Histogram<'kind'>;
+  private readonly lruRuns: Counter<'result'>;
+  private readonly lruEvicted: Counter;
+  private readonly lruEvictedBytes: Counter;
+
+  private downloadSource: () => Iterable<{ readerCount: number }> = () => [];
+  private stored?: { bytes: number; at: number };
+  private storedQuery?: Promise<void>;
+  /** Bumped whenever the stored size changes here, so that a query begun before is not cached. */
+  private storedGeneration = 0;
+
+  constructor(
+    @Inject(APP_CONFIG) config: AppConfig,
+    private readonly files: NarFileRepository,
+    @Inject(LOCKER) locker: Locker,
+  ) {
+    const registers = [this.registry];
+    if (config.metrics.enabled) {
+      collectDefaultMetrics({ register: this.registry, prefix: METRIC_PREFIX });
+    }
+    const name = (n: string) => METRIC_PREFIX + n;
+
+    this.httpRequests = new Counter({
+      name: name('http_requests_total'),
+      help: 'HTTP requests answered, by matched route pattern, method and status code.',
+      labelNames: ['route', 'method', 'status'],
+      registers,
+    });
+    this.httpDuration = new Histogram({
+      name: name('http_request_duration_seconds'),
+      help: 'Time from request to the last byte of the response (NAR responses include streaming).',
+      labelNames: ['route', 'method'],
+      buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300],
+      registers,
+    });
+    this.narInfoRequests = new Counter({
+      name: name('narinfo_requests_total'),
+      help: 'narinfo lookups (GET and HEAD) by result: hit (stored), miss (fetched from upstream), not_found.',
+      labelNames: ['result'],
+      registers,
+    });
+    this.narRequests = new Counter({
+      name: name('nar_requests_total'),
+      help: "NAR GETs by where the bytes came from: hit (storage), download (started this instance's download), joined (attached to a running download), peer (another instance's download).",
+      labelNames: ['result'],
+      registers,
+    });
+    this.upstreamRequests = new Counter({
+      name: name('upstream_requests_total'),
+      help: 'Requests to upstream caches by upstream base URL, kind (narinfo, nar, head) and outcome (ok, not_found, error).',
+      labelNames: ['upstream', 'kind', 'outcome'],
+      registers,
+    });
+    this.upstreamDuration = new Histogram({
+      name: name('upstream_request_duration_seconds'),
+      help: 'Time until an upstream sent its response headers (or the request failed).',
+      labelNames: ['upstream', 'kind'],
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+      registers,
+    });
+    this.upstreamBytes = new Counter({
+      name: name('upstream_bytes_total'),
+      help: 'NAR body bytes received from upstream caches.',
+      labelNames: ['upstream'],
+      registers,
+    });
+    this.upstreamErrors = new Counter({
+      name: name('upstream_errors_total'),
+      help: 'Upstream failures by reason: timeout, connection, http_4xx, http_5xx, http_other, invalid (a narinfo rejected as malformed, too large, for another path or not validly signed), other.',
+      labelNames: ['upstream', 'reason'],
+      registers,
+    });
+    this.servedBytes = new Counter({
+      name: name('served_bytes_total'),
+      help: 'NAR bytes streamed to clients, by source: storage, download (this instance), peer (another instance).',
+      labelNames: ['source'],
+      registers,
+    });
+    this.downloads = new Counter({
+      name: name('downloads_total'),
+      help: 'Finished upstream NAR downloads: stored (verified and committed) or discarded (failed, truncated or mismatching).',
+      labelNames: ['outcome'],
+      registers,
+    });
+    const inFlight: Gauge = new Gauge({
+      name: name('downloads_in_flight'),
+      help: 'Upstream NAR downloads this instance is running.',
+      registers,
+      collect: () => inFlight.set([...this.downloadSource()].length),
+    });
+    const clients: Gauge = new Gauge({
+      name: name('download_clients'),
+      help: 'Readers attached to in-flight downloads: clients of this instance, peers streaming from it and, with S3 storage, the upload.',
+      registers,
+      collect: () => {
+        let readers = 0;
+        for (const d of this.downloadSource()) readers += d.readerCount;
+        clients.set(readers);
+      },
+    });
+    this.lockWait = new Histogram({
+      name: name('lock_wait_seconds'),
+      help: 'Time to obtain a lock (narinfo: waiting for the lookup lock; nar, lru: one try-lock attempt).',
+      labelNames: ['kind'],
+      buckets: [0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60],
+      registers,
+    });
+    this.lruRuns = new Counter({
+      name: name('lru_runs_total'),
+      help: 'LRU job runs: ran, or skipped because another run held the LRU lock.',
+      labelNames: ['result'],
+      registers,
+    });
+    this.lruEvicted = new Counter({
+      name: name('lru_evicted_total'),
+      help: 'NARs evicted by the LRU job.',
+      registers,
+    });
+    this.lruEvictedBytes = new Counter({
+      name: name('lru_evicted_bytes_total'),
+      help: 'Bytes of NARs evicted by the LRU job.',
+      registers,
+    });
+    const storage: Gauge = new Gauge({
+      name: name('storage_bytes'),
+      help: `Bytes of stored NARs, from the database (re-read at most every ${STORAGE_CACHE_MS / 1000} s).`,
+      registers,
+      collect: async () => {
+        await this.refreshStoredBytes();
+        if (this.stored) storage.set(this.stored.bytes);
+      },
+    });
+    const maxSize = config.lru.maxSize;
+    if (maxSize !== undefined) {
+      new Gauge({
+        name: name('storage_max_bytes'),
+        help: 'Size limit of stored NARs (--cache-max-size).',
+        registers,
+      }).set(maxSize);
+    }
+    if (hasDegradedCount(locker)) {
+      let reported = 0;
+      const degraded: Counter = new Counter({
+        name: name('lock_degraded_operations_total'),
+        help: 'Lock operations served by in-process locks because Redis was unreachable (degraded mode).',
+        registers,
+        collect: () => {
+          const now = locker.degradedOperations;
+          degraded.inc(now - reported);
+          reported = now;
+        },
+      });
+    }
+
+    // Known label values start at 0, so that rates and absent-series alerts work from the start.
+    for (const r of ['hit', 'miss', 'not_found']) this.narInfoRequests.labels(r).inc(0);
+    for (const r of ['hit', 'download', 'joined', 'peer']) this.narRequests.labels(r).inc(0);
+    for (const s of ['storage', 'download', 'peer']) this.servedBytes.labels(s).inc(0);
+    for (const o of ['stored', 'discarded']) this.downloads.labels(o).inc(0);
+    for (const r of ['ran', 'skipped']) this.lruRuns.labels(r).inc(0);
+    this.lruEvicted.inc(0);
+    this.lruEvictedBytes.inc(0);
+    for (const { url } of config.upstreams) {
+      this.upstreamBytes.labels(url).inc(0);
+      for (const kind of ['narinfo', 'nar', 'head'])
+        for (const outcome of ['ok', 'not_found', 'error'])
+          this.upstreamRequests.labels(url, kind, outcome).inc(0);
+    }
+  }
+
+  /** The registry in the Prometheus text format. */
+  render(): Promise<string> {
+    return this.registry.metrics();
+  }
+
+  get contentType(): string {
+    return this.registry.contentType;
+  }
+
+  /** One answered HTTP request; `route` is the matched pattern (never the raw URL). */
+  httpResponse(route: string, method: string, status: number, seconds: number): void {
+    this.httpRequests.labels(route, method, String(status)).inc();
+    this.httpDuration.labels(route, method).observe(seconds);
+  }
+
+  narInfoRequest(result: NarInfoResult): void {
+    this.narInfoRequests.labels(result).inc();
+  }
+
+  narRequest(result: NarResult): void {
+    this.narRequests.labels(result).inc();
+  }
+
+  /** Starts timing one upstream request; call `answered` when headers arrive, `failed` otherwise. */
+  upstreamRequest(upstream: string, kind: UpstreamKind): UpstreamTiming {
+    const began = performance.now();
+    const finish = (outcome: UpstreamOutcome) => {
+      this.upstreamDuration.labels(upstream, kind).observe((performance.now() - began) / 1000);
+      this.upstreamRequests.labels(upstream, kind, outcome).inc();
+    };
+    return {
+      answered: (status) => {
+        if (status === 200) return finish('ok');
+        if (NOT_FOUND_STATUSES.has(status)) return finish('not_found');
+        finish('error');
+        this.upstreamErrors.labels(upstream, statusReason(status)).inc();
+      },
+      failed: (error) => {
+        finish('error');
+        this.upstreamFailed(upstream, error);
+      },
+    };
+  }
+
+  /** An upstream request or body broke (network, timeout). */
+  upstreamFailed(upstream: string, error: unknown): void {
+    this.upstreamErrors.labels(upstream, upstreamErrorReason(error)).inc();
+  }
+
+  /** An upstream answered with something narwhal rejects (malformed, unsigned, too large). */
+  upstreamInvalid(upstream: string): void {
+    this.upstreamErrors.labels(upstream, 'invalid').inc();
+  }
+
+  /**
+   * A NAR body from an upstream that counts its bytes as they are consumed and counts a transport
+   * error if it breaks. Ending the iteration early still closes the underlying body.
+   */
+  countUpstreamBody(upstream: string, body: AsyncIterable<Buffer>): AsyncIterable<Buffer> {
+    const bytes = this.upstreamBytes.labels(upstream);
+    const onError = (e: unknown) => this.upstreamFailed(upstream, e);
+    return (async function* counted() {
+      try {
+        for await (const chunk of body) {
+          bytes.inc(chunk.length);
+          yield chunk;
+        }
+      } catch (e) {
+        onError(e);
+        throw e;
+      }
+    })();
+  }
+
+  /**
+   * `body` as it streams to a client, counting its bytes; errors and early closes pass through in
+   * both directions (a broken source breaks the client's stream, a gone client closes the source).
+   */
+  countServed(source: ServedSource, body: Readable): Readable {
+    const bytes = this.servedBytes.labels(source);
+    const counter = new Transform({
+      transform(chunk: Buffer, _encoding, done) {
+        bytes.inc(chunk.length);
+        done(null, chunk);
+      },
+    });
+    pipeline(body, counter, () => undefined);
+    return counter;
+  }
+
+  /** Where the download gauges read from at scrape time (the NAR service's running downloads). */
+  watchDownloads(source: () => Iterable<{ readerCount: number }>): void {
+    this.downloadSource = source;
+  }
+
+  downloadFinished(outcome: 'stored' | 'discarded'): void {
+    this.downloads.labels(outcome).inc();
+    if (outcome === 'stored') this.storedSizeChanged();
+  }
+
+  /** Runs `acquire` (a lock acquisition) and records how long it took. */
+  async timeLock<T>(kind: LockKind, acquire: () => Promise<T>): Promise<T> {
+    const end = this.lockWait.startTimer({ kind });
+    const result = await acquire();
+    end();
+    return result;
+  }
+
+  /** Starts timing a lock wait; call the result once the lock is held. */
+  lockTimer(kind: LockKind): () => void {
+    const end = this.lockWait.startTimer({ kind });
+    return () => void end();
+  }
+
+  lruRun(result: 'ran' | 'skipped'): void {
+    this.lruRuns.labels(result).inc();
+  }
+
+  lruEvict(bytes: number): void {
+    this.lruEvicted.inc();
+    this.lruEvictedBytes.inc(bytes);
+    this.storedSizeChanged();
+  }
+
+  /** The cached stored size is out of date: the next scrape reads it again. */
+  private storedSizeChanged(): void {
+    this.stored = undefined;
+    this.storedGeneration++;
+  }
+
+  /**
+   * Re-reads the stored size unless the cached value is younger than STORAGE_CACHE_MS and nothing
+   * was stored or evicted here since (one query at a time).
+   */
+  private async refreshStoredBytes(): Promise<void> {
+    if (this.stored && Date.now() - this.stored.at < STORAGE_CACHE_MS) return;
+    const generation = this.storedGeneration;
+    this.storedQuery ??= this.files
+      .storedBytes()
+      .then(
+        (bytes) => {
+          if (generation === this.storedGeneration) this.stored = { bytes, at: Date.now() };
+        },
+        (e: Error) => this.logger.warn(`reading the stored size: ${e.message}`),
+      )
+      .finally(() => (this.storedQuery = undefined));
+    await this.storedQuery;
+  }
+}
+
+/** Classifies a failed upstream request or body by its error code. */
+export function upstreamErrorReason(e: unknown): UpstreamErrorReason {
+  const err = e as { code?: unknown; errors?: unknown[] } | null;
+  const code =
+    typeof err?.code === 'string'
+      ? err.code
+      : (err?.errors?.[0] as { code?: unknown } | undefined)?.code; // AggregateError (several addresses)
+  if (typeof code !== 'string') return 'other';
+  if (TIMEOUT_CODES.has(code)) return 'timeout';
+  if (CONNECTION_CODES.has(code) || /^E[A-Z]+$/.test(code)) return 'connection';
+  return 'other';
+}
+
+function statusReason(status: number): UpstreamErrorReason {
+  if (status >= 500 && status < 600) return 'http_5xx';
+  if (status >= 400 && status < 500) return 'http_4xx';
+  return 'http_other';
+}
+
+function hasDegradedCount(locker: Locker): locker is Locker & { degradedOperations: number } {
+  return typeof (locker as { degradedOperations?: unknown }).degradedOperations === 'number';
+}
