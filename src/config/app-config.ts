@@ -2,18 +2,19 @@ import { hostname as osHostname } from 'node:os';
 import { resolve } from 'node:path';
 import { validateCronExpression } from 'cron';
 import { parsePublicKey, type PublicKey } from '../signing/keys';
+import { lockConfig, parseDatabaseUrl, storageConfig } from './backend-config';
+import { ConfigError } from './config-error';
+import {
+  parseBool,
+  parseHttpUrl,
+  parseIntStrict,
+  parseServerAddr,
+  parseUpstreamUrl,
+} from './parsers';
 import { parseDuration, parseSize } from './units';
 
-/** A bad setting: startup stops with this message, which names the setting. */
-export class ConfigError extends Error {
-  constructor(
-    readonly setting: string,
-    message: string,
-  ) {
-    super(`--${setting}: ${message}`);
-    this.name = 'ConfigError';
-  }
-}
+export { ConfigError } from './config-error';
+export { parseBool, parseUpstreamUrl } from './parsers';
 
 export type LogLevel = 'error' | 'warn' | 'info' | 'debug' | 'verbose';
 export type DatabaseConfig =
@@ -229,210 +230,4 @@ export function buildConfig(raw: RawSettings, cwd = process.cwd()): AppConfig {
     logLevel,
     shutdownTimeoutMs: parsed('shutdown-timeout', positiveDuration, 30_000),
   };
-}
-
-function parseIntStrict(s: string, min: number, max: number): number {
-  if (!/^-?\d+$/.test(s)) throw new Error(`"${s}" is not a whole number`);
-  const n = Number(s);
-  if (n < min || n > max) throw new Error(`${n} is outside ${min}..${max}`);
-  return n;
-}
-
-/** An http(s) URL, without trailing slashes. */
-function parseHttpUrl(v: string): string {
-  const u = new URL(v);
-  if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new Error('must be an http(s) URL');
-  return v.replace(/\/+$/, '');
-}
-
-export function parseBool(s: string): boolean {
-  const v = s.trim().toLowerCase();
-  if (['true', '1', 'yes', 'on'].includes(v)) return true;
-  if (['false', '0', 'no', 'off'].includes(v)) return false;
-  throw new Error(`"${s}" is not a boolean (true/false)`);
-}
-
-function parseServerAddr(s: string): { host: string; port: number } {
-  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:\s]*)):(\d{1,5})$/.exec(s.trim());
-  if (!m) throw new Error(`"${s}" is not an address of the form [host]:port`);
-  const port = parseIntStrict(m[3], 0, 65535);
-  return { host: m[1] ?? (m[2] || '0.0.0.0'), port };
-}
-
-function parseDatabaseUrl(cwd: string, poolMax: number) {
-  return (s: string): DatabaseConfig => {
-    const m = /^sqlite:(?:\/\/)?(.+)$/.exec(s);
-    if (m) return { kind: 'sqlite', path: resolve(cwd, m[1]) };
-    let u: URL;
-    try {
-      u = new URL(s);
-    } catch {
-      throw new Error('is not a URL (sqlite:<path>, postgresql://…, mysql://…)');
-    }
-    const kind = {
-      'postgresql:': 'postgres',
-      'postgres:': 'postgres',
-      'mysql:': 'mysql',
-      'mariadb:': 'mysql',
-    }[u.protocol] as 'postgres' | 'mysql' | undefined;
-    if (!kind)
-      throw new Error(
-        `unsupported database scheme "${u.protocol.slice(0, -1)}" (sqlite, postgresql, mysql)`,
-      );
-    if (!u.hostname) throw new Error('names no host');
-    if (u.pathname.replace(/^\//, '') === '') throw new Error('names no database (…/dbname)');
-    return { kind, url: s, poolMax };
-  };
-}
-
-type One = (name: string) => string | undefined;
-
-function lockConfig(one: One, parsed: Parsed, duration: (s: string) => number): LockConfig {
-  const kind = parsed(
-    'cache-lock-backend',
-    (v) => {
-      if (v !== 'local' && v !== 'redis')
-        throw new Error(`"${v}" is not a lock backend (local, redis)`);
-      return v;
-    },
-    'local',
-  );
-  const timings: LockTimings = {
-    downloadTtlMs: parsed('cache-lock-download-ttl', duration, 5 * 60_000),
-    lruTtlMs: parsed('cache-lock-lru-ttl', duration, 30 * 60_000),
-    retry: {
-      maxAttempts: parsed(
-        'cache-lock-retry-max-attempts',
-        (v) => parseIntStrict(v, 1, 1_000_000),
-        600,
-      ),
-      initialDelayMs: parsed('cache-lock-retry-initial-delay', duration, 50),
-      maxDelayMs: parsed('cache-lock-retry-max-delay', duration, 2000),
-      jitter: parsed(
-        'cache-lock-retry-jitter',
-        (v) => {
-          const n = Number(v);
-          if (!/^\d*\.?\d+$/.test(v) || n < 0 || n > 1)
-            throw new Error(`"${v}" is not a number from 0 to 1`);
-          return n;
-        },
-        0.2,
-      ),
-    },
-  };
-  if (kind === 'local') {
-    const stray = ['cache-redis-addrs', 'cache-redis-password', 'cache-redis-username'].find(
-      (n) => one(n) !== undefined,
-    );
-    if (stray)
-      throw new ConfigError(stray, 'is a Redis setting, but --cache-lock-backend is not redis');
-    return { kind, ...timings };
-  }
-  const addrs = (one('cache-redis-addrs') ?? '127.0.0.1:6379').split(/[\s,]+/).filter(Boolean);
-  for (const a of addrs) {
-    if (!/^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$/.test(a)) {
-      throw new ConfigError('cache-redis-addrs', `"${a}" is not host:port`);
-    }
-  }
-  if (addrs.length === 0)
-    throw new ConfigError('cache-redis-addrs', 'at least one address is required');
-  return {
-    kind,
-    ...timings,
-    addrs,
-    username: one('cache-redis-username'),
-    password: one('cache-redis-password'),
-    db: parsed('cache-redis-db', (v) => parseIntStrict(v, 0, 1024), 0),
-    tls: parsed('cache-redis-use-tls', parseBool, false),
-    keyPrefix: one('cache-lock-redis-key-prefix') ?? 'narwhal:lock:',
-    allowDegraded: parsed('cache-lock-allow-degraded-mode', parseBool, true),
-  };
-}
-type Parsed = <T>(name: string, fn: (s: string) => T, fallback: T) => T;
-
-/** Local directory or S3, never both; local under the data path when neither is given. */
-function storageConfig(one: One, parsed: Parsed, cwd: string, dataPath: string): StorageConfig {
-  const local = one('cache-storage-local');
-  const bucket = one('cache-storage-s3-bucket');
-  if (local !== undefined && bucket !== undefined) {
-    throw new ConfigError(
-      'cache-storage-s3-bucket',
-      'choose one storage: --cache-storage-local or --cache-storage-s3-bucket, not both',
-    );
-  }
-  const s3Settings = [
-    'cache-storage-s3-endpoint',
-    'cache-storage-s3-access-key-id',
-    'cache-storage-s3-secret-access-key',
-    'cache-storage-s3-prefix',
-  ];
-  if (bucket === undefined) {
-    const stray = s3Settings.find((n) => one(n) !== undefined);
-    if (stray)
-      throw new ConfigError(stray, 'is an S3 setting, but --cache-storage-s3-bucket is not set');
-    return { kind: 'fs', path: resolve(cwd, local ?? resolve(dataPath, 'store')) };
-  }
-  if (!/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/.test(bucket)) {
-    throw new ConfigError('cache-storage-s3-bucket', `"${bucket}" is not a valid bucket name`);
-  }
-  const accessKeyId = one('cache-storage-s3-access-key-id');
-  const secretAccessKey = one('cache-storage-s3-secret-access-key');
-  if ((accessKeyId === undefined) !== (secretAccessKey === undefined)) {
-    throw new ConfigError(
-      accessKeyId === undefined
-        ? 'cache-storage-s3-access-key-id'
-        : 'cache-storage-s3-secret-access-key',
-      'S3 access key id and secret access key go together',
-    );
-  }
-  const endpoint = parsed(
-    'cache-storage-s3-endpoint',
-    parseHttpUrl,
-    undefined as string | undefined,
-  );
-  const prefix = one('cache-storage-s3-prefix') ?? '';
-  if (prefix.startsWith('/') || prefix.includes('..')) {
-    throw new ConfigError('cache-storage-s3-prefix', 'must be relative and must not contain ".."');
-  }
-  return {
-    kind: 's3',
-    bucket,
-    endpoint,
-    region: one('cache-storage-s3-region') ?? 'us-east-1',
-    accessKeyId,
-    secretAccessKey,
-    forcePathStyle: parsed('cache-storage-s3-force-path-style', parseBool, false),
-    prefix,
-    spoolDir: resolve(dataPath, 'spool'),
-  };
-}
-
-/** `https://user:pass@host/path?priority=10` → base URL, priority, basic-auth header. */
-export function parseUpstreamUrl(text: string, index: number): UpstreamConfig {
-  let u: URL;
-  try {
-    u = new URL(text);
-  } catch {
-    throw new Error(`upstream #${index + 1} is not a URL`);
-  }
-  if (u.protocol !== 'http:' && u.protocol !== 'https:') {
-    throw new Error(`upstream #${index + 1}: only http and https are supported`);
-  }
-  let priority = 40;
-  const p = u.searchParams.get('priority');
-  if (p !== null) priority = parseIntStrict(p, 0, 1_000_000);
-  u.searchParams.delete('priority');
-  let authorization: string | undefined;
-  if (u.username || u.password) {
-    const user = decodeURIComponent(u.username);
-    const pass = decodeURIComponent(u.password);
-    authorization = `Basic ${Buffer.from(`${user}:${pass}`).toString('base64')}`;
-    u.username = '';
-    u.password = '';
-  }
-  const query = u.search;
-  u.search = '';
-  u.hash = '';
-  const url = u.toString().replace(/\/+$/, '');
-  return { url, priority, query, authorization };
 }
