@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import { Agent, get, type IncomingMessage } from 'node:http';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -194,5 +194,8 @@ describe('graceful shutdown', () => {
     expect(result.status).toBe(200);
     expect(result.complete).toBe(false);
     expect(result.bytes).toBeLessThan(f.file.length);
+    // The aborted download left no spool file and no object behind.
+    const left = await readdir(dataPaths[dataPaths.length - 1], { recursive: true });
+    expect(left.filter((p) => p.endsWith('.part') || p.includes(f.fileHash))).toEqual([]);
   });
 });

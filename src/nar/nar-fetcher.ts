@@ -34,7 +34,9 @@ export class NarFetcher {
    * Opens the upstream and returns the download (clients may attach at once) and a promise that
    * settles when it is committed or discarded. Rejects if no upstream serves the NAR.
    */
-  async start(name: string): Promise<{ download: NarDownload; finished: Promise<boolean> }> {
+  async start(
+    name: string,
+  ): Promise<{ download: NarDownload; finished: Promise<boolean>; abort: (why: string) => void }> {
     const source = await this.resolveSource(name);
     const { url, body, length: upstreamLength } = await this.openUpstream(name, source.urls);
     const expect = source.expect;
@@ -47,7 +49,9 @@ export class NarFetcher {
     }
     const counted = this.metrics.countUpstreamBody(this.upstream.labelOf(url), body);
     const finished = this.complete(download, verifier, counted, source, url);
-    return { download, finished };
+    // Breaking the upstream body fails the download the normal way: readers break, spool deleted.
+    const abort = (why: string) => body.destroy(new DownloadFailedError(why));
+    return { download, finished, abort };
   }
 
   /** Receives, verifies and commits; on any failure nothing is stored and every reader breaks. */

@@ -1,4 +1,10 @@
-import { Inject, Injectable, Logger, type OnModuleInit } from '@nestjs/common';
+import {
+  Inject,
+  Injectable,
+  Logger,
+  type OnApplicationShutdown,
+  type OnModuleInit,
+} from '@nestjs/common';
 import { readdir, stat, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
@@ -36,10 +42,12 @@ const STALE_SPOOL_MS = 10 * 60_000;
  * lock holder (whose URL is in the lock), or — if it cannot be reached — wait for it to be stored.
  */
 @Injectable()
-export class NarService implements OnModuleInit {
+export class NarService implements OnModuleInit, OnApplicationShutdown {
   private readonly logger = new Logger('nar');
   /** This instance's running downloads, by NAR name. */
   private readonly downloads = new Map<string, NarDownload>();
+  /** Every running download's completion, with a way to abort it (at shutdown). */
+  private readonly running = new Map<Promise<unknown>, (why: string) => void>();
   /** Pending claims, so that concurrent local requests decide once. */
   private readonly claims = new Map<string, Promise<Claim>>();
 
@@ -65,6 +73,18 @@ export class NarService implements OnModuleInit {
       const s = await stat(p).catch(() => null);
       if (s && now - s.mtimeMs > STALE_SPOOL_MS) await unlink(p).catch(() => undefined);
     }
+  }
+
+  /**
+   * At shutdown (after in-flight responses had their grace period): abort what is still downloading
+   * and wait for the cleanup, so that no spool file or lock outlives the process.
+   */
+  async onApplicationShutdown(): Promise<void> {
+    if (this.running.size === 0) return;
+    this.logger.warn(`aborting ${this.running.size} unfinished download(s) at shutdown`);
+    const pending = [...this.running.keys()];
+    for (const abort of this.running.values()) abort('narwhal is shutting down');
+    await Promise.race([Promise.allSettled(pending), sleep(5_000)]);
   }
 
   get downloadsInFlight(): number {
@@ -183,12 +203,14 @@ export class NarService implements OnModuleInit {
         await release();
         return { kind: 'retry' }; // another holder stored it before we got the lock
       }
-      const { download, finished } = await this.fetcher.start(name);
+      const { download, finished, abort } = await this.fetcher.start(name);
       this.downloads.set(name, download);
-      void finished.finally(async () => {
+      const settled = finished.finally(async () => {
         this.downloads.delete(name);
+        this.running.delete(settled);
         await release();
       });
+      this.running.set(settled, abort);
       return { kind: 'local', download };
     } catch (e) {
       await release();
