@@ -83,8 +83,8 @@ describe('S3NarStore against s3rver', () => {
   });
 
   it('reports the body error even when the server refuses the abort', async () => {
-    // Stock s3rver answers AbortMultipartUpload with MethodNotAllowed; lib-storage alone would reject
-    // with that error instead of the download's.
+    // Stock s3rver answers AbortMultipartUpload with MethodNotAllowed: the download's error must still
+    // be the one reported.
     await s3!.setAbortSupported(false);
     const failing = generatedBody(40 * MiB, 'refused', { failAt: 20 * MiB });
     await expect(store.put(keyOf(4), failing)).rejects.toThrow('download failed half-way');

@@ -4,7 +4,6 @@ import { mkdir, rm, stat } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { Readable } from 'node:stream';
 import {
-  AbortMultipartUploadCommand,
   DeleteObjectCommand,
   GetObjectCommand,
   HeadObjectCommand,
@@ -12,11 +11,11 @@ import {
   PutObjectCommand,
   S3Client,
 } from '@aws-sdk/client-s3';
-import { Upload } from '@aws-sdk/lib-storage';
 import { Logger } from '@nestjs/common';
 import { NotFoundError } from '../../common/errors';
 import type { S3StorageConfig } from '../../config/app-config';
 import type { NarStore } from '../nar-store';
+import { PartBufferPool, uploadObject } from './multipart-upload';
 
 // Same rule as the filesystem store: narwhal's own NAR file names, nothing that could escape `nar/`.
 const KEY_RE = /^[0-9a-z]{8,}\.nar(\.[a-z0-9]+)?$/;
@@ -25,8 +24,8 @@ export interface S3NarStoreOptions {
   /** Multipart part size; S3's minimum is 5 MiB. */
   partSize?: number;
   /**
-   * Parts uploaded at once. Live memory per upload is about (queueSize + 2) × partSize: 2 → ~33 MiB,
-   * 4 → ~50 MiB measured with 8 MiB parts. A download is rarely faster than two parallel parts.
+   * Parts uploaded at once. An upload holds at most queueSize + 1 part buffers (15 MiB with the
+   * defaults); a download is rarely faster than two parts in flight.
    */
   queueSize?: number;
 }
@@ -45,6 +44,7 @@ export class S3NarStore implements NarStore {
   private readonly probePrefix: string;
   private readonly partSize: number;
   private readonly queueSize: number;
+  private readonly partBuffers: PartBufferPool;
   private readonly logger = new Logger(S3NarStore.name);
 
   constructor(config: S3StorageConfig, options: S3NarStoreOptions = {}) {
@@ -54,6 +54,8 @@ export class S3NarStore implements NarStore {
     this.probePrefix = `${config.prefix}.narwhal-probe-`;
     this.partSize = options.partSize ?? 5 * 1024 * 1024;
     this.queueSize = options.queueSize ?? 2;
+    // Enough idle buffers for one upload: the next one starts without allocating.
+    this.partBuffers = new PartBufferPool(this.partSize, this.queueSize + 1);
     this.client = new S3Client({
       region: config.region,
       endpoint: config.endpoint,
@@ -127,31 +129,28 @@ export class S3NarStore implements NarStore {
 
   async put(key: string, body: Readable, size?: number): Promise<void> {
     const objectKey = this.objectKeyOf(key);
-    // Remember why the body failed: lib-storage reports the first failure of any of its uploaders.
-    const failure: { error?: unknown } = {};
-    const source = Readable.from(exactly(body, key, size, failure), { objectMode: false });
-    const upload = new Upload({
-      client: this.client,
-      params: {
-        Bucket: this.bucket,
-        Key: objectKey,
-        Body: source,
-        ContentType: 'application/x-nix-nar',
-      },
-      partSize: this.partSize,
-      queueSize: this.queueSize,
-      // Abort ourselves (below) so that a failed abort cannot hide the body's error.
-      leavePartsOnError: true,
-    });
     try {
-      await upload.done();
-    } catch (e) {
-      const bodyError = failure.error; // before destroying `body` adds a "premature close" of its own
-      source.destroy();
+      await uploadObject(
+        {
+          client: this.client,
+          bucket: this.bucket,
+          key: objectKey,
+          contentType: 'application/x-nix-nar',
+          partSize: this.partSize,
+          queueSize: this.queueSize,
+          buffers: this.partBuffers,
+          size,
+          // The object never appears either way; only the parts' storage leaks until a lifecycle
+          // rule (AbortIncompleteMultipartUpload) removes them.
+          onAbortFailed: (uploadId, e) =>
+            this.logger.warn(
+              `could not abort multipart upload ${uploadId} of ${objectKey}: ${e.message}`,
+            ),
+        },
+        body,
+      );
+    } finally {
       if (!body.destroyed) body.destroy();
-      // done() settles only after every part request has finished, so the abort discards all parts.
-      if (upload.uploadId) await this.abortUpload(objectKey, upload.uploadId);
-      throw bodyError ?? e;
     }
   }
 
@@ -185,49 +184,6 @@ export class S3NarStore implements NarStore {
     const probe = `${this.probePrefix}${hostname()}-${process.pid}-${randomBytes(4).toString('hex')}`;
     await this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key: probe, Body: 'ok' }));
     await this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: probe }));
-  }
-
-  private async abortUpload(objectKey: string, uploadId: string): Promise<void> {
-    try {
-      await this.client.send(
-        new AbortMultipartUploadCommand({
-          Bucket: this.bucket,
-          Key: objectKey,
-          UploadId: uploadId,
-        }),
-      );
-    } catch (e) {
-      // The object never appears either way; only the parts' storage leaks until a lifecycle rule
-      // (AbortIncompleteMultipartUpload) removes them.
-      this.logger.warn(
-        `could not abort multipart upload ${uploadId} of ${objectKey}: ${(e as Error).message}`,
-      );
-    }
-  }
-}
-
-/** Passes `body` through, failing (before the last part is sent) unless it has exactly `size` bytes. */
-async function* exactly(
-  body: Readable,
-  key: string,
-  size: number | undefined,
-  failure: { error?: unknown },
-): AsyncGenerator<Buffer> {
-  let length = 0;
-  try {
-    for await (const chunk of body as AsyncIterable<Buffer>) {
-      length += chunk.length;
-      if (size !== undefined && length > size) {
-        throw new Error(`${key}: got more than the expected ${size} bytes`);
-      }
-      yield chunk;
-    }
-    if (size !== undefined && length !== size) {
-      throw new Error(`${key}: got ${length} bytes, expected ${size}`);
-    }
-  } catch (e) {
-    failure.error = e;
-    throw e;
   }
 }
 
