@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process';
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { readdirSync, readlinkSync } from 'node:fs';
 import { mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -43,9 +43,29 @@ function makeSample(size: number, seed: number) {
   return { nar, file, expect };
 }
 
+/** An uncompressed NAR of random bytes (FileHash = NarHash). */
+function rawSample(size: number) {
+  const file = randomBytes(size);
+  const expect: NarExpectations = {
+    compression: 'none',
+    fileHash: nixSha256(file),
+    fileSize: size,
+    narHash: nixSha256(file),
+    narSize: size,
+  };
+  return { file, expect, key: `${expect.fileHash!.slice('sha256:'.length)}.nar` };
+}
+
 const SAMPLE = makeSample(300_000, 5);
 const OTHER = makeSample(300_000, 6);
 const KEY = `${SAMPLE.expect.fileHash!.slice('sha256:'.length)}.nar.xz`;
+
+/** A copy of `bytes` in memory of its own (never a slice of Node's shared small-buffer pool). */
+function ownCopy(bytes: Buffer): Buffer {
+  const copy = Buffer.from(new ArrayBuffer(bytes.length));
+  bytes.copy(copy);
+  return copy;
+}
 
 function chunks(bytes: Buffer, size: number): Buffer[] {
   const out: Buffer[] = [];
@@ -283,6 +303,50 @@ describe('NarDownload fan-out', () => {
     // Either the whole NAR or an error; a clean end after fewer bytes is a truncated 200 for the client.
     if (r.ended) expect(r.bytes).toBe(SAMPLE.file.length);
     else expect(r.error).toBeInstanceOf(Error);
+  });
+
+  it('hands a reader that keeps up the upstream chunks themselves, without copying them', async () => {
+    const raw = rawSample(40 * 16_384 + 123);
+    const fed = chunks(raw.file, 16_384).map(ownCopy);
+    const feed = new Feed();
+    const download = new NarDownload(raw.key, spoolDir, raw.file.length);
+    const reader = consume(download.createReader());
+    const receiving = download.receive(feed, new NarVerifier(raw.expect));
+    for (const chunk of fed) {
+      feed.push(chunk);
+      await waitFor(() => reader.bytes === download.written - 1, 'reader keeps up');
+    }
+    feed.end();
+    await receiving;
+    await waitFor(() => reader.ended, 'reader ends');
+    expect(reader.data().equals(raw.file)).toBe(true);
+    const upstreamMemory = new Set(fed.map((c) => c.buffer));
+    expect(reader.chunks.every((c) => upstreamMemory.has(c.buffer))).toBe(true);
+    await download.finishWriting(false);
+  });
+
+  it('serves a reader that falls behind the chunks kept in memory from the spool, then from memory', async () => {
+    const raw = rawSample(5 * 1024 * 1024 + 7);
+    const fed = chunks(raw.file, 65_536).map(ownCopy);
+    const feed = new Feed();
+    const download = new NarDownload(raw.key, spoolDir, raw.file.length);
+    const receiving = download.receive(feed, new NarVerifier(raw.expect));
+    for (const chunk of fed.slice(0, -1)) feed.push(chunk);
+    await waitFor(() => download.written === raw.file.length - 7, 'all but the last chunk written');
+    // Joins 5 MiB late: the start is long gone from memory.
+    const late = consume(download.createReader());
+    await waitFor(() => late.bytes === download.written - 1, 'late reader catches up');
+    feed.push(fed.at(-1)!);
+    feed.end();
+    await receiving;
+    await waitFor(() => late.ended, 'late reader ends');
+    expect(late.error).toBeUndefined();
+    expect(late.data().equals(raw.file)).toBe(true);
+    const upstreamMemory = new Set(fed.map((c) => c.buffer));
+    const shared = late.chunks.map((c) => upstreamMemory.has(c.buffer));
+    expect(shared[0]).toBe(false); // read from the spool
+    expect(shared.at(-1)).toBe(true); // caught up: the upstream's own chunk
+    await download.finishWriting(false);
   });
 
   it('counts readers while they stream', async () => {

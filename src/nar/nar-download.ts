@@ -7,6 +7,12 @@ import { DownloadFailedError } from '../common/errors';
 import type { NarVerifier } from './nar-verifier';
 
 const READ_CHUNK = 64 * 1024;
+/**
+ * Upstream chunks kept in memory after they are written to the spool, for readers that keep up with
+ * the download: they get these very buffers (shared, never copied) instead of reading the spool into
+ * a new buffer each. Readers further behind read the spool.
+ */
+const RECENT_BYTES = 2 * 1024 * 1024;
 
 export type DownloadState = 'streaming' | 'verified' | 'failed';
 
@@ -30,6 +36,9 @@ export class NarDownload extends EventEmitter {
   private users = 1; // the writer
   private spoolClosed = false;
   private readers = 0;
+  /** The last upstream chunks (up to RECENT_BYTES), oldest first, with their spool offsets. */
+  private readonly recent: { offset: number; chunk: Buffer }[] = [];
+  private recentBytes = 0;
 
   constructor(
     readonly key: string,
@@ -59,6 +68,7 @@ export class NarDownload extends EventEmitter {
       for await (const chunk of body) {
         await verifier.update(chunk);
         await this.writeAll(chunk);
+        this.remember(chunk);
         this.written += chunk.length;
         this.emit('progress');
       }
@@ -124,9 +134,35 @@ export class NarDownload extends EventEmitter {
     return bytesRead;
   }
 
+  /**
+   * Spool bytes from `offset` up to `end` that are still in memory (a view of an upstream chunk, no
+   * copy), or null if `offset` is no longer among the recent chunks.
+   */
+  recentAt(offset: number, end: number): Buffer | null {
+    const first = this.recent[0];
+    if (!first || offset < first.offset || offset >= end) return null;
+    for (let i = this.recent.length - 1; i >= 0; i--) {
+      const { offset: start, chunk } = this.recent[i]!;
+      if (offset >= start) {
+        if (offset >= start + chunk.length) return null;
+        return chunk.subarray(offset - start, Math.min(chunk.length, end - start));
+      }
+    }
+    return null;
+  }
+
   /** Bytes a reader may have now: all once verified, else all but the last. */
   get readableBytes(): number {
     return this.state === 'verified' ? this.written : Math.max(0, this.written - 1);
+  }
+
+  private remember(chunk: Buffer): void {
+    if (chunk.length === 0) return;
+    this.recent.push({ offset: this.written, chunk });
+    this.recentBytes += chunk.length;
+    while (this.recentBytes - this.recent[0]!.chunk.length >= RECENT_BYTES) {
+      this.recentBytes -= this.recent.shift()!.chunk.length;
+    }
   }
 
   private async writeAll(chunk: Buffer): Promise<void> {
@@ -145,6 +181,8 @@ export class NarDownload extends EventEmitter {
   private async release(): Promise<void> {
     if (--this.users > 0) return;
     this.spoolClosed = true;
+    this.recent.length = 0;
+    this.recentBytes = 0;
     const h = this.handle;
     this.handle = undefined;
     await h?.close().catch(() => undefined);
@@ -196,6 +234,12 @@ class SpoolReader extends Readable {
       }
       const visible = this.raw ? d.written : d.readableBytes;
       if (this.offset < visible) {
+        const recent = d.recentAt(this.offset, Math.min(visible, this.offset + READ_CHUNK));
+        if (recent) {
+          this.offset += recent.length;
+          this.push(recent);
+          return;
+        }
         const buf = Buffer.allocUnsafe(Math.min(READ_CHUNK, visible - this.offset));
         const n = await d.readAt(buf, this.offset);
         if (n === 0) throw new Error('spool ended early');
