@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// narwhal benchmark: starts the built server (`node dist/main.js serve`, run `npm run build` first)
+// narwhal benchmark: starts the built server as `npm start` does (run `npm run build` first)
 // against a synthetic upstream cache on loopback and prints
 //   1. narinfo hits: requests/s and latency percentiles,
 //   2. narinfo cold lookups (upstream fetch, signature check, database insert),
@@ -36,6 +36,7 @@ const { encodeNix32 } = require(join(DIST, 'nix/base32.js'));
 const { CreateBucketCommand, S3Client } = require('@aws-sdk/client-s3');
 const { narInfoFingerprint } = require(join(DIST, 'nix/fingerprint.js'));
 const { serializeNarInfo } = require(join(DIST, 'nix/narinfo.js'));
+const { NODE_FLAGS } = require(join(DIST, 'runtime-flags.js'));
 const { formatPublicKey, generateSecretKey, signFingerprint } = require(
   join(DIST, 'signing/keys.js'),
 );
@@ -276,7 +277,8 @@ async function startS3(dir) {
 async function startNarwhal(dataPath, upstream, publicKey, extraEnv = {}) {
   const port = await freePort();
   const nodeArgs = (process.env.BENCH_NODE_ARGS ?? '').split(/\s+/).filter(Boolean);
-  const child = spawn(process.execPath, [...nodeArgs, MAIN, 'serve'], {
+  // Launched like `npm start` (the same Node options), plus BENCH_NODE_ARGS.
+  const child = spawn(process.execPath, [...NODE_FLAGS, ...nodeArgs, MAIN, 'serve'], {
     cwd: dirname(DIST),
     stdio: ['ignore', 'pipe', 'pipe'],
     env: {

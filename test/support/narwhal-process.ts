@@ -3,8 +3,9 @@ import { get } from 'node:http';
 import { createServer, type AddressInfo } from 'node:net';
 import { resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { NODE_FLAGS } from '../../src/runtime-flags';
 
-/** Runs the built server (`node dist/main.js serve`) as a child process, as an operator would. */
+/** Runs the built server (`node <NODE_FLAGS> dist/main.js serve`) as a child process, like `npm start`. */
 
 const REPO_ROOT = resolve(__dirname, '..', '..');
 const READY_TIMEOUT_MS = 30_000;
@@ -52,7 +53,8 @@ export class NarwhalProcess {
 
   static async start(options: NarwhalOptions): Promise<NarwhalProcess> {
     const port = await freePort();
-    const child = spawn(process.execPath, [options.entry ?? 'dist/main.js', 'serve'], {
+    const args = [...NODE_FLAGS, options.entry ?? 'dist/main.js', 'serve'];
+    const child = spawn(process.execPath, args, {
       cwd: REPO_ROOT,
       stdio: ['ignore', 'pipe', 'pipe'],
       env: {
