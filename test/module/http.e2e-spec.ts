@@ -254,6 +254,18 @@ describe('narwhal over HTTP (module tests through Fastify inject)', () => {
       expect(res.json()).toEqual({ hostname: HOSTNAME, publicKey: narwhalKey, version: VERSION });
     });
 
+    it.each(['/nix-cache-info', '/pubkey', '/'])(
+      'HEAD %s: 200 with the GET headers and length, no body',
+      async (path) => {
+        const get = await inject('GET', path);
+        const head = await inject('HEAD', path);
+        expect(head.statusCode).toBe(200);
+        expect(head.body).toBe('');
+        expect(head.headers['content-type']).toBe(get.headers['content-type']);
+        expect(Number(head.headers['content-length'])).toBe(Buffer.byteLength(get.body));
+      },
+    );
+
     it('GET /healthz and /readyz answer 200 with status ok (readyz checks database and storage)', async () => {
       const live = await inject('GET', '/healthz');
       expect(live.statusCode).toBe(200);
