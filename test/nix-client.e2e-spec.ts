@@ -6,6 +6,7 @@ import { basename, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { BACKENDS, type Backend } from './support/backends';
+import { CuttingProxy } from './support/cutting-proxy';
 import { StreamingSha256 } from './support/hash';
 import { NarwhalProcess } from './support/narwhal-process';
 import {
@@ -293,6 +294,49 @@ describe.skipIf(!haveNix).each(BACKENDS)('real Nix client through narwhal on $na
       [fx.leaf.path, fx.mid.path, fx.top.path].sort(),
     );
     await runOk('nix', ['path-info', '--store', blobStore, fx.blob.path], { env });
+  });
+
+  it('7. a NAR download cut mid-way is resumed by Nix with a Range request, not failed', async () => {
+    const narinfo = await narwhalNarInfo(fx.blob);
+    const url = required(narinfo, 'URL');
+    const fileSize = Number(required(narinfo, 'FileSize'));
+    const proxy = await CuttingProxy.start(narwhal.url, /^\/nar\//, 8 * MiB);
+    try {
+      const store = freshStore();
+      const copy = await runOk(
+        'nix',
+        [
+          'copy',
+          '--from',
+          proxy.url,
+          '--store',
+          store,
+          '--option',
+          'trusted-public-keys',
+          narwhalKey,
+          fx.blob.path,
+        ],
+        { env: nixEnv(join(workDir, 'xdg-cache')), timeoutMs: 120_000 },
+      );
+      expect(copy.stderr).toMatch(/retrying from offset/);
+      const nars = proxy.requests.filter((r) => r.path === `/${url}`);
+      expect(nars).toHaveLength(2);
+      expect(nars[0]).toMatchObject({ status: 200, cutAfter: 8 * MiB });
+      expect(nars[0].range).toBeUndefined();
+      const resumedAt = Number(/^bytes=(\d+)-$/.exec(nars[1].range ?? '')?.[1]);
+      expect(resumedAt).toBeGreaterThan(0);
+      expect(resumedAt).toBeLessThanOrEqual(8 * MiB);
+      expect(nars[1]).toMatchObject({
+        status: 206,
+        contentRange: `bytes ${resumedAt}-${fileSize - 1}/${fileSize}`,
+      });
+      // Nix checked the NarHash of what it assembled: the path is valid in the client's store.
+      await runOk('nix', ['path-info', '--store', store, fx.blob.path], {
+        env: nixEnv(join(workDir, 'xdg-cache')),
+      });
+    } finally {
+      await proxy.close();
+    }
   });
 });
 

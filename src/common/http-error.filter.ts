@@ -1,6 +1,7 @@
 import { ArgumentsHost, Catch, HttpException, Logger, type ExceptionFilter } from '@nestjs/common';
 import type { FastifyReply } from 'fastify';
 import { LockTimeoutError } from '../locking/locker';
+import { RangeNotSatisfiableError } from '../nar/byte-range';
 import { NixFormatError } from '../nix/errors';
 import {
   DownloadFailedError,
@@ -26,6 +27,9 @@ export class HttpErrorFilter implements ExceptionFilter {
       this.logger.error(error instanceof Error ? (error.stack ?? error.message) : String(error));
     }
     if (error instanceof MethodNotAllowedError) void reply.header('allow', 'GET, HEAD');
+    if (error instanceof RangeNotSatisfiableError) {
+      void reply.header('content-range', `bytes */${error.length}`);
+    }
     void reply.status(status).type('text/plain; charset=utf-8').send(`${message}\n`);
   }
 }
@@ -37,6 +41,7 @@ function statusOf(error: unknown): [number, string] {
   if (error instanceof UpstreamUnavailableError || error instanceof LockTimeoutError)
     return [404, 'not found'];
   if (error instanceof MethodNotAllowedError) return [405, 'method not allowed'];
+  if (error instanceof RangeNotSatisfiableError) return [416, error.message];
   // The upstream's bytes were bad before the first one reached the client: a retry fetches them again.
   if (error instanceof DownloadFailedError) return [502, 'upstream sent a broken NAR'];
   if (error instanceof HttpException) return [error.getStatus(), error.message];

@@ -349,6 +349,44 @@ describe('NarDownload fan-out', () => {
     await download.finishWriting(false);
   });
 
+  it('gives a reader for a range exactly those bytes, its last one only once the download is verified', async () => {
+    const raw = rawSample(100_000);
+    const feed = new Feed();
+    const download = new NarDownload(raw.key, spoolDir, raw.file.length);
+    const ranged = consume(download.createReader({ start: 1000, end: 1999 }));
+    const receiving = download.receive(feed, new NarVerifier(raw.expect));
+    const parts = chunks(raw.file, 4096);
+    for (const p of parts.slice(0, -1)) feed.push(p);
+    await waitFor(() => ranged.bytes === 999, 'all but the last byte of the range');
+    await settle();
+    expect(ranged.bytes).toBe(999); // the range was written long ago, but nothing is verified yet
+    expect(ranged.ended).toBe(false);
+    feed.push(parts.at(-1)!);
+    feed.end();
+    await receiving;
+    await waitFor(() => ranged.ended, 'range reader ends');
+    expect(ranged.data().equals(raw.file.subarray(1000, 2000))).toBe(true);
+    await download.finishWriting(false);
+  });
+
+  it('ends a range reader with an error, not a clean end, when the download turns out bad', async () => {
+    const raw = rawSample(100_000);
+    const bad = Buffer.from(raw.file);
+    bad[50_000] ^= 1;
+    const feed = new Feed();
+    const download = new NarDownload(raw.key, spoolDir, raw.file.length);
+    const ranged = consume(download.createReader({ start: 0, end: 9 }));
+    const receiving = download.receive(feed, new NarVerifier(raw.expect));
+    for (const p of chunks(bad, 4096)) feed.push(p);
+    feed.end();
+    await expect(receiving).rejects.toThrow(DownloadFailedError);
+    await waitFor(() => ranged.error !== undefined || ranged.ended, 'range reader finishes');
+    expect(ranged.ended).toBe(false);
+    expect(ranged.error).toBeInstanceOf(DownloadFailedError);
+    expect(ranged.bytes).toBe(9);
+    await download.finishWriting(true);
+  });
+
   it('counts readers while they stream', async () => {
     const feed = new Feed();
     const download = new NarDownload(KEY, spoolDir);

@@ -4,6 +4,7 @@ import { open, unlink, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { DownloadFailedError } from '../common/errors';
+import type { ByteRange } from './byte-range';
 import type { NarVerifier } from './nar-verifier';
 
 const READ_CHUNK = 64 * 1024;
@@ -109,18 +110,26 @@ export class NarDownload extends EventEmitter {
   }
 
   /** A stream for one more client, or null once the spool is closed (read from storage then). */
-  tryCreateReader(): Readable | null {
-    return this.spoolClosed ? null : this.createReader();
+  tryCreateReader(range?: ByteRange): Readable | null {
+    return this.spoolClosed ? null : this.createReader(range);
   }
 
-  /** A stream of the NAR for one client. */
-  createReader(): Readable {
+  /**
+   * A stream of the NAR (or of `range` of it) for one client. Its last byte, too, waits until the
+   * download is verified.
+   */
+  createReader(range?: ByteRange): Readable {
     this.users++;
     this.readers++;
-    return new SpoolReader(this, false, () => {
-      this.readers--;
-      void this.release();
-    });
+    return new SpoolReader(
+      this,
+      false,
+      () => {
+        this.readers--;
+        void this.release();
+      },
+      range,
+    );
   }
 
   /** Every byte as soon as it is written, ending when the upstream body ends: for the verifier. */
@@ -196,7 +205,9 @@ export class NarDownload extends EventEmitter {
 
 /** One client's view of a download: tails the spool until the download is verified or fails. */
 class SpoolReader extends Readable {
-  private offset = 0;
+  private offset: number;
+  /** Offset just past the last byte this reader delivers. */
+  private readonly limit: number;
   private wake?: () => void;
   private released = false;
   private readonly onProgress = () => {
@@ -215,8 +226,11 @@ class SpoolReader extends Readable {
     /** Raw: no byte held back, ends when the upstream body ends (unverified) — never for clients. */
     private readonly raw: boolean,
     private readonly onClose: () => void,
+    range?: ByteRange,
   ) {
     super({ highWaterMark: READ_CHUNK });
+    this.offset = range?.start ?? 0;
+    this.limit = range ? range.end + 1 : Infinity;
     download.on('progress', this.onProgress);
     this.once('end', () => this.close());
   }
@@ -237,7 +251,9 @@ class SpoolReader extends Readable {
         this.destroy(d.error);
         return;
       }
-      const visible = this.raw ? d.written : d.readableBytes;
+      let visible = Math.min(this.limit, this.raw ? d.written : d.readableBytes);
+      // A range that ends before the end of the file keeps its own last byte until verification.
+      if (!this.raw && d.state !== 'verified' && visible === this.limit) visible--;
       if (this.offset < visible) {
         const recent = d.recentAt(this.offset, Math.min(visible, this.offset + READ_CHUNK));
         if (recent) {

@@ -1,9 +1,10 @@
-import { Controller, Get, Head, Param, Res } from '@nestjs/common';
+import { Controller, Get, Head, Headers, Param, Res } from '@nestjs/common';
 import type { FastifyReply } from 'fastify';
 import { NotFoundError } from '../common/errors';
 import { MetricsService } from '../metrics/metrics.service';
 import { InvalidNarNameError } from '../nix/errors';
 import { parseNarFileName } from '../nix/compression';
+import { contentRange, type ByteRange } from './byte-range';
 import { NarService } from './nar.service';
 import { PEER_DOWNLOADS_PATH } from './peer-client';
 
@@ -17,10 +18,14 @@ export class NarController {
   ) {}
 
   @Get('nar/:name')
-  async get(@Param('name') name: string, @Res() reply: FastifyReply): Promise<void> {
-    const nar = await this.nars.get(name);
+  async get(
+    @Param('name') name: string,
+    @Headers('range') range: string | undefined,
+    @Res() reply: FastifyReply,
+  ): Promise<void> {
+    const nar = await this.nars.get(name, range);
     void reply.type(NAR_CONTENT_TYPE).header('x-narwhal-source', nar.source);
-    if (nar.length !== undefined) void reply.header('content-length', nar.length);
+    setLength(reply, nar);
     // A stream error after the headers makes Fastify destroy the socket: no clean end for bad bytes.
     await reply.send(this.metrics.countServed(nar.source, nar.body));
   }
@@ -29,7 +34,7 @@ export class NarController {
   async head(@Param('name') name: string, @Res() reply: FastifyReply): Promise<void> {
     const { length } = await this.nars.head(name);
     void reply.type(NAR_CONTENT_TYPE);
-    if (length !== undefined) void reply.header('content-length', length);
+    setLength(reply, { length });
     await reply.send();
   }
 
@@ -46,12 +51,33 @@ export class NarController {
 
   /** For other narwhal instances: stream a download this instance is running (404 if none). */
   @Get(`${PEER_DOWNLOADS_PATH}/:name`)
-  async peer(@Param('name') name: string, @Res() reply: FastifyReply): Promise<void> {
+  async peer(
+    @Param('name') name: string,
+    @Headers('range') range: string | undefined,
+    @Res() reply: FastifyReply,
+  ): Promise<void> {
     parseNarFileName(name);
-    const running = this.nars.streamForPeer(name);
+    const running = this.nars.streamForPeer(name, range);
     if (!running) throw new NotFoundError(`no download of ${name} is running here`);
     void reply.type(NAR_CONTENT_TYPE);
-    if (running.length !== undefined) void reply.header('content-length', running.length);
+    setLength(reply, running);
     await reply.send(running.body);
+  }
+}
+
+/**
+ * Length headers of a NAR answer: a whole file of known length advertises byte ranges (Nix then
+ * resumes an interrupted download instead of failing it); a part of one is a 206 with Content-Range.
+ */
+function setLength(reply: FastifyReply, nar: { length?: number; range?: ByteRange }): void {
+  if (nar.length === undefined) return;
+  void reply.header('accept-ranges', 'bytes');
+  if (nar.range) {
+    void reply
+      .code(206)
+      .header('content-range', contentRange(nar.range, nar.length))
+      .header('content-length', nar.range.end - nar.range.start + 1);
+  } else {
+    void reply.header('content-length', nar.length);
   }
 }

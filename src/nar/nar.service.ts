@@ -17,6 +17,7 @@ import { MetricsService } from '../metrics/metrics.service';
 import { parseNarFileName } from '../nix/compression';
 import { NAR_STORE, type NarStore } from '../storage/nar-store';
 import { UpstreamService } from '../upstream/upstream.service';
+import { resolveRange, type ByteRange } from './byte-range';
 import type { NarDownload } from './nar-download';
 import { NarFetcher } from './nar-fetcher';
 import { PeerClient } from './peer-client';
@@ -24,7 +25,10 @@ import { PeerClient } from './peer-client';
 /** What the controller streams to one client. */
 export interface NarResponse {
   body: Readable;
+  /** Length of the whole NAR file, when known. */
   length?: number;
+  /** Set when `body` is only this part of the file (a 206 answer). */
+  range?: ByteRange;
   /** storage: a stored copy; download: this instance's download; peer: another instance's download. */
   source: 'storage' | 'download' | 'peer';
 }
@@ -91,13 +95,17 @@ export class NarService implements OnModuleInit, OnApplicationShutdown {
     return this.downloads.size;
   }
 
-  /** GET: a stream of the NAR, from storage, from this instance's download or from a peer's. */
-  async get(name: string): Promise<NarResponse> {
+  /**
+   * GET: a stream of the NAR, from storage, from this instance's download or from a peer's; with a
+   * `Range` header (Nix resuming an interrupted download), only that part when the length is known.
+   * Throws RangeNotSatisfiableError for a range past the end.
+   */
+  async get(name: string, rangeHeader?: string): Promise<NarResponse> {
     parseNarFileName(name); // 400 for anything that is not a NAR file name
     const { maxAttempts, initialDelayMs, maxDelayMs, jitter } = this.config.lock.retry;
     let delay = initialDelayMs;
     for (let attempt = 0; attempt < maxAttempts; attempt++) {
-      const stored = await this.openStored(name);
+      const stored = await this.openStored(name, rangeHeader);
       if (stored) {
         this.metrics.narRequest('hit');
         return stored;
@@ -105,15 +113,20 @@ export class NarService implements OnModuleInit, OnApplicationShutdown {
       const joining = this.downloads.has(name) || this.claims.has(name);
       const claim = await this.claim(name);
       if (claim.kind === 'local') {
-        const body = claim.download.tryCreateReader();
+        const { length } = claim.download;
+        const range = resolveRange(rangeHeader, length);
+        const body = claim.download.tryCreateReader(range);
         if (body) {
           this.metrics.narRequest(joining ? 'joined' : 'download');
-          return { body, length: claim.download.length, source: 'download' };
+          return { body, length, range, source: 'download' };
         }
         continue; // it finished in the meantime: it is in storage now
       }
       if (claim.kind === 'peer') {
-        const remote = await this.peers.open(claim.url, name);
+        // The peer's download has the length the narinfo announced (a range needs it up front).
+        const fileSize = rangeHeader ? (await this.files.find(name))?.fileSize : undefined;
+        const range = resolveRange(rangeHeader, fileSize ?? undefined);
+        const remote = await this.peers.open(claim.url, name, range);
         if (remote) {
           this.metrics.narRequest('peer');
           return { ...remote, source: 'peer' };
@@ -146,20 +159,26 @@ export class NarService implements OnModuleInit, OnApplicationShutdown {
     }
   }
 
-  /** For peers: a stream of a download this instance is running, or null. */
-  streamForPeer(name: string): { body: Readable; length?: number } | null {
+  /** For peers: a stream of a download this instance is running (or of `range` of it), or null. */
+  streamForPeer(
+    name: string,
+    rangeHeader?: string,
+  ): { body: Readable; length?: number; range?: ByteRange } | null {
     const download = this.downloads.get(name);
-    const body = download?.tryCreateReader();
-    return download && body ? { body, length: download.length } : null;
+    if (!download) return null;
+    const range = resolveRange(rangeHeader, download.length);
+    const body = download.tryCreateReader(range);
+    return body ? { body, length: download.length, range } : null;
   }
 
-  private async openStored(name: string): Promise<NarResponse | null> {
+  private async openStored(name: string, rangeHeader?: string): Promise<NarResponse | null> {
     const row = await this.files.find(name);
     if (row?.storedSize == null) return null;
+    const range = resolveRange(rangeHeader, row.storedSize);
     try {
-      const body = await this.store.read(name);
+      const body = await this.store.read(name, range);
       this.files.touch(name).catch((e: Error) => this.logger.warn(`touch ${name}: ${e.message}`));
-      return { body, length: row.storedSize, source: 'storage' };
+      return { body, length: row.storedSize, range, source: 'storage' };
     } catch (e) {
       if (!(e instanceof NotFoundError)) throw e;
       this.logger.warn(`${name} is recorded as stored but missing from storage; fetching it again`);

@@ -3,6 +3,7 @@ import { hostname } from 'node:os';
 import type { Readable } from 'node:stream';
 import { Agent, request } from 'undici';
 import { APP_CONFIG, type AppConfig } from '../config/app-config';
+import { contentRange, type ByteRange } from './byte-range';
 
 /** Path under which an instance serves the downloads it is running to its peers. */
 export const PEER_DOWNLOADS_PATH = '_narwhal/downloads';
@@ -32,18 +33,33 @@ export class PeerClient implements OnApplicationShutdown {
     });
   }
 
-  /** The peer's stream of `name`, or null if the peer is not (or no longer) downloading it. */
-  async open(peerUrl: string, name: string): Promise<{ body: Readable; length?: number } | null> {
+  /**
+   * The peer's stream of `name` (or of `range` of it), or null if the peer is not (or no longer)
+   * downloading it or cannot give exactly that range.
+   */
+  async open(
+    peerUrl: string,
+    name: string,
+    range?: ByteRange,
+  ): Promise<{ body: Readable; length?: number; range?: ByteRange } | null> {
     if (!/^https?:\/\//.test(peerUrl)) return null;
     try {
       const res = await request(`${peerUrl}/${PEER_DOWNLOADS_PATH}/${name}`, {
         dispatcher: this.agent,
+        headers: range ? { range: `bytes=${range.start}-${range.end}` } : {},
       });
-      if (res.statusCode !== 200) {
+      const total = /\/(\d+)$/.exec(String(res.headers['content-range'] ?? ''))?.[1];
+      const ok = range
+        ? res.statusCode === 206 &&
+          total !== undefined &&
+          res.headers['content-range'] === contentRange(range, Number(total))
+        : res.statusCode === 200;
+      if (!ok) {
         res.body.on('error', () => undefined);
         await res.body.dump().catch(() => undefined);
         return null;
       }
+      if (range) return { body: res.body, length: Number(total), range };
       const len = Number(res.headers['content-length']);
       return { body: res.body, length: Number.isSafeInteger(len) ? len : undefined };
     } catch (e) {

@@ -27,6 +27,7 @@ const LOCK_TTL = '3s';
 interface Fetched {
   status: number;
   source?: string;
+  contentRange?: string;
   bytes: number;
   sha256: string;
   /** ms since the start of the round: first body byte, end (clean or broken). */
@@ -174,6 +175,32 @@ describe('several instances share one download (PostgreSQL + S3 + Redis)', () =>
     expect(narGets(blob)).toBe(1);
   });
 
+  it('a Range asked of the instance that is not downloading is streamed from the downloading one', async () => {
+    const blob = await publishBlob('ha-range');
+    const narinfo = await fetchText(`${a.url}/${blob.hash}.narinfo`);
+    expect(narinfo.status).toBe(200);
+    const url = /^URL: (.*)$/m.exec(narinfo.body)![1];
+    const t0 = Date.now();
+    const whole = fetchBody(`${a.url}/${url}`, t0); // a takes the lock and downloads
+    expect(await waitFor(async () => Promise.resolve(narGets(blob) === 1), 5_000)).toBe(true);
+
+    const n = blob.file.length;
+    const start = 20 * MiB;
+    const part = await fetchBody(`${b.url}/${url}`, t0, { range: `bytes=${start}-` });
+    expect(part).toMatchObject({
+      status: 206,
+      source: 'peer',
+      contentRange: `bytes ${start}-${n - 1}/${n}`,
+      bytes: n - start,
+      clean: true,
+    });
+    expect(part.sha256).toBe(
+      encodeNix32(createHash('sha256').update(blob.file.subarray(start)).digest()),
+    );
+    expect(await whole).toMatchObject({ status: 200, clean: true, sha256: blob.fileHash });
+    expect(narGets(blob)).toBe(1);
+  });
+
   it('kill -9 of the downloading instance: the other takes over and nothing partial is left', async () => {
     const blob = await publishBlob('ha-crash');
     const narinfo = await fetchText(`${a.url}/${blob.hash}.narinfo`);
@@ -287,19 +314,21 @@ function fetchText(url: string): Promise<{ status: number; body: string }> {
 function fetchBody(
   url: string,
   t0: number,
-  opts: { stopAfterBytes?: number } = {},
+  opts: { stopAfterBytes?: number; range?: string } = {},
 ): Promise<Fetched> {
   return new Promise((resolve) => {
     const hash = createHash('sha256');
     let bytes = 0;
     let firstByteAt: number | undefined;
     let settled = false;
+    let contentRange: string | undefined;
     const done = (status: number, source: string | undefined, clean: boolean) => {
       if (settled) return;
       settled = true;
       resolve({
         status,
         source,
+        contentRange,
         bytes,
         sha256: encodeNix32(hash.digest()),
         firstByteAt,
@@ -307,8 +336,10 @@ function fetchBody(
         clean,
       });
     };
-    const req = get(url, { agent: false }, (res) => {
+    const headers = opts.range ? { range: opts.range } : {};
+    const req = get(url, { agent: false, headers }, (res) => {
       const source = res.headers['x-narwhal-source'] as string | undefined;
+      contentRange = res.headers['content-range'];
       res.on('data', (c: Buffer) => {
         firstByteAt ??= Date.now() - t0;
         bytes += c.length;
