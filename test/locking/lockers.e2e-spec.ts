@@ -1,17 +1,23 @@
 import { Logger } from '@nestjs/common';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
 import { LocalLocker } from '../../src/locking/local/local-locker';
 import { withLock, type Lease } from '../../src/locking/locker';
 import { DegradableLocker } from '../../src/locking/redis/degradable-locker';
 import { RedisLocker, RedisUnavailableError } from '../../src/locking/redis/redis-locker';
+import { NarwhalProcess } from '../support/narwhal-process';
 import { lockerContract } from './locker.contract';
 import {
   deletePrefix,
   freshPrefix,
   inspector,
+  redisClusterOrSkip,
   redisLockConfig,
   redisServerOrSkip,
   sharedRedisOrSkip,
+  type RedisClusterProcess,
   type RedisServerProcess,
 } from './redis-servers';
 
@@ -108,6 +114,85 @@ describe('Redis (shared server)', () => {
     } finally {
       client.disconnect();
       await locker.close();
+    }
+  });
+});
+
+describe('Redis Cluster (three private nodes)', () => {
+  let cluster: RedisClusterProcess | null = null;
+  beforeAll(async () => {
+    cluster = await redisClusterOrSkip();
+  }, 60_000);
+  afterAll(async () => {
+    await cluster?.stop();
+  });
+  beforeEach((context) => {
+    if (!cluster) context.skip();
+  });
+
+  // Several addresses select the cluster client; the lock scripts touch one key each, so they run
+  // on whichever node owns that key's slot.
+  const config = (prefix: string, retry?: Parameters<typeof redisLockConfig>[2]) => ({
+    ...redisLockConfig('', prefix, retry),
+    addrs: cluster?.addrs ?? [],
+  });
+
+  const prefix = freshPrefix();
+  lockerContract('RedisLocker on a Redis Cluster', {
+    make: (retry) => {
+      const locker = new RedisLocker(config(prefix, retry));
+      return Promise.resolve({ locker, cleanup: () => locker.close() });
+    },
+    givesUp: true,
+  });
+
+  it('spreads locks over the masters and removes each from its own node on release', async () => {
+    const own = freshPrefix();
+    const locker = new RedisLocker(config(own));
+    const keysPerNode = async () =>
+      Promise.all(
+        cluster!.addrs.map(async (addr) => {
+          const node = inspector(addr);
+          try {
+            await node.connect();
+            return (await node.keys(`${own}*`)).length;
+          } finally {
+            node.disconnect();
+          }
+        }),
+      );
+    try {
+      const leases = await Promise.all(
+        Array.from({ length: 30 }, (_, i) => locker.acquire(`nar:${i}`, 10_000, `http://i${i}`)),
+      );
+      const counts = await keysPerNode();
+      expect(counts.reduce((a, b) => a + b, 0)).toBe(30);
+      expect(counts.filter((n) => n > 0).length).toBeGreaterThan(1);
+      expect(await locker.holderInfo('nar:7')).toBe('http://i7');
+      await Promise.all(leases.map((l) => l.release()));
+      expect(await keysPerNode()).toEqual([0, 0, 0]);
+    } finally {
+      await locker.close();
+    }
+  });
+  it('narwhal serve with several --cache-redis-addrs is ready on the cluster, not degraded', async () => {
+    const dataPath = await mkdtemp(join(tmpdir(), 'narwhal-cluster-'));
+    const narwhal = await NarwhalProcess.start({
+      dataPath,
+      upstreamUrls: ['http://127.0.0.1:9'], // never asked: only readiness is looked at
+      upstreamPublicKeys: ['up-1:' + Buffer.alloc(32).toString('base64')],
+      env: { CACHE_LOCK_BACKEND: 'redis', CACHE_REDIS_ADDRS: cluster!.addrs.join(',') },
+    });
+    try {
+      const res = await fetch(`${narwhal.url}/readyz`);
+      const body = (await res.json()) as {
+        details: Record<string, { status: string; backend?: string; degraded?: boolean }>;
+      };
+      expect(res.status).toBe(200);
+      expect(body.details.lock).toMatchObject({ status: 'up', backend: 'redis', degraded: false });
+    } finally {
+      await narwhal.kill();
+      await rm(dataPath, { recursive: true, force: true });
     }
   });
 });

@@ -1,9 +1,13 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { Redis } from 'ioredis';
+import { Cluster, Redis } from 'ioredis';
 import type { RedisLockConfig } from '../../src/locking/redis/redis-locker';
 
 /**
@@ -161,6 +165,129 @@ export class RedisServerProcess {
     }
     throw new Error(`redis-server on port ${this.port} did not answer PING`);
   }
+}
+
+/**
+ * A private three-node Redis Cluster (three masters, no replicas, every slot covered), made of
+ * `redis-server --cluster-enabled yes` processes joined with `redis-cli --cluster create`.
+ */
+export class RedisClusterProcess {
+  private constructor(
+    private readonly children: ChildProcess[],
+    readonly addrs: string[],
+    private readonly dir: string,
+  ) {}
+
+  static async start(): Promise<RedisClusterProcess> {
+    const dir = await mkdtemp(join(tmpdir(), 'narwhal-redis-cluster-'));
+    const children: ChildProcess[] = [];
+    const addrs: string[] = [];
+    const cluster = new RedisClusterProcess(children, addrs, dir);
+    try {
+      for (let i = 0; i < 3; i++) {
+        const [port, busPort] = [await freePort(), await freePort()];
+        const child = spawn(
+          process.env.NARWHAL_TEST_REDIS_SERVER ?? 'redis-server',
+          [
+            ...['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'],
+            ...['--cluster-enabled', 'yes', '--cluster-port', String(busPort)],
+            ...['--cluster-config-file', `nodes-${port}.conf`, '--cluster-node-timeout', '2000'],
+            ...['--dir', dir],
+          ],
+          { stdio: 'ignore' },
+        );
+        const orphanGuard = () => child.kill('SIGKILL');
+        process.once('exit', orphanGuard);
+        child.once('exit', () => process.removeListener('exit', orphanGuard));
+        children.push(child);
+        addrs.push(`127.0.0.1:${port}`);
+      }
+      for (const addr of addrs) await pingUntilUp(addr);
+      await promisify(execFile)('redis-cli', [
+        '--cluster',
+        'create',
+        ...addrs,
+        '--cluster-replicas',
+        '0',
+        '--cluster-yes',
+      ]);
+      await cluster.waitUntilOk();
+      return cluster;
+    } catch (e) {
+      await cluster.stop();
+      throw e;
+    }
+  }
+
+  /** A cluster client, for looking at the keys behind a locker's back. */
+  client(): Cluster {
+    return new Cluster(
+      this.addrs.map((a) => {
+        const [host, port] = a.split(':');
+        return { host, port: Number(port) };
+      }),
+      { redisOptions: { maxRetriesPerRequest: 0 } },
+    );
+  }
+
+  async stop(): Promise<void> {
+    await Promise.all(
+      this.children.map(async (child) => {
+        if (child.exitCode !== null || child.signalCode !== null) return;
+        const exited = once(child, 'exit');
+        child.kill('SIGKILL');
+        await exited;
+      }),
+    );
+    await rm(this.dir, { recursive: true, force: true });
+  }
+
+  private async waitUntilOk(): Promise<void> {
+    for (let i = 0; i < 200; i++) {
+      const states = await Promise.all(
+        this.addrs.map(async (addr) => {
+          const client = inspector(addr);
+          client.on('error', () => undefined);
+          try {
+            await client.connect();
+            return /cluster_state:ok/.test(await client.cluster('INFO'));
+          } catch {
+            return false;
+          } finally {
+            client.disconnect();
+          }
+        }),
+      );
+      if (states.every(Boolean)) return;
+      await sleep(50);
+    }
+    throw new Error(`Redis Cluster ${this.addrs.join(',')} never reached cluster_state:ok`);
+  }
+}
+
+/** A private Redis Cluster, or null (after a warning) when it cannot be started outside CI. */
+export async function redisClusterOrSkip(): Promise<RedisClusterProcess | null> {
+  try {
+    return await RedisClusterProcess.start();
+  } catch (e) {
+    return skipOrFail('a Redis Cluster (redis-server, redis-cli)', (e as Error).message);
+  }
+}
+
+async function pingUntilUp(addr: string): Promise<void> {
+  for (let i = 0; i < 100; i++) {
+    const client = inspector(addr);
+    client.on('error', () => undefined);
+    try {
+      await client.connect();
+      if ((await client.ping()) === 'PONG') return;
+    } catch {
+      await sleep(50);
+    } finally {
+      client.disconnect();
+    }
+  }
+  throw new Error(`redis-server at ${addr} did not answer PING`);
 }
 
 /** A private redis-server, or null (after a warning) when it cannot be started outside CI. */
