@@ -149,21 +149,8 @@ export class RedisServerProcess {
     await exited;
   }
 
-  private async waitForPing(): Promise<void> {
-    for (let i = 0; i < 100; i++) {
-      // A fresh client each time: one whose first connect failed is left reconnecting.
-      const client = inspector(this.addr);
-      client.on('error', () => undefined);
-      try {
-        await client.connect();
-        if ((await client.ping()) === 'PONG') return;
-      } catch {
-        await sleep(50);
-      } finally {
-        client.disconnect();
-      }
-    }
-    throw new Error(`redis-server on port ${this.port} did not answer PING`);
+  private waitForPing(): Promise<void> {
+    return pingUntilUp(this.addr);
   }
 }
 
@@ -276,6 +263,7 @@ export async function redisClusterOrSkip(): Promise<RedisClusterProcess | null> 
 
 async function pingUntilUp(addr: string): Promise<void> {
   for (let i = 0; i < 100; i++) {
+    // A fresh client each time: one whose first connect failed is left reconnecting.
     const client = inspector(addr);
     client.on('error', () => undefined);
     try {
