@@ -1,16 +1,10 @@
 import { execFileSync } from 'node:child_process';
-import { createHash } from 'node:crypto';
 import { gzipSync } from 'node:zlib';
 import { describe, expect, it } from 'vitest';
+import { nixSha256 } from '../../test/support/nar-download-kit';
 import { DownloadFailedError } from '../common/errors';
-import { encodeNix32 } from '../nix/base32';
 import type { Compression } from '../nix/compression';
 import { NarVerifier, type NarExpectations } from './nar-verifier';
-
-/** `sha256:<nix32>` as narinfo writes it. */
-function nixSha256(bytes: Buffer): string {
-  return `sha256:${encodeNix32(createHash('sha256').update(bytes).digest())}`;
-}
 
 /** Stand-in NAR content: compressible but not trivially (lines of numbers and a pseudo-random tail). */
 function makeNar(size: number, seed = 1): Buffer {
