@@ -11,6 +11,7 @@ import type { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { NotFoundError, UpstreamUnavailableError } from '../common/errors';
 import { APP_CONFIG, type AppConfig } from '../config/app-config';
+import type { NarFileEntity } from '../database/entities';
 import { NarFileRepository } from '../database/nar-file.repository';
 import { keepAlive, LOCKER, type Locker } from '../locking/locker';
 import { MetricsService } from '../metrics/metrics.service';
@@ -105,7 +106,8 @@ export class NarService implements OnModuleInit, OnApplicationShutdown {
     const { maxAttempts, initialDelayMs, maxDelayMs, jitter } = this.config.lock.retry;
     let delay = initialDelayMs;
     for (let attempt = 0; attempt < maxAttempts; attempt++) {
-      const stored = await this.openStored(name, rangeHeader);
+      const row = await this.files.find(name);
+      const stored = await this.openStored(row, rangeHeader);
       if (stored) {
         this.metrics.narRequest('hit');
         return stored;
@@ -124,9 +126,13 @@ export class NarService implements OnModuleInit, OnApplicationShutdown {
       }
       if (claim.kind === 'peer') {
         // The peer's download has the length the narinfo announced (a range needs it up front).
-        const fileSize = rangeHeader ? (await this.files.find(name))?.fileSize : undefined;
-        const range = resolveRange(rangeHeader, fileSize ?? undefined);
-        const remote = await this.peers.open(claim.url, name, range);
+        const length = row?.fileSize ?? undefined;
+        const range = resolveRange(rangeHeader, length);
+        const remote = await this.peers.open(
+          claim.url,
+          name,
+          range && length !== undefined ? { range, length } : undefined,
+        );
         if (remote) {
           this.metrics.narRequest('peer');
           return { ...remote, source: 'peer' };
@@ -171,9 +177,13 @@ export class NarService implements OnModuleInit, OnApplicationShutdown {
     return body ? { body, length: download.length, range } : null;
   }
 
-  private async openStored(name: string, rangeHeader?: string): Promise<NarResponse | null> {
-    const row = await this.files.find(name);
+  /** A stream of the stored copy `row` records, or null if it is not stored (or storage lost it). */
+  private async openStored(
+    row: NarFileEntity | null,
+    rangeHeader?: string,
+  ): Promise<NarResponse | null> {
     if (row?.storedSize == null) return null;
+    const name = row.key;
     const range = resolveRange(rangeHeader, row.storedSize);
     try {
       const body = await this.store.read(name, range);

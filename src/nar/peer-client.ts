@@ -34,32 +34,30 @@ export class PeerClient implements OnApplicationShutdown {
   }
 
   /**
-   * The peer's stream of `name` (or of `range` of it), or null if the peer is not (or no longer)
-   * downloading it or cannot give exactly that range.
+   * The peer's stream of `name` (or of `ranged.range` of the `ranged.length` bytes), or null if the
+   * peer is not (or no longer) downloading it or cannot give exactly that range.
    */
   async open(
     peerUrl: string,
     name: string,
-    range?: ByteRange,
+    ranged?: { range: ByteRange; length: number },
   ): Promise<{ body: Readable; length?: number; range?: ByteRange } | null> {
     if (!/^https?:\/\//.test(peerUrl)) return null;
     try {
       const res = await request(`${peerUrl}/${PEER_DOWNLOADS_PATH}/${name}`, {
         dispatcher: this.agent,
-        headers: range ? { range: `bytes=${range.start}-${range.end}` } : {},
+        headers: ranged ? { range: `bytes=${ranged.range.start}-${ranged.range.end}` } : {},
       });
-      const total = /\/(\d+)$/.exec(String(res.headers['content-range'] ?? ''))?.[1];
-      const ok = range
+      const ok = ranged
         ? res.statusCode === 206 &&
-          total !== undefined &&
-          res.headers['content-range'] === contentRange(range, Number(total))
+          res.headers['content-range'] === contentRange(ranged.range, ranged.length)
         : res.statusCode === 200;
       if (!ok) {
         res.body.on('error', () => undefined);
         await res.body.dump().catch(() => undefined);
         return null;
       }
-      if (range) return { body: res.body, length: Number(total), range };
+      if (ranged) return { body: res.body, ...ranged };
       const len = Number(res.headers['content-length']);
       return { body: res.body, length: Number.isSafeInteger(len) ? len : undefined };
     } catch (e) {
