@@ -53,6 +53,8 @@ export class NarService implements OnModuleInit, OnApplicationShutdown {
   private readonly downloads = new Map<string, NarDownload>();
   /** Every running download's completion, with a way to abort it (at shutdown). */
   private readonly running = new Map<Promise<unknown>, (why: string) => void>();
+  /** The completion of this instance's download of each NAR: committed or discarded, lock released. */
+  private readonly settling = new Map<string, Promise<unknown>>();
   /** Pending claims, so that concurrent local requests decide once. */
   private readonly claims = new Map<string, Promise<Claim>>();
 
@@ -117,12 +119,17 @@ export class NarService implements OnModuleInit, OnApplicationShutdown {
       if (claim.kind === 'local') {
         const { length } = claim.download;
         const range = resolveRange(rangeHeader, length);
-        const body = claim.download.tryCreateReader(range);
+        // A download that already failed is not joined: once it is cleaned up, the next attempt
+        // starts a new one.
+        const body =
+          claim.download.state === 'failed' ? null : claim.download.tryCreateReader(range);
         if (body) {
           this.metrics.narRequest(joining ? 'joined' : 'download');
           return { body, length, range, source: 'download' };
         }
-        continue; // it finished in the meantime: it is in storage now
+        // It ended in the meantime (stored or discarded): look again once it has settled.
+        await this.settling.get(name);
+        continue;
       }
       if (claim.kind === 'peer') {
         // The peer's download has the length the narinfo announced (a range needs it up front).
@@ -238,8 +245,10 @@ export class NarService implements OnModuleInit, OnApplicationShutdown {
         this.downloads.delete(name);
         this.running.delete(settled);
         await release();
+        this.settling.delete(name);
       });
       this.running.set(settled, abort);
+      this.settling.set(name, settled);
       return { kind: 'local', download };
     } catch (e) {
       await release();
