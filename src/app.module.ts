@@ -1,6 +1,7 @@
 import { Module, type DynamicModule } from '@nestjs/common';
 import { APP_FILTER } from '@nestjs/core';
 import { ScheduleModule } from '@nestjs/schedule';
+import { CacheInfoModule } from './cache-info/cache-info.module';
 import { HttpErrorFilter } from './common/http-error.filter';
 import type { AppConfig } from './config/app-config';
 import { ConfigModule } from './config/config.module';
@@ -22,6 +23,7 @@ export class AppModule {
         ScheduleModule.forRoot(),
         DatabaseModule,
         MetricsModule.forRoot(config.metrics),
+        CacheInfoModule,
         NarInfoModule,
         NarModule,
         LruModule,

@@ -1,4 +1,7 @@
-/** Domain errors thrown by services; `HttpErrorFilter` maps them to HTTP in one place. */
+/**
+ * Domain errors thrown by services; `HttpErrorFilter` maps them to HTTP in one place. Errors of the
+ * Nix wire format (a 400) live in `nix/errors.ts`.
+ */
 
 export class NotFoundError extends Error {
   override name = 'NotFoundError';
@@ -16,4 +19,17 @@ export class DownloadFailedError extends Error {
 
 export class MethodNotAllowedError extends Error {
   override name = 'MethodNotAllowedError';
+}
+
+/** A lock waiter gave up: the lock stayed held for all its retries. */
+export class LockTimeoutError extends Error {
+  override name = 'LockTimeoutError';
+}
+
+/** A Range that lies wholly past the end of the file: 416 with `Content-Range: bytes *\/length`. */
+export class RangeNotSatisfiableError extends Error {
+  override name = 'RangeNotSatisfiableError';
+  constructor(readonly length: number) {
+    super(`range not satisfiable (the file has ${length} bytes)`);
+  }
 }

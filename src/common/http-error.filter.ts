@@ -1,12 +1,12 @@
 import { ArgumentsHost, Catch, HttpException, Logger, type ExceptionFilter } from '@nestjs/common';
 import type { FastifyReply } from 'fastify';
-import { LockTimeoutError } from '../locking/locker';
-import { RangeNotSatisfiableError } from '../nar/byte-range';
 import { NixFormatError } from '../nix/errors';
 import {
   DownloadFailedError,
+  LockTimeoutError,
   MethodNotAllowedError,
   NotFoundError,
+  RangeNotSatisfiableError,
   UpstreamUnavailableError,
 } from './errors';
 

@@ -1,4 +1,4 @@
-/** Mutual exclusion by key: local to one process, or (later) across instances. */
+/** Mutual exclusion by key: local to one process (LocalLocker) or across instances (RedisLocker). */
 export interface Lease {
   readonly key: string;
   /** Releases the lock if this lease still holds it; a no-op otherwise. */
@@ -28,11 +28,6 @@ export interface Locker {
   holderInfo(key: string): Promise<string | null>;
   status(): LockerStatus;
   close(): Promise<void>;
-}
-
-/** A waiter gave up: the lock stayed held for all its retries. */
-export class LockTimeoutError extends Error {
-  override name = 'LockTimeoutError';
 }
 
 export const LOCKER = Symbol('LOCKER');

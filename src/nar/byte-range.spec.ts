@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { contentRange, RangeNotSatisfiableError, resolveRange } from './byte-range';
+import { RangeNotSatisfiableError } from '../common/errors';
+import { contentRange, resolveRange } from './byte-range';
 
 describe('resolveRange', () => {
   it.each([

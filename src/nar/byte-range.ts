@@ -1,16 +1,11 @@
+import { RangeNotSatisfiableError } from '../common/errors';
+
 /** An inclusive byte range of a NAR file, as in `Range: bytes=start-end`. */
 export interface ByteRange {
   start: number;
   end: number;
 }
 
-/** A Range that lies wholly past the end of the file: 416 with `Content-Range: bytes *\/length`. */
-export class RangeNotSatisfiableError extends Error {
-  override name = 'RangeNotSatisfiableError';
-  constructor(readonly length: number) {
-    super(`range not satisfiable (the file has ${length} bytes)`);
-  }
-}
 
 const SINGLE_RANGE = /^bytes[ \t]*=[ \t]*(\d*)[ \t]*-[ \t]*(\d*)[ \t]*$/i;
 

@@ -9,7 +9,6 @@ import {
   NixFormatError,
   quoteForError,
 } from './errors';
-import * as nix from './index';
 
 describe('Nix format errors', () => {
   it.each([
@@ -42,24 +41,5 @@ describe('Nix format errors', () => {
     expect(quoteForError('a"b')).toBe('"a\\"b"');
     expect(quoteForError('x'.repeat(200))).toBe(`"${'x'.repeat(80)}…"`);
     expect(quoteForError('line\nbreak')).toBe('"line\\nbreak"');
-  });
-});
-
-describe('src/nix/index', () => {
-  it('re-exports the protocol layer', () => {
-    for (const name of [
-      'encodeNix32',
-      'decodeNix32',
-      'parseNixHash',
-      'parseStorePath',
-      'parseNarFileName',
-      'parseNarInfo',
-      'serializeNarInfo',
-      'narInfoFingerprint',
-      'createNarDecompressor',
-      'NixFormatError',
-    ]) {
-      expect(typeof (nix as Record<string, unknown>)[name]).toBe('function');
-    }
   });
 });

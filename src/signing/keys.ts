@@ -104,12 +104,6 @@ export function signFingerprint(k: SecretKey, fingerprint: string): string {
   return `${k.name}:${sig.toString('base64')}`;
 }
 
-/** tweetnacl's signature, for checking the native path against the reference one. */
-export function signFingerprintReference(k: SecretKey, fingerprint: string): string {
-  const sig = nacl.sign.detached(Buffer.from(fingerprint, 'utf8'), k.secretKey);
-  return `${k.name}:${Buffer.from(sig).toString('base64')}`;
-}
-
 // DER prefixes that wrap a raw ed25519 seed (PKCS#8) or public key (SPKI) for node:crypto.
 const PKCS8_ED25519 = Buffer.from('302e020100300506032b657004220420', 'hex');
 const SPKI_ED25519 = Buffer.from('302a300506032b6570032100', 'hex');

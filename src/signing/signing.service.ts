@@ -32,9 +32,4 @@ export class SigningService {
   verifiedByUpstream(fingerprint: string, sigs: readonly string[]): boolean {
     return sigs.some((s) => verifyFingerprint(s, fingerprint, this.config.upstreamPublicKeys));
   }
-
-  /** True if `sig` is narwhal's own and valid (for the cached signature of a stored narinfo). */
-  isOwnValid(sig: string, fingerprint: string): boolean {
-    return verifyFingerprint(sig, fingerprint, [{ name: this.key.name, key: this.key.publicKey }]);
-  }
 }

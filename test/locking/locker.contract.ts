@@ -1,6 +1,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { LockTimeoutError, withLock, type Locker } from '../../src/locking/locker';
+import { LockTimeoutError } from '../../src/common/errors';
+import { withLock, type Locker } from '../../src/locking/locker';
 import type { Retry } from './redis-servers';
 
 export interface LockerUnderTest {

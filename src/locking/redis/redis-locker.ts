@@ -2,7 +2,8 @@ import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Cluster, Redis, ReplyError, type RedisOptions } from 'ioredis';
 import type { LockConfig } from '../../config/app-config';
-import { LockTimeoutError, type Lease, type Locker, type LockerStatus } from '../locker';
+import { LockTimeoutError } from '../../common/errors';
+import type { Lease, Locker, LockerStatus } from '../locker';
 
 export type RedisLockConfig = Extract<LockConfig, { kind: 'redis' }>;
 
