@@ -1,9 +1,7 @@
 import { IsNull, MoreThan, Not } from 'typeorm';
 import { DownloadFailedError, NotFoundError } from '../common/errors';
 import { NarFileEntity } from '../database/entities';
-import { NarVerifier, type NarExpectations } from '../nar/nar-verifier';
-import { isCompression } from '../nix/compression';
-import { canDecompress } from '../nix/decompress';
+import { expectationsOf, NarVerifier } from '../nar/nar-verifier';
 import { forEachConcurrently, type FsckContext, message, PAGE, sameObject } from './context';
 import type { ObjectInfo } from './object-info';
 
@@ -106,23 +104,6 @@ async function onBadObject(
     await ctx.store.delete(row.key);
     return true;
   });
-}
-
-/** What the stored object of `row` must match (as the NAR download flow checks it). */
-function expectationsOf(row: NarFileEntity): NarExpectations {
-  const compression = isCompression(row.compression) ? row.compression : 'none';
-  // NarHash needs a decoder; '' marks a row recorded without a narinfo (FileHash only).
-  const narHash =
-    isCompression(row.compression) && canDecompress(row.compression) && row.narHash
-      ? row.narHash
-      : undefined;
-  return {
-    compression,
-    fileHash: row.fileHash ?? undefined,
-    fileSize: row.fileSize ?? undefined,
-    narHash,
-    narSize: narHash ? row.narSize : undefined,
-  };
 }
 
 function sizeMismatch(row: NarFileEntity, size: number): string | null {

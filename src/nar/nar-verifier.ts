@@ -2,8 +2,9 @@ import { createHash, type Hash } from 'node:crypto';
 import { once } from 'node:events';
 import type { Readable, Transform } from 'node:stream';
 import { DownloadFailedError } from '../common/errors';
-import type { Compression } from '../nix/compression';
-import { createNarDecompressor } from '../nix/decompress';
+import type { NarFileEntity } from '../database/entities';
+import { isCompression, type Compression } from '../nix/compression';
+import { canDecompress, createNarDecompressor } from '../nix/decompress';
 import { sha256Nix32 } from '../nix/hash';
 
 export interface NarExpectations {
@@ -14,6 +15,27 @@ export interface NarExpectations {
   /** `sha256:<nix32>` of the uncompressed NAR (covered by the upstream signature), when known. */
   narHash?: string;
   narSize?: number;
+}
+
+/**
+ * What the bytes of a recorded NAR must match — for a download and for fsck alike: FileHash/FileSize
+ * when known, and NarHash/NarSize when a narinfo gave them and the compression can be decoded here.
+ */
+export function expectationsOf(
+  row: Pick<NarFileEntity, 'compression' | 'fileHash' | 'fileSize' | 'narHash' | 'narSize'>,
+): NarExpectations {
+  // Rows hold only validated compressions; anything else is checked by FileHash alone.
+  const c = row.compression;
+  const compression: Compression = isCompression(c) ? c : 'none';
+  const decodable = isCompression(c) && canDecompress(c);
+  const narHash = decodable ? (row.narHash ?? undefined) : undefined;
+  return {
+    compression,
+    fileHash: row.fileHash ?? undefined,
+    fileSize: row.fileSize ?? undefined,
+    narHash,
+    narSize: narHash !== undefined ? (row.narSize ?? undefined) : undefined,
+  };
 }
 
 /**

@@ -23,11 +23,12 @@ export class NarFileEntity {
   @Column({ name: 'file_size', type: 'bigint', nullable: true, transformer: bigintNumber })
   fileSize!: number | null;
 
-  @Column({ name: 'nar_hash', type: 'varchar', length: 100 })
-  narHash!: string;
+  /** `sha256:<nix32>` of the uncompressed NAR; null for a NAR fetched by name before any narinfo. */
+  @Column({ name: 'nar_hash', type: 'varchar', length: 100, nullable: true })
+  narHash!: string | null;
 
-  @Column({ name: 'nar_size', type: 'bigint', transformer: bigintNumber })
-  narSize!: number;
+  @Column({ name: 'nar_size', type: 'bigint', nullable: true, transformer: bigintNumber })
+  narSize!: number | null;
 
   /** Bytes in storage; null while not stored. */
   @Index('idx_nar_files_stored_size')

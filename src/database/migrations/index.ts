@@ -1,4 +1,5 @@
 import { InitialSchema1767225600000 } from './1767225600000-initial-schema';
+import { NullableNarHash1767312000000 } from './1767312000000-nullable-nar-hash';
 
 /** Every migration, oldest first. */
-export const MIGRATIONS = [InitialSchema1767225600000];
+export const MIGRATIONS = [InitialSchema1767225600000, NullableNarHash1767312000000];
