@@ -71,7 +71,7 @@ export async function runFsckCommand(
     printer.summary(summary);
     return summary.remaining === 0 ? 0 : 1;
   } finally {
-    (store as { onModuleDestroy?: () => void } | undefined)?.onModuleDestroy?.();
+    await store?.close();
     await ds.destroy();
   }
 }

@@ -4,6 +4,7 @@ import { CronJob } from 'cron';
 import { APP_CONFIG, type AppConfig } from '../config/app-config';
 import { formatSize } from '../config/units';
 import { NarFileRepository } from '../database/nar-file.repository';
+import { LRU_LOCK_KEY } from '../locking/lock-keys';
 import { LOCKER, type Locker } from '../locking/locker';
 import { MetricsService } from '../metrics/metrics.service';
 import { NAR_STORE, type NarStore } from '../storage/nar-store';
@@ -31,7 +32,9 @@ export class LruService implements OnModuleInit {
     private readonly files: NarFileRepository,
     private readonly scheduler: SchedulerRegistry,
     private readonly metrics: MetricsService,
-  ) {}
+  ) {
+    metrics.watchStoredBytes(() => files.storedBytes());
+  }
 
   onModuleInit(): void {
     const { maxSize, schedule } = this.config.lru;
@@ -59,7 +62,7 @@ export class LruService implements OnModuleInit {
     };
     if (maxSize === undefined) return report;
     const lease = await this.metrics.timeLock('lru', () =>
-      this.locker.tryAcquire('lru', this.config.lock.lruTtlMs),
+      this.locker.tryAcquire(LRU_LOCK_KEY, this.config.lock.lruTtlMs),
     );
     if (!lease) {
       this.metrics.lruRun('skipped');

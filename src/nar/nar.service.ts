@@ -1,25 +1,19 @@
-import {
-  Inject,
-  Injectable,
-  Logger,
-  type OnApplicationShutdown,
-  type OnModuleInit,
-} from '@nestjs/common';
-import { readdir, stat, unlink } from 'node:fs/promises';
-import { join } from 'node:path';
+import { Inject, Injectable, Logger } from '@nestjs/common';
 import type { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { NotFoundError, UpstreamUnavailableError } from '../common/errors';
+import { SingleFlight } from '../common/single-flight';
 import { APP_CONFIG, type AppConfig } from '../config/app-config';
 import type { NarFileEntity } from '../database/entities';
 import { NarFileRepository } from '../database/nar-file.repository';
+import { narLockKey } from '../locking/lock-keys';
 import { keepAlive, LOCKER, type Locker } from '../locking/locker';
 import { MetricsService } from '../metrics/metrics.service';
 import { parseNarFileName } from '../nix/compression';
 import { NAR_STORE, type NarStore } from '../storage/nar-store';
 import { UpstreamService } from '../upstream/upstream.service';
+import { ActiveDownloads, type ActiveDownload } from './active-downloads';
 import { resolveRange, type ByteRange } from './byte-range';
-import type { NarDownload } from './nar-download';
 import { NarFetcher } from './nar-fetcher';
 import { PeerClient } from './peer-client';
 
@@ -36,27 +30,21 @@ export interface NarResponse {
 
 /** Who is fetching a NAR that is not stored yet. */
 type Claim =
-  { kind: 'local'; download: NarDownload } | { kind: 'peer'; url: string } | { kind: 'retry' };
-
-const STALE_SPOOL_MS = 10 * 60_000;
+  | { kind: 'local'; download: ActiveDownload }
+  | { kind: 'peer'; url: string }
+  | { kind: 'retry' };
 
 /**
  * The NAR download flow. Stored → stream from storage. Otherwise exactly one download per NAR across
  * all instances: the instance that takes the NAR's lock downloads it (NarFetcher) and every client of
- * that instance streams from the download as it arrives; clients of other instances stream it from the
+ * that instance streams from its spool as it arrives; clients of other instances stream it from the
  * lock holder (whose URL is in the lock), or — if it cannot be reached — wait for it to be stored.
  */
 @Injectable()
-export class NarService implements OnModuleInit, OnApplicationShutdown {
+export class NarService {
   private readonly logger = new Logger('nar');
-  /** This instance's running downloads, by NAR name. */
-  private readonly downloads = new Map<string, NarDownload>();
-  /** Every running download's completion, with a way to abort it (at shutdown). */
-  private readonly running = new Map<Promise<unknown>, (why: string) => void>();
-  /** The completion of this instance's download of each NAR: committed or discarded, lock released. */
-  private readonly settling = new Map<string, Promise<unknown>>();
-  /** Pending claims, so that concurrent local requests decide once. */
-  private readonly claims = new Map<string, Promise<Claim>>();
+  /** Concurrent local requests for a NAR that is not stored decide once who fetches it. */
+  private readonly claims = new SingleFlight<string, Claim>();
 
   constructor(
     @Inject(APP_CONFIG) private readonly config: AppConfig,
@@ -66,37 +54,9 @@ export class NarService implements OnModuleInit, OnApplicationShutdown {
     private readonly upstream: UpstreamService,
     private readonly fetcher: NarFetcher,
     private readonly peers: PeerClient,
+    private readonly active: ActiveDownloads,
     private readonly metrics: MetricsService,
-  ) {
-    metrics.watchDownloads(() => this.downloads.values());
-  }
-
-  /** Removes spool files left by a crash (never visible as objects, but they take space). */
-  async onModuleInit(): Promise<void> {
-    const now = Date.now();
-    for (const name of await readdir(this.store.spoolDir).catch(() => [] as string[])) {
-      if (!name.endsWith('.part')) continue;
-      const p = join(this.store.spoolDir, name);
-      const s = await stat(p).catch(() => null);
-      if (s && now - s.mtimeMs > STALE_SPOOL_MS) await unlink(p).catch(() => undefined);
-    }
-  }
-
-  /**
-   * At shutdown (after in-flight responses had their grace period): abort what is still downloading
-   * and wait for the cleanup, so that no spool file or lock outlives the process.
-   */
-  async onApplicationShutdown(): Promise<void> {
-    if (this.running.size === 0) return;
-    this.logger.warn(`aborting ${this.running.size} unfinished download(s) at shutdown`);
-    const pending = [...this.running.keys()];
-    for (const abort of this.running.values()) abort('narwhal is shutting down');
-    await Promise.race([Promise.allSettled(pending), sleep(5_000)]);
-  }
-
-  get downloadsInFlight(): number {
-    return this.downloads.size;
-  }
+  ) {}
 
   /**
    * GET: a stream of the NAR, from storage, from this instance's download or from a peer's; with a
@@ -114,21 +74,20 @@ export class NarService implements OnModuleInit, OnApplicationShutdown {
         this.metrics.narRequest('hit');
         return stored;
       }
-      const joining = this.downloads.has(name) || this.claims.has(name);
+      const joining = this.active.get(name) !== undefined || this.claims.has(name);
       const claim = await this.claim(name);
       if (claim.kind === 'local') {
-        const { length } = claim.download;
-        const range = resolveRange(rangeHeader, length);
+        const { spool, settled } = claim.download;
+        const range = resolveRange(rangeHeader, spool.length);
         // A download that already failed is not joined: once it is cleaned up, the next attempt
         // starts a new one.
-        const body =
-          claim.download.state === 'failed' ? null : claim.download.tryCreateReader(range);
+        const body = spool.state === 'failed' ? null : spool.tryCreateReader(range);
         if (body) {
           this.metrics.narRequest(joining ? 'joined' : 'download');
-          return { body, length, range, source: 'download' };
+          return { body, length: spool.length, range, source: 'download' };
         }
         // It ended in the meantime (stored or discarded): look again once it has settled.
-        await this.settling.get(name);
+        await settled;
         continue;
       }
       if (claim.kind === 'peer') {
@@ -160,8 +119,8 @@ export class NarService implements OnModuleInit, OnApplicationShutdown {
       const s = await this.store.stat(name);
       if (s) return { length: s.size };
     }
-    const running = this.downloads.get(name);
-    if (running) return { length: running.length };
+    const running = this.active.get(name);
+    if (running) return { length: running.spool.length };
     if (!row) throw new NotFoundError(`${name} is not known`);
     try {
       const { length } = await this.upstream.open(row.upstreamUrl, 'HEAD');
@@ -177,11 +136,11 @@ export class NarService implements OnModuleInit, OnApplicationShutdown {
     name: string,
     rangeHeader?: string,
   ): { body: Readable; length?: number; range?: ByteRange } | null {
-    const download = this.downloads.get(name);
-    if (!download) return null;
-    const range = resolveRange(rangeHeader, download.length);
-    const body = download.tryCreateReader(range);
-    return body ? { body, length: download.length, range } : null;
+    const spool = this.active.get(name)?.spool;
+    if (!spool) return null;
+    const range = resolveRange(rangeHeader, spool.length);
+    const body = spool.tryCreateReader(range);
+    return body ? { body, length: spool.length, range } : null;
   }
 
   /** A stream of the stored copy `row` records, or null if it is not stored (or storage lost it). */
@@ -206,18 +165,13 @@ export class NarService implements OnModuleInit, OnApplicationShutdown {
 
   /** Decides, once for all concurrent local requests, who fetches `name`. */
   private claim(name: string): Promise<Claim> {
-    const running = this.downloads.get(name);
+    const running = this.active.get(name);
     if (running) return Promise.resolve({ kind: 'local', download: running });
-    let pending = this.claims.get(name);
-    if (!pending) {
-      pending = this.tryClaim(name).finally(() => this.claims.delete(name));
-      this.claims.set(name, pending);
-    }
-    return pending;
+    return this.claims.run(name, () => this.tryClaim(name));
   }
 
   private async tryClaim(name: string): Promise<Claim> {
-    const key = `nar:${name}`;
+    const key = narLockKey(name);
     const ttl = this.config.lock.downloadTtlMs;
     const lease = await this.metrics.timeLock('nar', () =>
       this.locker.tryAcquire(key, ttl, this.peers.selfUrl),
@@ -239,17 +193,8 @@ export class NarService implements OnModuleInit, OnApplicationShutdown {
         await release();
         return { kind: 'retry' }; // another holder stored it before we got the lock
       }
-      const { download, finished, abort } = await this.fetcher.start(name);
-      this.downloads.set(name, download);
-      const settled = finished.finally(async () => {
-        this.downloads.delete(name);
-        this.running.delete(settled);
-        await release();
-        this.settling.delete(name);
-      });
-      this.running.set(settled, abort);
-      this.settling.set(name, settled);
-      return { kind: 'local', download };
+      const started = await this.fetcher.start(name);
+      return { kind: 'local', download: this.active.add(started, release) };
     } catch (e) {
       await release();
       throw e;

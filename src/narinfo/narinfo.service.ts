@@ -1,8 +1,10 @@
 import { Inject, Injectable, Logger } from '@nestjs/common';
 import { NotFoundError } from '../common/errors';
+import { SingleFlight } from '../common/single-flight';
 import { APP_CONFIG, type AppConfig, type UpstreamConfig } from '../config/app-config';
 import type { NarInfoEntity } from '../database/entities';
 import { NarInfoRepository, TOUCH_GRANULARITY_MS } from '../database/narinfo.repository';
+import { narInfoLockKey } from '../locking/lock-keys';
 import { LOCKER, withLock, type Locker } from '../locking/locker';
 import { MetricsService } from '../metrics/metrics.service';
 import { narFileName } from '../nix/compression';
@@ -36,7 +38,7 @@ export class NarInfoService {
   /** Narinfos served lately, as rendered: hits skip the database for RECENT_TTL_MS. */
   private readonly recent = new Map<string, RecentNarInfo>();
   /** Concurrent local misses of one hash share one lookup (including a 404 answer). */
-  private readonly lookups = new Map<string, Promise<NarInfoEntity | null>>();
+  private readonly lookups = new SingleFlight<string, NarInfoEntity | null>();
 
   constructor(
     @Inject(APP_CONFIG) private readonly config: AppConfig,
@@ -91,16 +93,13 @@ export class NarInfoService {
   }
 
   private lookupOnce(hash: string): Promise<NarInfoEntity | null> {
-    let pending = this.lookups.get(hash);
-    if (!pending) {
+    return this.lookups.run(hash, () => {
       const locked = this.metrics.lockTimer('narinfo');
-      pending = withLock(this.locker, `narinfo:${hash}`, this.config.lock.downloadTtlMs, () => {
+      return withLock(this.locker, narInfoLockKey(hash), this.config.lock.downloadTtlMs, () => {
         locked();
         return this.lookup(hash);
-      }).finally(() => this.lookups.delete(hash));
-      this.lookups.set(hash, pending);
-    }
-    return pending;
+      });
+    });
   }
 
   private async lookup(hash: string): Promise<NarInfoEntity | null> {

@@ -1,9 +1,10 @@
 import type { Readable } from 'node:stream';
+import type { SpoolArea } from './spool-area';
 
 /** Where NAR files live. Keys are narwhal's own NAR file names (`<nix32>.nar.xz`). */
 export interface NarStore {
-  /** Directory for download spools; for the filesystem store it is on the same filesystem as the objects. */
-  readonly spoolDir: string;
+  /** Where downloads spool; for the filesystem store it is on the same filesystem as the objects. */
+  readonly spool: SpoolArea;
   /**
    * How a download reaches the store. `spool`: the verified spool file is handed to `putFile` (a rename
    * for local files). `stream`: `put` is fed from the download while it runs; the stream it gets ends
@@ -30,6 +31,8 @@ export interface NarStore {
   list(): AsyncIterable<{ key: string; size: number }>;
   /** Throws if the store cannot be written (readiness). */
   checkWritable(): Promise<void>;
+  /** Releases connections (S3); the store is not used afterwards. */
+  close(): Promise<void>;
 }
 
 export const NAR_STORE = Symbol('NAR_STORE');

@@ -1,4 +1,4 @@
-import { Module } from '@nestjs/common';
+import { Inject, Module, type OnApplicationShutdown } from '@nestjs/common';
 import { APP_CONFIG, type AppConfig } from '../config/app-config';
 import { FilesystemNarStore } from './filesystem/filesystem-nar-store';
 import { NAR_STORE, type NarStore } from './nar-store';
@@ -30,4 +30,10 @@ export async function createNarStore(config: AppConfig): Promise<NarStore> {
   providers: [{ provide: NAR_STORE, inject: [APP_CONFIG], useFactory: createNarStore }],
   exports: [NAR_STORE],
 })
-export class StorageModule {}
+export class StorageModule implements OnApplicationShutdown {
+  constructor(@Inject(NAR_STORE) private readonly store: NarStore) {}
+
+  async onApplicationShutdown(): Promise<void> {
+    await this.store.close();
+  }
+}

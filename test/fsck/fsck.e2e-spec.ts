@@ -79,7 +79,7 @@ const STORE_KINDS: StoreKind[] = [
       return {
         store,
         inspect: inspectorFor(store, config),
-        close: () => Promise.resolve(store.onModuleDestroy()),
+        close: () => store.close(),
       };
     },
   },

@@ -89,7 +89,7 @@ export function narStoreContract(name: string, makeStore: () => Promise<StoreUnd
 
     it('commits a spool file and consumes it', async () => {
       const data = generatedBuffer(3 * MiB, 'spool');
-      const spool = join(store.spoolDir, `${keyOf(7)}.0123456789ab.part`);
+      const spool = join(store.spool.dir, `${keyOf(7)}.0123456789ab.part`);
       await writeFile(spool, data);
       await store.putFile(keyOf(7), spool);
       expect(await store.stat(keyOf(7))).toEqual({ size: data.length });
@@ -135,7 +135,7 @@ export function narStoreContract(name: string, makeStore: () => Promise<StoreUnd
     });
 
     it('rejects keys that are not NAR file names', async () => {
-      const spool = join(store.spoolDir, 'invalid-key-test.part');
+      const spool = join(store.spool.dir, 'invalid-key-test.part');
       await writeFile(spool, 'x');
       for (const key of INVALID_KEYS) {
         await expect(store.stat(key), key).rejects.toThrow();
@@ -171,7 +171,7 @@ async function expectEmpty(store: NarStore, key: string): Promise<void> {
   expect(await store.stat(key)).toBeNull();
   expect(await listAll(store)).toEqual([]);
   await expect(store.read(key)).rejects.toBeInstanceOf(NotFoundError);
-  expect(await readdir(store.spoolDir).catch(() => [])).toEqual([]);
+  expect(await readdir(store.spool.dir).catch(() => [])).toEqual([]);
 }
 
 export async function listAll(store: NarStore): Promise<{ key: string; size: number }[]> {

@@ -37,7 +37,7 @@ describe('S3 (s3rver over HTTP)', () => {
     return {
       store,
       cleanup: async () => {
-        store.onModuleDestroy();
+        await store.close();
         await rm(spoolDir, { recursive: true, force: true });
       },
     };

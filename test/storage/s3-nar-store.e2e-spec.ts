@@ -40,7 +40,7 @@ describe('S3NarStore against s3rver', () => {
   });
   afterEach(async () => {
     if (!s3) return;
-    store.onModuleDestroy();
+    await store.close();
     raw.destroy();
     await rm(spoolDir, { recursive: true, force: true });
   });
@@ -134,7 +134,7 @@ describe('S3NarStore against s3rver', () => {
       await expect(read).rejects.toMatchObject({ name: 'NoSuchBucket' });
       await expect(read).rejects.not.toBeInstanceOf(NotFoundError);
     } finally {
-      lost.onModuleDestroy();
+      await lost.close();
     }
   });
 });

@@ -40,7 +40,7 @@ async function spool(
   bytes: Buffer,
   name = `spool-${randomBytes(4).toString('hex')}.part`,
 ): Promise<string> {
-  const path = join(store.spoolDir, name);
+  const path = join(store.spool.dir, name);
   await writeFile(path, bytes);
   return path;
 }
@@ -75,7 +75,11 @@ async function runGcProbe(
 ): Promise<{ warnings: string[]; badFds: number[]; reads: number }> {
   const out = join(dir, 'gc-probe');
   const src = join(__dirname, '..', '..');
-  for (const file of ['common/errors.ts', 'storage/filesystem/filesystem-nar-store.ts']) {
+  for (const file of [
+    'common/errors.ts',
+    'storage/spool-area.ts',
+    'storage/filesystem/filesystem-nar-store.ts',
+  ]) {
     const { code } = await transformFile(join(src, file), {
       jsc: { parser: { syntax: 'typescript' }, target: 'es2022' },
       module: { type: 'commonjs' },
@@ -92,8 +96,8 @@ async function runGcProbe(
     (async () => {
       const store = new FilesystemNarStore(${JSON.stringify(join(out, 'root'))});
       await store.init();
-      fs.writeFileSync(store.spoolDir + '/s.part', 'some nar bytes');
-      await store.putFile(${JSON.stringify(KEY_A)}, store.spoolDir + '/s.part');
+      fs.writeFileSync(store.spool.dir + '/s.part', 'some nar bytes');
+      await store.putFile(${JSON.stringify(KEY_A)}, store.spool.dir + '/s.part');
       fs.writeFileSync(${JSON.stringify(join(out, 'other'))}, 'unrelated');
       const fds = [];
       let reads = 0;
@@ -142,7 +146,7 @@ async function collect<T>(it: AsyncIterable<T>): Promise<T[]> {
 
 describe('FilesystemNarStore layout', () => {
   it('keeps spools under tmp/ and objects sharded under nar/<k0>/<k0k1>/', () => {
-    expect(store.spoolDir).toBe(join(root, 'tmp'));
+    expect(store.spool.dir).toBe(join(root, 'tmp'));
     expect(store.pathOf(KEY_A)).toBe(join(root, 'nar', '1', '1d', KEY_A));
     expect(store.pathOf(KEY_B)).toBe(join(root, 'nar', '1', '19', KEY_B));
   });
@@ -172,7 +176,7 @@ describe('FilesystemNarStore.putFile', () => {
     expect((await stat(target)).ino).toBe(spoolInode);
     await expect(stat(path)).rejects.toMatchObject({ code: 'ENOENT' });
     expect(await filesUnder(join(root, 'nar'))).toEqual([join('1', '1d', KEY_A)]);
-    expect(await filesUnder(store.spoolDir)).toEqual([]);
+    expect(await filesUnder(store.spool.dir)).toEqual([]);
     expectSameBytes(await readFile(target), bytes);
     expect(await store.stat(KEY_A)).toEqual({ size: bytes.length });
   });
@@ -186,7 +190,7 @@ describe('FilesystemNarStore.putFile', () => {
 
   it('rejects a missing spool and stores nothing', async () => {
     await expect(
-      store.putFile(KEY_A, join(store.spoolDir, 'never-written.part')),
+      store.putFile(KEY_A, join(store.spool.dir, 'never-written.part')),
     ).rejects.toMatchObject({
       code: 'ENOENT',
     });
@@ -346,7 +350,7 @@ describe('FilesystemNarStore keys', () => {
 describe('FilesystemNarStore.checkWritable', () => {
   it('resolves for an initialised store and leaves no probe behind', async () => {
     await expect(store.checkWritable()).resolves.toBeUndefined();
-    expect(await filesUnder(store.spoolDir)).toEqual([]);
+    expect(await filesUnder(store.spool.dir)).toEqual([]);
   });
 
   it('rejects when the spool directory is missing', async () => {

@@ -1,11 +1,11 @@
 import { mkdir, open, readdir, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
-import { randomBytes } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import type { Readable } from 'node:stream';
 import { NotFoundError } from '../../common/errors';
 import type { NarStore } from '../nar-store';
+import { SpoolArea } from '../spool-area';
 
 const KEY_RE = /^[0-9a-z]{8,}\.nar(\.[a-z0-9]+)?$/;
 
@@ -14,18 +14,18 @@ const KEY_RE = /^[0-9a-z]{8,}\.nar(\.[a-z0-9]+)?$/;
  * fsync + rename + fsync of the directory, so a crash never leaves a partial object under `nar/`.
  */
 export class FilesystemNarStore implements NarStore {
-  readonly spoolDir: string;
+  readonly spool: SpoolArea;
   readonly writeMode = 'spool';
   private readonly objectsDir: string;
 
   constructor(root: string) {
-    this.spoolDir = join(root, 'tmp');
+    this.spool = new SpoolArea(join(root, 'tmp'));
     this.objectsDir = join(root, 'nar');
   }
 
   async init(): Promise<void> {
     await mkdir(this.objectsDir, { recursive: true });
-    await mkdir(this.spoolDir, { recursive: true });
+    await this.spool.init();
   }
 
   pathOf(key: string): string {
@@ -79,7 +79,7 @@ export class FilesystemNarStore implements NarStore {
 
   async put(key: string, body: Readable, size?: number): Promise<void> {
     this.pathOf(key); // validate before writing anything
-    const spool = join(this.spoolDir, `${key}.${randomBytes(6).toString('hex')}.part`);
+    const spool = this.spool.newPath(key);
     try {
       await pipeline(body, createWriteStream(spool, { flags: 'wx', mode: 0o644 }));
       if (size !== undefined) {
@@ -113,10 +113,12 @@ export class FilesystemNarStore implements NarStore {
   }
 
   async checkWritable(): Promise<void> {
-    const probe = join(this.spoolDir, `.probe-${process.pid}`);
+    const probe = join(this.spool.dir, `.probe-${process.pid}`);
     await writeFile(probe, 'ok');
     await rm(probe, { force: true });
   }
+
+  async close(): Promise<void> {}
 }
 
 function checkRange({ start, end }: { start: number; end?: number }): void {

@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { mkdir, rm, stat } from 'node:fs/promises';
+import { rm, stat } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { Readable } from 'node:stream';
 import {
@@ -15,6 +15,7 @@ import { Logger } from '@nestjs/common';
 import { NotFoundError } from '../../common/errors';
 import type { S3StorageConfig } from '../../config/app-config';
 import type { NarStore } from '../nar-store';
+import { SpoolArea } from '../spool-area';
 import { PartBufferPool, uploadObject } from './multipart-upload';
 
 // Same rule as the filesystem store: narwhal's own NAR file names, nothing that could escape `nar/`.
@@ -33,10 +34,10 @@ export interface S3NarStoreOptions {
 /**
  * NARs as objects `<prefix>nar/<key>` in one bucket. Writes stream from the download into a multipart
  * upload (bounded memory); an upload whose body fails is aborted, so no partial object ever appears.
- * Spools stay on local disk in `spoolDir`.
+ * Spools stay on local disk (the `spoolDir` of the storage settings).
  */
 export class S3NarStore implements NarStore {
-  readonly spoolDir: string;
+  readonly spool: SpoolArea;
   readonly writeMode = 'stream';
   readonly client: S3Client;
   private readonly bucket: string;
@@ -48,7 +49,7 @@ export class S3NarStore implements NarStore {
   private readonly logger = new Logger(S3NarStore.name);
 
   constructor(config: S3StorageConfig, options: S3NarStoreOptions = {}) {
-    this.spoolDir = config.spoolDir;
+    this.spool = new SpoolArea(config.spoolDir);
     this.bucket = config.bucket;
     this.objectsPrefix = `${config.prefix}nar/`;
     this.probePrefix = `${config.prefix}.narwhal-probe-`;
@@ -76,12 +77,13 @@ export class S3NarStore implements NarStore {
   }
 
   async init(): Promise<void> {
-    await mkdir(this.spoolDir, { recursive: true });
+    await this.spool.init();
   }
 
   /** Releases the client's sockets. */
-  onModuleDestroy(): void {
+  close(): Promise<void> {
     this.client.destroy();
+    return Promise.resolve();
   }
 
   objectKeyOf(key: string): string {

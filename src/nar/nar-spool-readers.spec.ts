@@ -10,9 +10,10 @@ import {
   rawSample,
   settle,
   waitFor,
-} from '../../test/support/nar-download-kit';
+} from '../../test/support/nar-spool-kit';
 import { DownloadFailedError } from '../common/errors';
-import { NarDownload } from './nar-download';
+import { SpoolArea } from '../storage/spool-area';
+import { NarSpool } from './nar-spool';
 import { NarVerifier } from './nar-verifier';
 
 // What one reader of a download is handed: the upstream's own chunks while it keeps up, the spool
@@ -28,12 +29,12 @@ afterEach(async () => {
   await rm(spoolDir, { recursive: true, force: true });
 });
 
-describe('NarDownload readers', () => {
+describe('NarSpool readers', () => {
   it('hands a reader that keeps up the upstream chunks themselves, without copying them', async () => {
     const raw = rawSample(40 * 16_384 + 123);
     const fed = chunks(raw.file, 16_384).map(ownCopy);
     const feed = new Feed();
-    const download = new NarDownload(raw.key, spoolDir, raw.file.length);
+    const download = new NarSpool(raw.key, new SpoolArea(spoolDir), raw.file.length);
     const reader = consume(download.createReader());
     const receiving = download.receive(feed, new NarVerifier(raw.expect));
     for (const chunk of fed) {
@@ -53,7 +54,7 @@ describe('NarDownload readers', () => {
     const raw = rawSample(5 * 1024 * 1024 + 7);
     const fed = chunks(raw.file, 65_536).map(ownCopy);
     const feed = new Feed();
-    const download = new NarDownload(raw.key, spoolDir, raw.file.length);
+    const download = new NarSpool(raw.key, new SpoolArea(spoolDir), raw.file.length);
     const receiving = download.receive(feed, new NarVerifier(raw.expect));
     for (const chunk of fed.slice(0, -1)) feed.push(chunk);
     await waitFor(() => download.written === raw.file.length - 7, 'all but the last chunk written');
@@ -76,7 +77,7 @@ describe('NarDownload readers', () => {
   it('gives a reader for a range exactly those bytes, its last one only once the download is verified', async () => {
     const raw = rawSample(100_000);
     const feed = new Feed();
-    const download = new NarDownload(raw.key, spoolDir, raw.file.length);
+    const download = new NarSpool(raw.key, new SpoolArea(spoolDir), raw.file.length);
     const ranged = consume(download.createReader({ start: 1000, end: 1999 }));
     const receiving = download.receive(feed, new NarVerifier(raw.expect));
     const parts = chunks(raw.file, 4096);
@@ -98,7 +99,7 @@ describe('NarDownload readers', () => {
     const bad = Buffer.from(raw.file);
     bad[50_000] ^= 1;
     const feed = new Feed();
-    const download = new NarDownload(raw.key, spoolDir, raw.file.length);
+    const download = new NarSpool(raw.key, new SpoolArea(spoolDir), raw.file.length);
     const ranged = consume(download.createReader({ start: 0, end: 9 }));
     const receiving = download.receive(feed, new NarVerifier(raw.expect));
     for (const p of chunks(bad, 4096)) feed.push(p);

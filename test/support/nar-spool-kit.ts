@@ -7,7 +7,7 @@ import { setImmediate as tick } from 'node:timers/promises';
 import { encodeNix32 } from '../../src/nix/base32';
 import type { NarExpectations } from '../../src/nar/nar-verifier';
 
-// What the NarDownload unit specs share: sample NARs, a hand-fed upstream body and a reader recorder.
+// What the NarSpool unit specs share: sample NARs, a hand-fed upstream body and a reader recorder.
 
 export function nixSha256(bytes: Buffer): string {
   return `sha256:${encodeNix32(createHash('sha256').update(bytes).digest())}`;

@@ -13,9 +13,10 @@ import {
   sha256Hex,
   waitFor,
   type Received,
-} from '../../test/support/nar-download-kit';
+} from '../../test/support/nar-spool-kit';
 import { DownloadFailedError } from '../common/errors';
-import { NarDownload } from './nar-download';
+import { SpoolArea } from '../storage/spool-area';
+import { NarSpool } from './nar-spool';
 import { NarVerifier } from './nar-verifier';
 
 const SAMPLE = makeSample(300_000, 5);
@@ -32,10 +33,10 @@ afterEach(async () => {
   await rm(spoolDir, { recursive: true, force: true });
 });
 
-describe('NarDownload fan-out', () => {
+describe('NarSpool fan-out', () => {
   it('gives readers created before and after the first chunk identical, complete bytes', async () => {
     const feed = new Feed();
-    const download = new NarDownload(KEY, spoolDir, SAMPLE.file.length);
+    const download = new NarSpool(KEY, new SpoolArea(spoolDir), SAMPLE.file.length);
     const early = consume(download.createReader());
     const receiving = download.receive(feed, new NarVerifier(SAMPLE.expect));
 
@@ -67,7 +68,7 @@ describe('NarDownload fan-out', () => {
 
   it('holds back the last byte from every reader until the download is verified', async () => {
     const feed = new Feed();
-    const download = new NarDownload(KEY, spoolDir, SAMPLE.file.length);
+    const download = new NarSpool(KEY, new SpoolArea(spoolDir), SAMPLE.file.length);
     const before = consume(download.createReader());
     const receiving = download.receive(feed, new NarVerifier(SAMPLE.expect));
     let settled = false;
@@ -110,7 +111,7 @@ describe('NarDownload fan-out', () => {
 
   it('lets a reader created after verification but before finishWriting read everything', async () => {
     const feed = new Feed();
-    const download = new NarDownload(KEY, spoolDir);
+    const download = new NarSpool(KEY, new SpoolArea(spoolDir));
     const receiving = download.receive(feed, new NarVerifier(SAMPLE.expect));
     for (const p of chunks(SAMPLE.file, 50_000)) feed.push(p);
     feed.end();
@@ -125,7 +126,7 @@ describe('NarDownload fan-out', () => {
 
   it('keeps the spool readable for a reader still streaming after finishWriting', async () => {
     const feed = new Feed();
-    const download = new NarDownload(KEY, spoolDir);
+    const download = new NarSpool(KEY, new SpoolArea(spoolDir));
     const receiving = download.receive(feed, new NarVerifier(SAMPLE.expect));
     for (const p of chunks(SAMPLE.file, 50_000)) feed.push(p);
     feed.end();
@@ -140,7 +141,7 @@ describe('NarDownload fan-out', () => {
 
   it('never ends a reader created after the spool is closed cleanly with missing bytes', async () => {
     const feed = new Feed();
-    const download = new NarDownload(KEY, spoolDir);
+    const download = new NarSpool(KEY, new SpoolArea(spoolDir));
     const receiving = download.receive(feed, new NarVerifier(SAMPLE.expect));
     for (const p of chunks(SAMPLE.file, 50_000)) feed.push(p);
     feed.end();
@@ -160,7 +161,7 @@ describe('NarDownload fan-out', () => {
 
   it('counts readers while they stream', async () => {
     const feed = new Feed();
-    const download = new NarDownload(KEY, spoolDir);
+    const download = new NarSpool(KEY, new SpoolArea(spoolDir));
     const a = download.createReader();
     const b = consume(download.createReader());
     expect(download.readerCount).toBe(2);
@@ -176,10 +177,10 @@ describe('NarDownload fan-out', () => {
   });
 });
 
-describe('NarDownload failures', () => {
+describe('NarSpool failures', () => {
   it('ends every reader with an error, never with end, when verification fails', async () => {
     const feed = new Feed();
-    const download = new NarDownload(KEY, spoolDir, SAMPLE.file.length);
+    const download = new NarSpool(KEY, new SpoolArea(spoolDir), SAMPLE.file.length);
     const before = consume(download.createReader());
     // Expect the hashes of other content: the bytes arrive fine but do not verify.
     const receiving = download.receive(
@@ -214,12 +215,12 @@ describe('NarDownload failures', () => {
       expect(r.bytes).toBeLessThan(SAMPLE.file.length);
     }
     await download.finishWriting(true);
-    expect(await exists(download.spoolPath)).toBe(false);
+    expect(await exists(download.path)).toBe(false);
   });
 
   it('fails readers when the upstream body breaks mid-way', async () => {
     const feed = new Feed();
-    const download = new NarDownload(KEY, spoolDir, SAMPLE.file.length);
+    const download = new NarSpool(KEY, new SpoolArea(spoolDir), SAMPLE.file.length);
     const reader = consume(download.createReader());
     const receiving = download.receive(feed, new NarVerifier(SAMPLE.expect));
     const result = receiving.then(
@@ -239,7 +240,7 @@ describe('NarDownload failures', () => {
 
   it('fails when the body is shorter than the announced length, even if nothing else is checked', async () => {
     const feed = new Feed();
-    const download = new NarDownload(KEY, spoolDir, 1000);
+    const download = new NarSpool(KEY, new SpoolArea(spoolDir), 1000);
     const reader = consume(download.createReader());
     const verifier = new NarVerifier({ compression: 'bzip2' });
     expect(verifier.checksContent).toBe(false);
@@ -258,7 +259,7 @@ describe('NarDownload failures', () => {
   });
 
   it('fails readers created before receive when fail() is called before any byte', async () => {
-    const download = new NarDownload(KEY, spoolDir);
+    const download = new NarSpool(KEY, new SpoolArea(spoolDir));
     const reader = consume(download.createReader());
     download.fail(new DownloadFailedError('no upstream has it'));
     await waitFor(() => reader.error !== undefined, 'reader errors');
@@ -269,35 +270,35 @@ describe('NarDownload failures', () => {
   });
 });
 
-describe('NarDownload spool file', () => {
+describe('NarSpool spool file', () => {
   it('writes the spool in the spool dir with mode 0600 and keeps it for the caller after success', async () => {
     const feed = new Feed();
-    const download = new NarDownload(KEY, spoolDir);
-    expect(download.spoolPath.startsWith(join(spoolDir, KEY))).toBe(true);
-    expect(download.spoolPath.endsWith('.part')).toBe(true);
+    const download = new NarSpool(KEY, new SpoolArea(spoolDir));
+    expect(download.path.startsWith(join(spoolDir, KEY))).toBe(true);
+    expect(download.path.endsWith('.part')).toBe(true);
     const receiving = download.receive(feed, new NarVerifier(SAMPLE.expect));
     feed.push(SAMPLE.file.subarray(0, 100));
     await waitFor(() => download.written === 100, 'first chunk written');
-    expect((await stat(download.spoolPath)).mode & 0o777).toBe(0o600);
+    expect((await stat(download.path)).mode & 0o777).toBe(0o600);
     feed.push(SAMPLE.file.subarray(100));
     feed.end();
     await receiving;
-    expect(sha256Hex(await readFile(download.spoolPath))).toBe(sha256Hex(SAMPLE.file));
+    expect(sha256Hex(await readFile(download.path))).toBe(sha256Hex(SAMPLE.file));
     await download.finishWriting(false);
-    expect(await exists(download.spoolPath)).toBe(true);
-    expect(openFdsOf(download.spoolPath)).toEqual([]);
+    expect(await exists(download.path)).toBe(true);
+    expect(openFdsOf(download.path)).toEqual([]);
   });
 
   it('deletes the spool on finishWriting(true) and closes it once the last reader is done', async () => {
     const feed = new Feed();
-    const download = new NarDownload(KEY, spoolDir);
+    const download = new NarSpool(KEY, new SpoolArea(spoolDir));
     const reader = download.createReader();
     const receiving = download.receive(feed, new NarVerifier(SAMPLE.expect));
     for (const p of chunks(SAMPLE.file, 50_000)) feed.push(p);
     feed.end();
     await receiving;
     await download.finishWriting(true);
-    expect(await exists(download.spoolPath)).toBe(false);
+    expect(await exists(download.path)).toBe(false);
     expect(await readdir(spoolDir)).toEqual([]);
     // The unlinked file stays open for the reader still attached…
     const r = consume(reader);
@@ -305,22 +306,22 @@ describe('NarDownload spool file', () => {
     expect(sha256Hex(r.data())).toBe(sha256Hex(SAMPLE.file));
     // …and is closed after it (closing is asynchronous: wait for it, bounded by event-loop turns).
     await waitFor(
-      () => openFdsOf(`${download.spoolPath} (deleted)`).length === 0,
+      () => openFdsOf(`${download.path} (deleted)`).length === 0,
       'spool closed after the last reader',
     );
-    expect(openFdsOf(download.spoolPath)).toEqual([]);
+    expect(openFdsOf(download.path)).toEqual([]);
   });
 
   it('deletes the spool of a failed download', async () => {
     const feed = new Feed();
-    const download = new NarDownload(KEY, spoolDir);
+    const download = new NarSpool(KEY, new SpoolArea(spoolDir));
     const result = download.receive(feed, new NarVerifier(OTHER.expect)).catch((e: unknown) => e);
     feed.push(SAMPLE.file);
     feed.end();
     expect(await result).toBeInstanceOf(DownloadFailedError);
-    expect(await exists(download.spoolPath)).toBe(true);
+    expect(await exists(download.path)).toBe(true);
     await download.finishWriting(true);
     expect(await readdir(spoolDir)).toEqual([]);
-    expect(openFdsOf(`${download.spoolPath} (deleted)`)).toEqual([]);
+    expect(openFdsOf(`${download.path} (deleted)`)).toEqual([]);
   });
 });

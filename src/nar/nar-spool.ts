@@ -1,9 +1,8 @@
-import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { open, unlink, type FileHandle } from 'node:fs/promises';
-import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { DownloadFailedError } from '../common/errors';
+import type { SpoolArea } from '../storage/spool-area';
 import type { ByteRange } from './byte-range';
 import type { NarVerifier } from './nar-verifier';
 
@@ -20,19 +19,20 @@ const RECENT_BYTES = 512 * 1024;
 export type DownloadState = 'streaming' | 'verified' | 'failed';
 
 /**
- * One upstream download of one NAR, shared by every client that asks for it while it runs.
+ * The spool of one running NAR download, and the readers that tail it: what every client that asks
+ * for the NAR while it downloads is fed from (NarFetcher fills it; NarService hands out readers).
  *
  * Bytes go to a spool file as they arrive; each client tails the spool through its own reader
  * (positional reads on the shared handle), so a client that joins late starts from byte 0 without
  * narwhal holding the NAR in memory. The last byte is held back from readers until the whole download
  * is verified: a bad download ends every reader with an error, never with a clean end.
  */
-export class NarDownload extends EventEmitter {
+export class NarSpool extends EventEmitter {
   state: DownloadState = 'streaming';
   error?: Error;
   /** Bytes written to the spool. */
   written = 0;
-  readonly spoolPath: string;
+  readonly path: string;
   private handle?: FileHandle;
   /** Set once the upstream body has ended (before verification). */
   received = false;
@@ -45,13 +45,13 @@ export class NarDownload extends EventEmitter {
 
   constructor(
     readonly key: string,
-    spoolDir: string,
+    area: SpoolArea,
     /** Length clients will receive, when known up front (FileSize or upstream Content-Length). */
     public length?: number,
   ) {
     super();
     this.setMaxListeners(0);
-    this.spoolPath = join(spoolDir, `${key}.${randomBytes(6).toString('hex')}.part`);
+    this.path = area.newPath(key);
   }
 
   get readerCount(): number {
@@ -64,7 +64,7 @@ export class NarDownload extends EventEmitter {
    */
   async receive(body: AsyncIterable<Buffer>, verifier: NarVerifier): Promise<void> {
     try {
-      this.handle = await open(this.spoolPath, 'wx+', 0o600);
+      this.handle = await open(this.path, 'wx+', 0o600);
       // NarHash needs decompression, which may be slower than the network: let it read the spool at
       // its own pace rather than pace the download (clients still wait for it before the last byte).
       if (verifier.decompresses) verifier.detach(this.createRawReader());
@@ -105,7 +105,7 @@ export class NarDownload extends EventEmitter {
 
   /** The writer is done with the spool (committed or discarded). */
   async finishWriting(discardSpool: boolean): Promise<void> {
-    if (discardSpool) await unlink(this.spoolPath).catch(() => undefined);
+    if (discardSpool) await unlink(this.path).catch(() => undefined);
     await this.release();
   }
 
@@ -203,7 +203,7 @@ export class NarDownload extends EventEmitter {
   }
 }
 
-/** One client's view of a download: tails the spool until the download is verified or fails. */
+/** One client's view of a spool: tails it until the download is verified or fails. */
 class SpoolReader extends Readable {
   private offset: number;
   /** Offset just past the last byte this reader delivers. */
@@ -212,8 +212,8 @@ class SpoolReader extends Readable {
   private released = false;
   private readonly onProgress = () => {
     // A failed download ends every reader at once, also one that is paused (not reading).
-    if (this.download.state === 'failed' && !this.destroyed) {
-      this.destroy(this.download.error);
+    if (this.spool.state === 'failed' && !this.destroyed) {
+      this.destroy(this.spool.error);
       return;
     }
     const wake = this.wake;
@@ -222,7 +222,7 @@ class SpoolReader extends Readable {
   };
 
   constructor(
-    private readonly download: NarDownload,
+    private readonly spool: NarSpool,
     /** Raw: no byte held back, ends when the upstream body ends (unverified) — never for clients. */
     private readonly raw: boolean,
     private readonly onClose: () => void,
@@ -231,7 +231,7 @@ class SpoolReader extends Readable {
     super({ highWaterMark: READ_CHUNK });
     this.offset = range?.start ?? 0;
     this.limit = range ? range.end + 1 : Infinity;
-    download.on('progress', this.onProgress);
+    spool.on('progress', this.onProgress);
     this.once('end', () => this.close());
   }
 
@@ -245,7 +245,7 @@ class SpoolReader extends Readable {
   }
 
   private async pump(): Promise<void> {
-    const d = this.download;
+    const d = this.spool;
     for (;;) {
       if (d.state === 'failed') {
         this.destroy(d.error);
@@ -279,7 +279,7 @@ class SpoolReader extends Readable {
   private close(): void {
     if (this.released) return;
     this.released = true;
-    this.download.off('progress', this.onProgress);
+    this.spool.off('progress', this.onProgress);
     this.onClose();
   }
 }
