@@ -1,10 +1,11 @@
 import { Inject, Module, type OnApplicationShutdown } from '@nestjs/common';
 import { APP_CONFIG, type AppConfig } from '../config/app-config';
+import { MetricsService } from '../metrics/metrics.service';
 import { LocalLocker } from './local/local-locker';
 import { LOCKER, type Locker } from './locker';
 
 /** Picks the Locker implementation from configuration. */
-export async function createLocker(config: AppConfig): Promise<Locker> {
+export async function createLocker(config: AppConfig, metrics?: MetricsService): Promise<Locker> {
   const lock = config.lock;
   switch (lock.kind) {
     case 'local':
@@ -13,7 +14,13 @@ export async function createLocker(config: AppConfig): Promise<Locker> {
       // Loaded only when used (ioredis costs ~15 MB of memory).
       const { DegradableLocker } = await import('./redis/degradable-locker');
       const { RedisLocker } = await import('./redis/redis-locker');
-      return new DegradableLocker(new RedisLocker(lock), new LocalLocker(), lock.allowDegraded);
+      const locker = new DegradableLocker(
+        new RedisLocker(lock),
+        new LocalLocker(),
+        lock.allowDegraded,
+      );
+      metrics?.watchDegradedLockOperations(() => locker.degradedOperations);
+      return locker;
     }
     default: {
       const unknown: never = lock;
@@ -23,7 +30,7 @@ export async function createLocker(config: AppConfig): Promise<Locker> {
 }
 
 @Module({
-  providers: [{ provide: LOCKER, inject: [APP_CONFIG], useFactory: createLocker }],
+  providers: [{ provide: LOCKER, inject: [APP_CONFIG, MetricsService], useFactory: createLocker }],
   exports: [LOCKER],
 })
 export class LockingModule implements OnApplicationShutdown {

@@ -57,7 +57,7 @@ function lru(maxSize: number | undefined, schedule = '0 2 * * *'): LruService {
     upstreams: [],
     metrics: { enabled: false },
   } as unknown as AppConfig;
-  const metrics = new MetricsService(config, files, locker);
+  const metrics = new MetricsService(config);
   return new LruService(config, locker, store, files, scheduler, metrics);
 }
 
@@ -108,7 +108,7 @@ async function addCached(
     1,
   );
   if ((await store.stat(narKey)) === null) {
-    const spool = join(store.spoolDir, `${name}.part`);
+    const spool = join(store.spool.dir, `${name}.part`);
     await writeFile(spool, randomBytes(size));
     await store.putFile(narKey, spool);
   }

@@ -1,6 +1,5 @@
 import { Module, type DynamicModule } from '@nestjs/common';
 import type { AppConfig } from '../config/app-config';
-import { LockingModule } from '../locking/locking.module';
 import { HttpMetrics } from './http-metrics';
 import { MetricsController } from './metrics.controller';
 import { MetricsService } from './metrics.service';
@@ -15,7 +14,6 @@ export class MetricsModule {
     return {
       module: MetricsModule,
       global: true,
-      imports: [LockingModule],
       controllers: config.enabled ? [MetricsController] : [],
       providers: [MetricsService, ...(config.enabled ? [HttpMetrics] : [])],
       exports: [MetricsService],

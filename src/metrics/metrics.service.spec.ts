@@ -9,7 +9,6 @@ import { buildConfig, type RawSettings } from '../config/app-config';
 import { openDataSource } from '../database/data-source';
 import { NarFileRepository } from '../database/nar-file.repository';
 import { LocalLocker } from '../locking/local/local-locker';
-import type { Locker } from '../locking/locker';
 import { MetricsService, upstreamErrorReason } from './metrics.service';
 
 const UPSTREAM = 'https://cache.example.org';
@@ -32,9 +31,12 @@ afterEach(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-function metrics(settings: RawSettings = {}, lock: Locker = locker): MetricsService {
+/** A MetricsService whose stored-size gauge reads the test database, as the LRU module wires it. */
+function metrics(settings: RawSettings = {}): MetricsService {
   const config = buildConfig({ 'cache-upstream-url': UPSTREAM, ...settings }, dir);
-  return new MetricsService(config, files, lock);
+  const m = new MetricsService(config);
+  m.watchStoredBytes(() => files.storedBytes());
+  return m;
 }
 
 /** The sample of `name` with exactly `labels` (undefined when there is none), after collecting. */
@@ -276,17 +278,14 @@ describe('MetricsService', () => {
 
     it("counts degraded lock operations when the locker reports them, and has no series when it can't", async () => {
       expect(await value(metrics(), 'narwhal_lock_degraded_operations_total')).toBeUndefined();
-      const degradable = Object.assign(new LocalLocker(), { degradedOperations: 0 });
-      try {
-        const m = metrics({}, degradable);
-        expect(await value(m, 'narwhal_lock_degraded_operations_total')).toBe(0);
-        degradable.degradedOperations = 5;
-        expect(await value(m, 'narwhal_lock_degraded_operations_total')).toBe(5);
-        degradable.degradedOperations = 7;
-        expect(await value(m, 'narwhal_lock_degraded_operations_total')).toBe(7);
-      } finally {
-        await degradable.close();
-      }
+      const degradable = { degradedOperations: 0 };
+      const m = metrics();
+      m.watchDegradedLockOperations(() => degradable.degradedOperations);
+      expect(await value(m, 'narwhal_lock_degraded_operations_total')).toBe(0);
+      degradable.degradedOperations = 5;
+      expect(await value(m, 'narwhal_lock_degraded_operations_total')).toBe(5);
+      degradable.degradedOperations = 7;
+      expect(await value(m, 'narwhal_lock_degraded_operations_total')).toBe(7);
     });
   });
 

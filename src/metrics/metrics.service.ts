@@ -3,8 +3,6 @@ import { performance } from 'node:perf_hooks';
 import { pipeline, Transform, type Readable } from 'node:stream';
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import { APP_CONFIG, type AppConfig } from '../config/app-config';
-import { NarFileRepository } from '../database/nar-file.repository';
-import { LOCKER, type Locker } from '../locking/locker';
 
 export const METRIC_PREFIX = 'narwhal_';
 
@@ -64,18 +62,17 @@ export class MetricsService {
   private readonly lruEvicted: Counter;
   private readonly lruEvictedBytes: Counter;
 
+  private readonly registers: Registry[];
   private downloadSource: () => Iterable<{ readerCount: number }> = () => [];
+  private storedSource: () => Promise<number> = () => Promise.resolve(0);
   private stored?: { bytes: number; at: number };
   private storedQuery?: Promise<void>;
   /** Bumped whenever the stored size changes here, so that a query begun before is not cached. */
   private storedGeneration = 0;
 
-  constructor(
-    @Inject(APP_CONFIG) config: AppConfig,
-    private readonly files: NarFileRepository,
-    @Inject(LOCKER) locker: Locker,
-  ) {
+  constructor(@Inject(APP_CONFIG) config: AppConfig) {
     const registers = [this.registry];
+    this.registers = registers;
     if (config.metrics.enabled) {
       collectDefaultMetrics({ register: this.registry, prefix: METRIC_PREFIX });
     }
@@ -199,19 +196,6 @@ export class MetricsService {
         registers,
       }).set(maxSize);
     }
-    if (hasDegradedCount(locker)) {
-      let reported = 0;
-      const degraded: Counter = new Counter({
-        name: name('lock_degraded_operations_total'),
-        help: 'Lock operations served by in-process locks because Redis was unreachable (degraded mode).',
-        registers,
-        collect: () => {
-          const now = locker.degradedOperations;
-          degraded.inc(now - reported);
-          reported = now;
-        },
-      });
-    }
 
     // Known label values start at 0, so that rates and absent-series alerts work from the start.
     for (const r of ['hit', 'miss', 'not_found']) this.narInfoRequests.labels(r).inc(0);
@@ -319,9 +303,33 @@ export class MetricsService {
     return counter;
   }
 
-  /** Where the download gauges read from at scrape time (the NAR service's running downloads). */
+  /** Where the download gauges read from at scrape time (the NAR flow's running downloads). */
   watchDownloads(source: () => Iterable<{ readerCount: number }>): void {
     this.downloadSource = source;
+  }
+
+  /** Where the stored-size gauge reads from (a database query, cached between scrapes). */
+  watchStoredBytes(source: () => Promise<number>): void {
+    this.storedSource = source;
+    this.storedSizeChanged();
+  }
+
+  /**
+   * A lock backend that can fall back to in-process locks reports here how many operations it served
+   * that way so far; without one, the series does not exist.
+   */
+  watchDegradedLockOperations(count: () => number): void {
+    let reported = 0;
+    const degraded: Counter = new Counter({
+      name: `${METRIC_PREFIX}lock_degraded_operations_total`,
+      help: 'Lock operations served by in-process locks because Redis was unreachable (degraded mode).',
+      registers: this.registers,
+      collect: () => {
+        const now = count();
+        degraded.inc(now - reported);
+        reported = now;
+      },
+    });
   }
 
   downloadFinished(outcome: 'stored' | 'discarded'): void {
@@ -366,8 +374,7 @@ export class MetricsService {
   private async refreshStoredBytes(): Promise<void> {
     if (this.stored && Date.now() - this.stored.at < STORAGE_CACHE_MS) return;
     const generation = this.storedGeneration;
-    this.storedQuery ??= this.files
-      .storedBytes()
+    this.storedQuery ??= this.storedSource()
       .then(
         (bytes) => {
           if (generation === this.storedGeneration) this.stored = { bytes, at: Date.now() };
@@ -396,8 +403,4 @@ function statusReason(status: number): UpstreamErrorReason {
   if (status >= 500 && status < 600) return 'http_5xx';
   if (status >= 400 && status < 500) return 'http_4xx';
   return 'http_other';
-}
-
-function hasDegradedCount(locker: Locker): locker is Locker & { degradedOperations: number } {
-  return typeof (locker as { degradedOperations?: unknown }).degradedOperations === 'number';
 }
