@@ -1,5 +1,5 @@
 import { Injectable } from '@nestjs/common';
-import { DataSource, IsNull, LessThan, Not } from 'typeorm';
+import { DataSource, In, IsNull, LessThan, MoreThan, Not } from 'typeorm';
 import { NarFileEntity, NarInfoEntity } from './entities';
 import { TOUCH_GRANULARITY_MS } from './narinfo.repository';
 import { inTransaction } from './transaction';
@@ -69,6 +69,30 @@ export class NarFileRepository {
       .select('COALESCE(SUM(f.stored_size), 0)', 'total')
       .getRawOne<{ total: string | number }>();
     return Number(row?.total ?? 0);
+  }
+
+  /** How many NAR files are marked stored. */
+  countStored(): Promise<number> {
+    return this.ds.getRepository(NarFileEntity).countBy({ storedSize: Not(IsNull()) });
+  }
+
+  /** Up to `limit` NAR files marked stored whose key sorts after `after`, in key order (paging). */
+  storedPage(after: string, limit: number): Promise<NarFileEntity[]> {
+    return this.ds.getRepository(NarFileEntity).find({
+      where: { storedSize: Not(IsNull()), key: MoreThan(after) },
+      order: { key: 'ASC' },
+      take: limit,
+    });
+  }
+
+  /** Those of `keys` whose row is marked stored. */
+  async storedAmong(keys: string[]): Promise<Set<string>> {
+    if (keys.length === 0) return new Set();
+    const rows = await this.ds.getRepository(NarFileEntity).find({
+      select: { key: true, storedSize: true },
+      where: { key: In(keys), storedSize: Not(IsNull()) },
+    });
+    return new Set(rows.map((r) => r.key));
   }
 
   /** Stored NAR files, least recently used first. */

@@ -122,6 +122,42 @@ export class NarInfoRepository {
     });
   }
 
+  count(): Promise<number> {
+    return this.ds.getRepository(NarInfoEntity).count();
+  }
+
+  /**
+   * Up to `limit` narinfos (hash and NAR key) whose NAR has no nar_files row, with a hash after
+   * `after`, in hash order. The database finds them (an anti-join on the nar_key index).
+   */
+  danglingPage(after: string, limit: number): Promise<Pick<NarInfoEntity, 'hash' | 'narKey'>[]> {
+    return this.ds
+      .getRepository(NarInfoEntity)
+      .createQueryBuilder('n')
+      .leftJoin(NarFileEntity, 'f', 'f.key = n.narKey')
+      .select(['n.hash', 'n.narKey'])
+      .where('f.key IS NULL')
+      .andWhere('n.hash > :after', { after })
+      .orderBy('n.hash', 'ASC')
+      .limit(limit)
+      .getMany();
+  }
+
+  /** Deletes the narinfo (references and signatures cascade) only if it still dangles. */
+  async deleteIfDangling(hash: string): Promise<boolean> {
+    const q = (name: string) => this.ds.driver.escape(name);
+    const result = await this.ds
+      .createQueryBuilder()
+      .delete()
+      .from(NarInfoEntity)
+      .where(`${q('hash')} = :hash`, { hash })
+      .andWhere(
+        `NOT EXISTS (SELECT 1 FROM ${q('nar_files')} f WHERE f.${q('key')} = ${q('narinfos')}.${q('nar_key')})`,
+      )
+      .execute();
+    return (result.affected ?? 0) > 0;
+  }
+
   async setOwnSignature(hash: string, signature: string): Promise<void> {
     await this.ds.getRepository(NarInfoEntity).update({ hash }, { ownSignature: signature });
   }

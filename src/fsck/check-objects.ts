@@ -9,7 +9,7 @@ export async function checkObjects(ctx: FsckContext): Promise<void> {
   const flush = async () => {
     const keys = batch;
     batch = [];
-    const stored = await ctx.storedKeys(keys);
+    const stored = await ctx.files.storedAmong(keys);
     await forEachConcurrently(keys, ctx.concurrency, async (key) => {
       if (!stored.has(key)) await ctx.guarded(key, () => checkUnreferenced(ctx, key));
       ctx.summary.objects++;

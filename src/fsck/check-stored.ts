@@ -1,6 +1,5 @@
-import { IsNull, MoreThan, Not } from 'typeorm';
 import { DownloadFailedError, NotFoundError } from '../common/errors';
-import { NarFileEntity } from '../database/entities';
+import type { NarFileEntity } from '../database/entities';
 import { expectationsOf, NarVerifier } from '../nar/nar-verifier';
 import { forEachConcurrently, type FsckContext, message, PAGE, sameObject } from './context';
 import type { ObjectInfo } from './object-info';
@@ -8,16 +7,11 @@ import type { ObjectInfo } from './object-info';
 // ---- phase 1: rows marked stored → object present, right size, right content ----------------------
 
 export async function checkStoredNars(ctx: FsckContext): Promise<void> {
-  const repo = ctx.ds.getRepository(NarFileEntity);
-  const total = await repo.countBy({ storedSize: Not(IsNull()) });
+  const total = await ctx.files.countStored();
   ctx.emit({ type: 'phase', phase: 'stored', total });
   let last = '';
   for (;;) {
-    const page = await repo.find({
-      where: { storedSize: Not(IsNull()), key: MoreThan(last) },
-      order: { key: 'ASC' },
-      take: PAGE,
-    });
+    const page = await ctx.files.storedPage(last, PAGE);
     if (page.length === 0) break;
     last = page[page.length - 1].key;
     await forEachConcurrently(page, ctx.concurrency, async (row) => {

@@ -1,6 +1,5 @@
-import { type DataSource, In, IsNull, Not } from 'typeorm';
-import { NarFileEntity } from '../database/entities';
 import { NarFileRepository } from '../database/nar-file.repository';
+import { NarInfoRepository } from '../database/narinfo.repository';
 import type { NarStore } from '../storage/nar-store';
 import type {
   FsckDeps,
@@ -17,9 +16,9 @@ export const PAGE = 500;
 
 /** What every fsck phase shares: the database, the store, the options and the running summary. */
 export class FsckContext {
-  readonly ds: DataSource;
   readonly store: NarStore;
   readonly files: NarFileRepository;
+  readonly narInfos: NarInfoRepository;
   readonly inspect: ObjectInspector;
   readonly options: FsckOptions;
   readonly emit: (event: FsckEvent) => void;
@@ -30,9 +29,9 @@ export class FsckContext {
     deps: FsckDeps,
     readonly summary: FsckSummary,
   ) {
-    this.ds = deps.ds;
     this.store = deps.store;
     this.files = new NarFileRepository(deps.ds);
+    this.narInfos = new NarInfoRepository(deps.ds);
     this.inspect = deps.inspect ?? inspectorFor(deps.store);
     this.options = deps.options;
     this.emit = deps.report ?? (() => undefined);
@@ -81,16 +80,6 @@ export class FsckContext {
       }
     }
     this.emit({ type: 'problem', problem: { kind, key, detail, action } });
-  }
-
-  /** Those of `keys` whose row is marked stored. */
-  async storedKeys(keys: string[]): Promise<Set<string>> {
-    if (keys.length === 0) return new Set();
-    const rows = await this.ds.getRepository(NarFileEntity).find({
-      select: { key: true, storedSize: true },
-      where: { key: In(keys), storedSize: Not(IsNull()) },
-    });
-    return new Set(rows.map((r) => r.key));
   }
 }
 

@@ -1,5 +1,4 @@
-import { type DataSource, IsNull, Not } from 'typeorm';
-import { NarFileEntity } from '../database/entities';
+import type { DataSource } from 'typeorm';
 import type { NarStore } from '../storage/nar-store';
 import { checkNarInfos } from './check-narinfos';
 import { checkObjects } from './check-objects';
@@ -134,12 +133,7 @@ export async function fsck(deps: FsckDeps): Promise<FsckSummary> {
  * a sample is bad, refuse to repair (and warn when only checking).
  */
 async function sanityCheck(ctx: FsckContext): Promise<void> {
-  const rows = await ctx.ds.getRepository(NarFileEntity).find({
-    select: { key: true },
-    where: { storedSize: Not(IsNull()) },
-    order: { key: 'ASC' },
-    take: SANITY_SAMPLE,
-  });
+  const rows = await ctx.files.storedPage('', SANITY_SAMPLE);
   let missing = 0;
   for (const row of rows) if ((await ctx.inspect(row.key).catch(() => null)) === null) missing++;
   if (rows.length >= SANITY_MIN && missing === rows.length) {
@@ -156,7 +150,7 @@ async function sanityCheck(ctx: FsckContext): Promise<void> {
     sample.push(o.key);
     if (sample.length >= SANITY_SAMPLE) break;
   }
-  const stored = await ctx.storedKeys(sample);
+  const stored = await ctx.files.storedAmong(sample);
   if (sample.length >= SANITY_MIN && stored.size === 0) {
     refuseOrWarn(
       ctx,

@@ -45,7 +45,8 @@ export class ActiveDownloads implements OnModuleInit, BeforeApplicationShutdown 
   /** Removes spool files left by a crash (never visible as objects, but they take space). */
   async onModuleInit(): Promise<void> {
     const { files, bytes } = await this.store.spool.sweep(STALE_SPOOL_MS);
-    if (files > 0) this.logger.log(`removed ${files} spool file(s) left by a crash (${bytes} bytes)`);
+    if (files > 0)
+      this.logger.log(`removed ${files} spool file(s) left by a crash (${bytes} bytes)`);
   }
 
   get(name: string): ActiveDownload | undefined {

@@ -6,7 +6,6 @@ export interface ByteRange {
   end: number;
 }
 
-
 const SINGLE_RANGE = /^bytes[ \t]*=[ \t]*(\d*)[ \t]*-[ \t]*(\d*)[ \t]*$/i;
 
 /**

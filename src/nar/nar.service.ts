@@ -30,9 +30,7 @@ export interface NarResponse {
 
 /** Who is fetching a NAR that is not stored yet. */
 type Claim =
-  | { kind: 'local'; download: ActiveDownload }
-  | { kind: 'peer'; url: string }
-  | { kind: 'retry' };
+  { kind: 'local'; download: ActiveDownload } | { kind: 'peer'; url: string } | { kind: 'retry' };
 
 /**
  * The NAR download flow. Stored → stream from storage. Otherwise exactly one download per NAR across

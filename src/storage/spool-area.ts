@@ -32,7 +32,12 @@ export class SpoolArea {
       const path = join(this.dir, name);
       const s = await stat(path).catch(() => null);
       if (!s || now - s.mtimeMs < olderThanMs) continue;
-      if (await unlink(path).then(() => true, () => false)) {
+      if (
+        await unlink(path).then(
+          () => true,
+          () => false,
+        )
+      ) {
         removed.files++;
         removed.bytes += s.size;
       }

@@ -1,6 +1,12 @@
 import type { DataSource } from 'typeorm';
 import { afterEach, beforeEach, expect, it } from 'vitest';
-import { migrateUnderLock, openDataSource } from '../../src/database/data-source';
+import {
+  dataSourceOptions,
+  migrateUnderLock,
+  openDataSource,
+  openDataSourceWith,
+} from '../../src/database/data-source';
+import { NarFileEntity } from '../../src/database/entities';
 import { MIGRATIONS } from '../../src/database/migrations';
 import { forEachDialect, type FreshDatabase } from './database-servers';
 
@@ -29,6 +35,47 @@ forEachDialect(['sqlite', 'postgres', 'mariadb'], (dialect, server) => {
   });
   afterEach(async () => {
     await db?.drop();
+  });
+
+  it("turns the first schema's ''/0 placeholders for an unknown NarHash/NarSize into NULL", async () => {
+    const first = await openDataSourceWith({
+      ...dataSourceOptions(db.config),
+      migrations: MIGRATIONS.slice(0, 1),
+    });
+    try {
+      // Plain SQL: the entity describes the new schema, not this one. `key` is reserved in MySQL.
+      const q = (name: string) => first.driver.escape(name);
+      const columns = ['key', 'upstream_url', 'compression', 'nar_hash', 'nar_size']
+        .concat(['stored_size', 'created_at', 'last_accessed_at'])
+        .map(q)
+        .join(', ');
+      for (const [key, narHash, narSize] of [
+        ['by-name.nar.xz', '', 0],
+        ['known.nar.xz', `sha256:${'1'.repeat(52)}`, 99],
+      ] as const) {
+        await first.query(
+          `INSERT INTO ${q('nar_files')} (${columns}) VALUES ` +
+            `('${key}', 'https://up.example/nar/${key}', 'xz', '${narHash}', ${narSize}, 10, 1, 1)`,
+        );
+      }
+    } finally {
+      await first.destroy();
+    }
+    const ds = await openDataSource(db.config);
+    try {
+      await expectMigrated(ds);
+      const files = ds.getRepository(NarFileEntity);
+      expect(await files.findOneBy({ key: 'by-name.nar.xz' })).toMatchObject({
+        narHash: null,
+        narSize: null,
+      });
+      expect(await files.findOneBy({ key: 'known.nar.xz' })).toMatchObject({
+        narHash: `sha256:${'1'.repeat(52)}`,
+        narSize: 99,
+      });
+    } finally {
+      await ds.destroy();
+    }
   });
 
   if (dialect === 'sqlite') {
