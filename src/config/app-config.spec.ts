@@ -201,40 +201,6 @@ describe('buildConfig values', () => {
   });
 });
 
-describe('upstream ordering', () => {
-  it('sorts by ?priority=, lower first, and keeps the given order for ties', () => {
-    const c = build({
-      'cache-upstream-url': [
-        'https://a.example?priority=50',
-        'https://b.example',
-        'https://c.example?priority=10',
-        'https://d.example',
-        'https://e.example?priority=40',
-        'https://f.example?priority=10',
-      ],
-    });
-    expect(c.upstreams.map((u) => [u.url, u.priority])).toEqual([
-      ['https://c.example', 10],
-      ['https://f.example', 10],
-      ['https://b.example', 40],
-      ['https://d.example', 40],
-      ['https://e.example', 40],
-      ['https://a.example', 50],
-    ]);
-  });
-
-  it('keeps a long list of equal priorities in the given order', () => {
-    const urls = Array.from(
-      { length: 30 },
-      (_, i) => `https://u${i}.example?priority=${i % 2 === 0 ? 7 : 3}`,
-    );
-    const got = build({ 'cache-upstream-url': urls }).upstreams.map((u) => u.url);
-    const odd = urls.filter((_, i) => i % 2 === 1).map((u) => u.replace(/\?.*$/, ''));
-    const even = urls.filter((_, i) => i % 2 === 0).map((u) => u.replace(/\?.*$/, ''));
-    expect(got).toEqual([...odd, ...even]);
-  });
-});
-
 describe('parseUpstreamUrl', () => {
   it('strips a trailing slash and reports no query or auth', () => {
     expect(parseUpstreamUrl('https://cache.example.org/', 0)).toEqual({

@@ -52,6 +52,7 @@ export type LockConfig =
       allowDegraded: boolean;
     } & LockTimings);
 
+/** One `--cache-upstream-url`, as given (UpstreamService orders them by priority). */
 export interface UpstreamConfig {
   /** Base URL without credentials, query or trailing slash. */
   url: string;
@@ -150,7 +151,6 @@ export function buildConfig(raw: RawSettings, cwd = process.cwd()): AppConfig {
   });
   if (upstreams.length === 0)
     throw new ConfigError('cache-upstream-url', 'at least one upstream is required');
-  upstreams.sort((a, b) => a.priority - b.priority); // stable: ties keep the given order
 
   const upstreamPublicKeys = many('cache-upstream-public-key', [DEFAULT_UPSTREAM_KEY]).map((k) => {
     try {

@@ -173,10 +173,11 @@ describe('repeatable values in the environment', () => {
           'https://a.example?priority=30, https://b.example\thttps://c.example?priority=10',
       },
     });
+    // In the given order: UpstreamService sorts them by priority.
     expect(c.upstreams.map((u) => [u.url, u.priority])).toEqual([
-      ['https://c.example', 10],
       ['https://a.example', 30],
       ['https://b.example', 40],
+      ['https://c.example', 10],
     ]);
   });
 
@@ -256,7 +257,10 @@ cache:
       - ${TEST_KEY}
 `);
     const c = load({ file });
-    expect(c.upstreams.map((u) => u.url)).toEqual(['https://two.example', 'https://one.example']);
+    expect(c.upstreams.map((u) => [u.url, u.priority])).toEqual([
+      ['https://one.example', 40],
+      ['https://two.example', 5],
+    ]);
     expect(c.upstreamPublicKeys.map((k) => k.name)).toEqual(['cache.nixos.org-1', 'test-1']);
   });
 

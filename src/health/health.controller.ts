@@ -9,7 +9,7 @@ import {
 import type { FastifyReply } from 'fastify';
 import { LOCKER, type Locker } from '../locking/locker';
 import { NAR_STORE, type NarStore } from '../storage/nar-store';
-import { UpstreamProbe } from './upstream-probe';
+import { UpstreamProbe } from '../upstream/upstream-probe';
 
 @Controller()
 export class HealthController {

@@ -2,12 +2,11 @@ import { Module } from '@nestjs/common';
 import { TerminusModule } from '@nestjs/terminus';
 import { LockingModule } from '../locking/locking.module';
 import { StorageModule } from '../storage/storage.module';
+import { UpstreamModule } from '../upstream/upstream.module';
 import { HealthController } from './health.controller';
-import { UpstreamProbe } from './upstream-probe';
 
 @Module({
-  imports: [TerminusModule, StorageModule, LockingModule],
+  imports: [TerminusModule, StorageModule, LockingModule, UpstreamModule],
   controllers: [HealthController],
-  providers: [UpstreamProbe],
 })
 export class HealthModule {}

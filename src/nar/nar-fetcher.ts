@@ -110,7 +110,7 @@ export class NarFetcher {
     // try `nar/<name>` on every upstream, trusting only bytes that hash to the FileHash in the name.
     const { hash, compression } = parseNarFileName(name);
     return {
-      urls: this.upstream.upstreams.map((u) => this.upstream.urlFor(u, `nar/${name}`)),
+      urls: this.upstream.upstreams.map((u) => u.urlFor(`nar/${name}`)),
       expect: { compression, fileHash: `sha256:${hash}` },
     };
   }

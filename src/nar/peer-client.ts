@@ -1,8 +1,8 @@
 import { Inject, Injectable, Logger, type OnApplicationShutdown } from '@nestjs/common';
 import { hostname } from 'node:os';
 import type { Readable } from 'node:stream';
-import { Agent, request } from 'undici';
 import { APP_CONFIG, type AppConfig } from '../config/app-config';
+import { discard, HttpClient } from '../upstream/http-client';
 import { contentRange, type ByteRange } from './byte-range';
 
 /** Path under which an instance serves the downloads it is running to its peers. */
@@ -16,7 +16,7 @@ export const PEER_DOWNLOADS_PATH = '_narwhal/downloads';
 @Injectable()
 export class PeerClient implements OnApplicationShutdown {
   private readonly logger = new Logger('peer');
-  private readonly agent: Agent;
+  private readonly http: HttpClient;
   /** The URL this instance advertises in the locks it holds. */
   readonly selfUrl: string;
 
@@ -26,11 +26,7 @@ export class PeerClient implements OnApplicationShutdown {
     this.selfUrl =
       config.advertiseUrl ??
       `http://${wildcard ? hostname() : host.includes(':') ? `[${host}]` : host}:${port}`;
-    this.agent = new Agent({
-      connect: { timeout: config.upstreamTimeouts.connectMs },
-      headersTimeout: config.upstreamTimeouts.headersMs,
-      bodyTimeout: config.upstreamTimeouts.bodyMs,
-    });
+    this.http = new HttpClient(config.upstreamTimeouts);
   }
 
   /**
@@ -44,22 +40,19 @@ export class PeerClient implements OnApplicationShutdown {
   ): Promise<{ body: Readable; length?: number; range?: ByteRange } | null> {
     if (!/^https?:\/\//.test(peerUrl)) return null;
     try {
-      const res = await request(`${peerUrl}/${PEER_DOWNLOADS_PATH}/${name}`, {
-        dispatcher: this.agent,
+      const res = await this.http.request(`${peerUrl}/${PEER_DOWNLOADS_PATH}/${name}`, {
         headers: ranged ? { range: `bytes=${ranged.range.start}-${ranged.range.end}` } : {},
       });
       const ok = ranged
-        ? res.statusCode === 206 &&
+        ? res.status === 206 &&
           res.headers['content-range'] === contentRange(ranged.range, ranged.length)
-        : res.statusCode === 200;
+        : res.status === 200;
       if (!ok) {
-        res.body.on('error', () => undefined);
-        await res.body.dump().catch(() => undefined);
+        await discard(res.body);
         return null;
       }
       if (ranged) return { body: res.body, ...ranged };
-      const len = Number(res.headers['content-length']);
-      return { body: res.body, length: Number.isSafeInteger(len) ? len : undefined };
+      return { body: res.body, length: res.length };
     } catch (e) {
       this.logger.debug(`peer ${peerUrl} unreachable for ${name}: ${(e as Error).message}`);
       return null;
@@ -67,6 +60,6 @@ export class PeerClient implements OnApplicationShutdown {
   }
 
   async onApplicationShutdown(): Promise<void> {
-    await this.agent.close();
+    await this.http.close();
   }
 }

@@ -1,7 +1,7 @@
 import { Inject, Injectable, Logger } from '@nestjs/common';
 import { NotFoundError } from '../common/errors';
 import { SingleFlight } from '../common/single-flight';
-import { APP_CONFIG, type AppConfig, type UpstreamConfig } from '../config/app-config';
+import { APP_CONFIG, type AppConfig } from '../config/app-config';
 import type { NarInfoEntity } from '../database/entities';
 import { NarInfoRepository, TOUCH_GRANULARITY_MS } from '../database/narinfo.repository';
 import { narInfoLockKey } from '../locking/lock-keys';
@@ -14,6 +14,7 @@ import { parseNixHash, sha256Nix32 } from '../nix/hash';
 import { parseNarInfo, serializeNarInfo, type NarInfo } from '../nix/narinfo';
 import { isStorePathHash, parseStorePath } from '../nix/store-path';
 import { SigningService } from '../signing/signing.service';
+import type { UpstreamClient } from '../upstream/upstream-client';
 import { UpstreamService } from '../upstream/upstream.service';
 
 interface RecentNarInfo {
@@ -113,7 +114,7 @@ export class NarInfoService {
         narInfo,
         narKey: narKeyOf(narInfo),
         upstreamUrl: up.url,
-        narUpstreamUrl: this.upstream.resolveNarUrl(up, narInfo.url),
+        narUpstreamUrl: up.resolveNarUrl(narInfo.url),
       });
       this.logger.log(`cached ${hash}.narinfo from ${up.url}`);
       return this.repo.find(hash);
@@ -122,7 +123,7 @@ export class NarInfoService {
   }
 
   /** One upstream's narinfo for `hash` if it is well-formed, for that path, and validly signed. */
-  private async fetchVerified(up: UpstreamConfig, hash: string): Promise<NarInfo | null> {
+  private async fetchVerified(up: UpstreamClient, hash: string): Promise<NarInfo | null> {
     let text: string;
     try {
       text = await this.upstream.getText(up, `${hash}.narinfo`);

@@ -1,5 +1,7 @@
 import { Module } from '@nestjs/common';
+import { UpstreamProbe } from './upstream-probe';
 import { UpstreamService } from './upstream.service';
 
-@Module({ providers: [UpstreamService], exports: [UpstreamService] })
+/** The upstream caches: HTTP access for the flows, and background reachability for /readyz. */
+@Module({ providers: [UpstreamService, UpstreamProbe], exports: [UpstreamService, UpstreamProbe] })
 export class UpstreamModule {}

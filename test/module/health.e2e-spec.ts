@@ -6,7 +6,7 @@ import { DataSource } from 'typeorm';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createApp, createLogger } from '../../src/bootstrap';
 import { buildConfig, type RawSettings } from '../../src/config/app-config';
-import type { UpstreamReachability } from '../../src/health/upstream-probe';
+import type { UpstreamReachability } from '../../src/upstream/upstream-probe';
 import {
   FakeUpstream,
   closedPortUrl,

@@ -2,6 +2,8 @@ import { createServer, type IncomingHttpHeaders, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildConfig } from '../config/app-config';
+import { MetricsService } from '../metrics/metrics.service';
+import { UpstreamService } from './upstream.service';
 import { UpstreamProbe } from './upstream-probe';
 
 describe('UpstreamProbe', () => {
@@ -35,14 +37,19 @@ describe('UpstreamProbe', () => {
       },
       '/tmp',
     );
-    return new UpstreamProbe(config);
+    const upstreams = new UpstreamService(config, new MetricsService(config));
+    return { probe: new UpstreamProbe(upstreams), upstreams };
   }
 
   it('reports nothing until the first probe, then reachability, latency and the reason', async () => {
     const u = new URL(`${base}/ok`);
     u.username = 'user';
     u.password = 'hunter2';
-    const probe = probeFor([`${u.href}?token=abc`, `${base}/missing`, `${base}/hang`]);
+    const { probe, upstreams } = probeFor([
+      `${u.href}?token=abc`,
+      `${base}/missing`,
+      `${base}/hang`,
+    ]);
     try {
       expect(probe.snapshot().map((r) => r.reachable)).toEqual([null, null, null]);
       await probe.probeAll();
@@ -60,11 +67,12 @@ describe('UpstreamProbe', () => {
       );
     } finally {
       await probe.onApplicationShutdown();
+      await upstreams.onApplicationShutdown();
     }
   });
 
   it('shares a probe round that is still running, and stops on shutdown', async () => {
-    const probe = probeFor([`${base}/hang`]);
+    const { probe, upstreams } = probeFor([`${base}/hang`]);
     const first = probe.probeAll();
     expect(probe.probeAll()).toBe(first);
     const before = seen.length;
@@ -72,5 +80,6 @@ describe('UpstreamProbe', () => {
     await first;
     expect(seen.length).toBeLessThanOrEqual(before + 1);
     expect(probe.snapshot()[0].reachable).toBeNull();
+    await upstreams.onApplicationShutdown();
   });
 });
