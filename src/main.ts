@@ -4,7 +4,7 @@ import { Command, Option } from 'commander';
 import { writeFile } from 'node:fs/promises';
 import { ConfigError, type AppConfig, type RawSettings } from './config/app-config';
 import { describeConfig, loadConfig } from './config/load-config';
-import { SETTINGS } from './config/settings';
+import { defaultShown, SETTINGS } from './config/settings';
 import { VERSION } from './version';
 
 /** Adds every setting as a flag to a command. */
@@ -12,7 +12,7 @@ function withSettings(cmd: Command): Command {
   cmd.option('--config <file>', 'YAML file with settings (env NARWHAL_CONFIG)');
   for (const s of SETTINGS) {
     const flag = s.boolean ? `--${s.name} [bool]` : `--${s.name} <value>`;
-    const opt = new Option(flag, `${s.description} (default: ${s.defaultText})`);
+    const opt = new Option(flag, `${s.description} (default: ${defaultShown(s)})`);
     if (s.repeatable)
       opt.argParser((v: string, prev: string[] | undefined) => [...(prev ?? []), v]);
     cmd.addOption(opt);

@@ -1,5 +1,5 @@
 import { resolve } from 'node:path';
-import type { DatabaseConfig, LockConfig, LockTimings, StorageConfig } from './app-config';
+import type { DatabaseConfig, LockConfig, LockTimings, StorageConfig } from './config-types';
 import { ConfigError } from './config-error';
 import { parseBool, parseHttpUrl, parseIntStrict } from './parsers';
 
@@ -34,36 +34,24 @@ export function parseDatabaseUrl(cwd: string, poolMax: number) {
 export type One = (name: string) => string | undefined;
 
 export function lockConfig(one: One, parsed: Parsed, duration: (s: string) => number): LockConfig {
-  const kind = parsed(
-    'cache-lock-backend',
-    (v) => {
-      if (v !== 'local' && v !== 'redis')
-        throw new Error(`"${v}" is not a lock backend (local, redis)`);
-      return v;
-    },
-    'local',
-  );
+  const kind = parsed('cache-lock-backend', (v) => {
+    if (v !== 'local' && v !== 'redis')
+      throw new Error(`"${v}" is not a lock backend (local, redis)`);
+    return v;
+  });
   const timings: LockTimings = {
-    downloadTtlMs: parsed('cache-lock-download-ttl', duration, 5 * 60_000),
-    lruTtlMs: parsed('cache-lock-lru-ttl', duration, 30 * 60_000),
+    downloadTtlMs: parsed('cache-lock-download-ttl', duration),
+    lruTtlMs: parsed('cache-lock-lru-ttl', duration),
     retry: {
-      maxAttempts: parsed(
-        'cache-lock-retry-max-attempts',
-        (v) => parseIntStrict(v, 1, 1_000_000),
-        600,
-      ),
-      initialDelayMs: parsed('cache-lock-retry-initial-delay', duration, 50),
-      maxDelayMs: parsed('cache-lock-retry-max-delay', duration, 2000),
-      jitter: parsed(
-        'cache-lock-retry-jitter',
-        (v) => {
-          const n = Number(v);
-          if (!/^\d*\.?\d+$/.test(v) || n < 0 || n > 1)
-            throw new Error(`"${v}" is not a number from 0 to 1`);
-          return n;
-        },
-        0.2,
-      ),
+      maxAttempts: parsed('cache-lock-retry-max-attempts', (v) => parseIntStrict(v, 1, 1_000_000)),
+      initialDelayMs: parsed('cache-lock-retry-initial-delay', duration),
+      maxDelayMs: parsed('cache-lock-retry-max-delay', duration),
+      jitter: parsed('cache-lock-retry-jitter', (v) => {
+        const n = Number(v);
+        if (!/^\d*\.?\d+$/.test(v) || n < 0 || n > 1)
+          throw new Error(`"${v}" is not a number from 0 to 1`);
+        return n;
+      }),
     },
   };
   if (kind === 'local') {
@@ -74,7 +62,9 @@ export function lockConfig(one: One, parsed: Parsed, duration: (s: string) => nu
       throw new ConfigError(stray, 'is a Redis setting, but --cache-lock-backend is not redis');
     return { kind, ...timings };
   }
-  const addrs = (one('cache-redis-addrs') ?? '127.0.0.1:6379').split(/[\s,]+/).filter(Boolean);
+  const addrs = parsed('cache-redis-addrs', String)
+    .split(/[\s,]+/)
+    .filter(Boolean);
   for (const a of addrs) {
     if (!/^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$/.test(a)) {
       throw new ConfigError('cache-redis-addrs', `"${a}" is not host:port`);
@@ -88,18 +78,22 @@ export function lockConfig(one: One, parsed: Parsed, duration: (s: string) => nu
     addrs,
     username: one('cache-redis-username'),
     password: one('cache-redis-password'),
-    db: parsed('cache-redis-db', (v) => parseIntStrict(v, 0, 1024), 0),
-    tls: parsed('cache-redis-use-tls', parseBool, false),
-    keyPrefix: one('cache-lock-redis-key-prefix') ?? 'narwhal:lock:',
-    allowDegraded: parsed('cache-lock-allow-degraded-mode', parseBool, true),
+    db: parsed('cache-redis-db', (v) => parseIntStrict(v, 0, 1024)),
+    tls: parsed('cache-redis-use-tls', parseBool),
+    keyPrefix: parsed('cache-lock-redis-key-prefix', String),
+    allowDegraded: parsed('cache-lock-allow-degraded-mode', parseBool),
   };
 }
-export type Parsed = <T>(name: string, fn: (s: string) => T, fallback: T) => T;
+/** A setting's value (its default when not given), parsed by `fn`. */
+export type Parsed = <T>(name: string, fn: (s: string) => T) => T;
+/** A setting without a plain default, parsed by `fn` when given. */
+export type Optional = <T>(name: string, fn: (s: string) => T) => T | undefined;
 
 /** Local directory or S3, never both; local under the data path when neither is given. */
 export function storageConfig(
   one: One,
   parsed: Parsed,
+  optional: Optional,
   cwd: string,
   dataPath: string,
 ): StorageConfig {
@@ -136,11 +130,7 @@ export function storageConfig(
       'S3 access key id and secret access key go together',
     );
   }
-  const endpoint = parsed(
-    'cache-storage-s3-endpoint',
-    parseHttpUrl,
-    undefined as string | undefined,
-  );
+  const endpoint = optional('cache-storage-s3-endpoint', parseHttpUrl);
   const prefix = one('cache-storage-s3-prefix') ?? '';
   if (prefix.startsWith('/') || prefix.includes('..')) {
     throw new ConfigError('cache-storage-s3-prefix', 'must be relative and must not contain ".."');
@@ -149,10 +139,10 @@ export function storageConfig(
     kind: 's3',
     bucket,
     endpoint,
-    region: one('cache-storage-s3-region') ?? 'us-east-1',
+    region: parsed('cache-storage-s3-region', String),
     accessKeyId,
     secretAccessKey,
-    forcePathStyle: parsed('cache-storage-s3-force-path-style', parseBool, false),
+    forcePathStyle: parsed('cache-storage-s3-force-path-style', parseBool),
     prefix,
     spoolDir: resolve(dataPath, 'spool'),
   };

@@ -1,4 +1,4 @@
-import type { UpstreamConfig } from './app-config';
+import type { UpstreamConfig } from './config-types';
 
 /** Parsers for single setting values; they throw plain Errors that the caller wraps in ConfigError. */
 

@@ -7,8 +7,10 @@ export interface SettingDef {
   /** Flag name without the leading dashes. */
   name: string;
   description: string;
-  /** Default as shown to people; the real default is applied in `app-config.ts`. */
-  defaultText: string;
+  /** The value used when the setting is not given, parsed and validated like a given one. */
+  default?: string;
+  /** How the default is shown when it is not a plain value (derived from other settings, or none). */
+  defaultText?: string;
   repeatable?: boolean;
   boolean?: boolean;
   /** Value never printed (passwords, keys). */
@@ -19,7 +21,7 @@ export const SETTINGS: readonly SettingDef[] = [
   {
     name: 'server-addr',
     description: 'Address to listen on, `[host]:port`.',
-    defaultText: ':8501',
+    default: ':8501',
   },
   {
     name: 'cache-hostname',
@@ -29,7 +31,7 @@ export const SETTINGS: readonly SettingDef[] = [
   {
     name: 'cache-data-path',
     description: 'Home of the embedded database, local storage and the generated key.',
-    defaultText: './var',
+    default: './var',
   },
   {
     name: 'cache-database-url',
@@ -41,7 +43,7 @@ export const SETTINGS: readonly SettingDef[] = [
   {
     name: 'cache-database-pool-max',
     description: 'Most database connections per instance (PostgreSQL/MySQL; SQLite uses one).',
-    defaultText: '20',
+    default: '20',
   },
   {
     name: 'cache-storage-local',
@@ -59,7 +61,7 @@ export const SETTINGS: readonly SettingDef[] = [
       'S3 endpoint URL for S3-compatible servers (MinIO, Garage, Ceph RGW, R2); empty means AWS.',
     defaultText: 'AWS',
   },
-  { name: 'cache-storage-s3-region', description: 'S3 region.', defaultText: 'us-east-1' },
+  { name: 'cache-storage-s3-region', description: 'S3 region.', default: 'us-east-1' },
   {
     name: 'cache-storage-s3-access-key-id',
     description: 'S3 access key id; empty uses the AWS SDK default credential chain.',
@@ -76,7 +78,7 @@ export const SETTINGS: readonly SettingDef[] = [
     name: 'cache-storage-s3-force-path-style',
     description:
       'Address the bucket as `endpoint/bucket` instead of `bucket.endpoint` (MinIO and most self-hosted servers need it).',
-    defaultText: 'false',
+    default: 'false',
     boolean: true,
   },
   {
@@ -88,7 +90,7 @@ export const SETTINGS: readonly SettingDef[] = [
     name: 'cache-upstream-url',
     description:
       'Upstream cache URL; repeat for several. `?priority=N` orders them (lower first; default 40, ties keep the given order). `https://user:pass@host` sends basic auth.',
-    defaultText: 'https://cache.nixos.org',
+    default: 'https://cache.nixos.org',
     repeatable: true,
     secret: true,
   },
@@ -96,7 +98,7 @@ export const SETTINGS: readonly SettingDef[] = [
     name: 'cache-upstream-public-key',
     description:
       'Trusted upstream signing key `name:base64`; repeat for several. A narinfo is accepted only if one of its signatures verifies against one of these.',
-    defaultText: 'cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=',
+    default: 'cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=',
     repeatable: true,
   },
   {
@@ -108,7 +110,7 @@ export const SETTINGS: readonly SettingDef[] = [
   {
     name: 'cache-sign-narinfo',
     description: "Add narwhal's own signature to every narinfo served.",
-    defaultText: 'true',
+    default: 'true',
     boolean: true,
   },
   {
@@ -120,35 +122,35 @@ export const SETTINGS: readonly SettingDef[] = [
     name: 'cache-lru-schedule',
     description:
       'Cron expression for the LRU job (with seconds as an optional sixth leading field).',
-    defaultText: '0 2 * * *',
+    default: '0 2 * * *',
   },
   {
     name: 'cache-upstream-dialer-timeout',
     description: 'Timeout for connecting to an upstream.',
-    defaultText: '3s',
+    default: '3s',
   },
   {
     name: 'cache-upstream-response-header-timeout',
     description: 'Timeout for an upstream to send response headers.',
-    defaultText: '10s',
+    default: '10s',
   },
   {
     name: 'cache-upstream-body-timeout',
     description:
       'Longest pause between two chunks of an upstream body before the download is abandoned.',
-    defaultText: '60s',
+    default: '60s',
   },
   {
     name: 'cache-lock-backend',
     description:
       'Lock provider: `local` (one instance) or `redis` (several instances sharing a database and storage).',
-    defaultText: 'local',
+    default: 'local',
   },
   {
     name: 'cache-redis-addrs',
     description:
       'Redis address(es) `host:port`, comma-separated; several addresses mean a Redis Cluster.',
-    defaultText: '127.0.0.1:6379',
+    default: '127.0.0.1:6379',
   },
   { name: 'cache-redis-username', description: 'Redis ACL user name.', defaultText: 'none' },
   {
@@ -157,50 +159,50 @@ export const SETTINGS: readonly SettingDef[] = [
     defaultText: 'none',
     secret: true,
   },
-  { name: 'cache-redis-db', description: 'Redis database number.', defaultText: '0' },
+  { name: 'cache-redis-db', description: 'Redis database number.', default: '0' },
   {
     name: 'cache-redis-use-tls',
     description: 'Connect to Redis with TLS.',
-    defaultText: 'false',
+    default: 'false',
     boolean: true,
   },
   {
     name: 'cache-lock-redis-key-prefix',
     description: 'Prefix of the Redis keys narwhal uses for locks.',
-    defaultText: 'narwhal:lock:',
+    default: 'narwhal:lock:',
   },
   {
     name: 'cache-lock-download-ttl',
     description:
       'Lease of a download or lookup lock; the holder renews it while it works, so it only matters when a holder dies.',
-    defaultText: '5m',
+    default: '5m',
   },
-  { name: 'cache-lock-lru-ttl', description: 'Lease of the LRU job lock.', defaultText: '30m' },
+  { name: 'cache-lock-lru-ttl', description: 'Lease of the LRU job lock.', default: '30m' },
   {
     name: 'cache-lock-retry-max-attempts',
     description: 'How often a waiter retries a held Redis lock before giving up.',
-    defaultText: '600',
+    default: '600',
   },
   {
     name: 'cache-lock-retry-initial-delay',
     description: 'First wait between lock retries.',
-    defaultText: '50ms',
+    default: '50ms',
   },
   {
     name: 'cache-lock-retry-max-delay',
     description: 'Longest wait between lock retries (exponential backoff).',
-    defaultText: '2s',
+    default: '2s',
   },
   {
     name: 'cache-lock-retry-jitter',
     description: 'Random fraction (0–1) added to or taken from each retry wait.',
-    defaultText: '0.2',
+    default: '0.2',
   },
   {
     name: 'cache-lock-allow-degraded-mode',
     description:
       'While Redis is unreachable, serve misses with local locks (logged, counted, shown in /readyz) instead of failing them.',
-    defaultText: 'true',
+    default: 'true',
     boolean: true,
   },
   {
@@ -212,31 +214,45 @@ export const SETTINGS: readonly SettingDef[] = [
   {
     name: 'cache-priority',
     description: 'Priority announced in /nix-cache-info (lower is preferred by clients).',
-    defaultText: '40',
+    default: '40',
   },
   {
     name: 'cache-store-dir',
     description: 'Nix store directory announced in /nix-cache-info and expected in narinfos.',
-    defaultText: '/nix/store',
+    default: '/nix/store',
   },
   {
     name: 'prometheus-enabled',
     description: 'Serve Prometheus metrics at `GET /metrics` (404 when off).',
-    defaultText: 'false',
+    default: 'false',
     boolean: true,
   },
   {
     name: 'log-level',
     description: 'One of `error`, `warn`, `info`, `debug`, `verbose`.',
-    defaultText: 'info',
+    default: 'info',
   },
   {
     name: 'shutdown-timeout',
     description:
       'On SIGTERM/SIGINT, how long responses in flight (NAR streams too) may take to finish before their connections are closed.',
-    defaultText: '30s',
+    default: '30s',
   },
 ];
+
+const BY_NAME: ReadonlyMap<string, SettingDef> = new Map(SETTINGS.map((s) => [s.name, s]));
+
+/** The definition of a setting; throws for a name that is not in SETTINGS (a programming error). */
+export function settingDef(name: string): SettingDef {
+  const def = BY_NAME.get(name);
+  if (!def) throw new Error(`unknown setting ${name}`);
+  return def;
+}
+
+/** The default as people see it (README, --help). */
+export function defaultShown(def: SettingDef): string {
+  return def.default ?? def.defaultText ?? 'none';
+}
 
 export function envName(setting: string): string {
   return setting.toUpperCase().replace(/-/g, '_');

@@ -8,7 +8,7 @@ import type {
   FsckSummary,
   ProblemAction,
   ProblemKind,
-} from './fsck';
+} from './fsck-types';
 import { inspectorFor, type ObjectInfo, type ObjectInspector } from './object-info';
 
 /** Rows (or objects) read per page. */

@@ -1,0 +1,73 @@
+import type { PublicKey } from '../signing/keys';
+
+/** The typed configuration every module receives (token APP_CONFIG), built by `buildConfig`. */
+
+export type LogLevel = 'error' | 'warn' | 'info' | 'debug' | 'verbose';
+export type DatabaseConfig =
+  | { kind: 'sqlite'; path: string }
+  | { kind: 'postgres'; url: string; poolMax: number }
+  | { kind: 'mysql'; url: string; poolMax: number };
+export type S3StorageConfig = {
+  kind: 's3';
+  bucket: string;
+  endpoint?: string;
+  region: string;
+  accessKeyId?: string;
+  secretAccessKey?: string;
+  forcePathStyle: boolean;
+  prefix: string;
+  /** Local directory for download spools. */
+  spoolDir: string;
+};
+export type StorageConfig = { kind: 'fs'; path: string } | S3StorageConfig;
+export interface LockTimings {
+  downloadTtlMs: number;
+  lruTtlMs: number;
+  retry: { maxAttempts: number; initialDelayMs: number; maxDelayMs: number; jitter: number };
+}
+export type LockConfig =
+  | ({ kind: 'local' } & LockTimings)
+  | ({
+      kind: 'redis';
+      addrs: string[];
+      username?: string;
+      password?: string;
+      db: number;
+      tls: boolean;
+      keyPrefix: string;
+      allowDegraded: boolean;
+    } & LockTimings);
+
+/** One `--cache-upstream-url`, as given (UpstreamService orders them by priority). */
+export interface UpstreamConfig {
+  /** Base URL without credentials, query or trailing slash. */
+  url: string;
+  priority: number;
+  /** Query string (with `?`) added to every request, or ''. */
+  query: string;
+  /** `Authorization` header value built from URL credentials; never logged. */
+  authorization?: string;
+}
+
+export interface AppConfig {
+  server: { host: string; port: number };
+  hostname: string;
+  dataPath: string;
+  storeDir: string;
+  priority: number;
+  database: DatabaseConfig;
+  storage: StorageConfig;
+  upstreams: UpstreamConfig[];
+  upstreamPublicKeys: PublicKey[];
+  upstreamTimeouts: { connectMs: number; headersMs: number; bodyMs: number };
+  signing: { secretKeyPath: string; signNarInfo: boolean };
+  lru: { maxSize?: number; schedule: string };
+  lock: LockConfig;
+  /** How other instances reach this one (for streaming an in-flight download); derived when unset. */
+  advertiseUrl?: string;
+  /** `GET /metrics` (Prometheus) when enabled. */
+  metrics: { enabled: boolean };
+  logLevel: LogLevel;
+  /** How long in-flight responses may run after SIGTERM/SIGINT before they are cut. */
+  shutdownTimeoutMs: number;
+}
