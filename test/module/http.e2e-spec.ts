@@ -1,16 +1,8 @@
-import type { NestFastifyApplication } from '@nestjs/platform-fastify';
-import Database from 'better-sqlite3';
-import { readFile, mkdtemp, rm } from 'node:fs/promises';
-import { get, type IncomingHttpHeaders } from 'node:http';
-import type { AddressInfo } from 'node:net';
-import { tmpdir } from 'node:os';
+import { readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createApp } from '../../src/bootstrap';
-import { buildConfig, type RawSettings } from '../../src/config/app-config';
 import { narInfoFingerprint } from '../../src/nix/fingerprint';
-import { parseNarInfo, serializeNarInfo, type NarInfo } from '../../src/nix/narinfo';
+import { parseNarInfo, serializeNarInfo } from '../../src/nix/narinfo';
 import {
   formatPublicKey,
   parsePublicKey,
@@ -18,168 +10,37 @@ import {
   verifyFingerprint,
 } from '../../src/signing/keys';
 import { VERSION } from '../../src/version';
+import { FakeUpstream, type Behaviour } from '../support/fake-upstream';
+import { readOrNull, snapshot } from '../support/files';
+import { sha256Nix32 } from '../support/hash';
+import { httpGet, rawRequest } from '../support/http-client';
 import {
-  FakeUpstream,
-  STORE_DIR,
-  closedPortUrl,
-  eventually,
-  makeKey,
+  dbCounts,
+  HOSTNAME,
+  objectPath,
+  ownSigs,
+  spoolsRemoved,
+  startNarwhal,
+  storedSize,
+  uncaughtDuring,
+  waitStored,
+  type Narwhal,
+} from '../support/narwhal-app';
+import { closedPortUrl } from '../support/ports';
+import { makeKey, type TestKey } from '../support/signing-keys';
+import {
   makeStorePath,
   randomHashPart,
-  rawRequest,
-  sha256Nix32,
   sign,
-  snapshot,
+  STORE_DIR,
   type StorePathFixture,
-  type TestKey,
-} from './fixtures';
+} from '../support/store-paths';
 
 /**
  * Module tests: the whole application built with createApp(config), driven through Fastify's
  * `inject` (and, where a broken connection must be observed, through a real listening socket),
  * against real node:http upstream caches whose narinfos and xz NARs are made and signed here.
  */
-
-const HOSTNAME = 'narwhal-test';
-
-interface Narwhal {
-  app: NestFastifyApplication;
-  dataPath: string;
-  /** Storage root: `<dataPath>/store` (objects in nar/, spools in tmp/). */
-  storeRoot: string;
-  close(): Promise<void>;
-}
-
-async function startNarwhal(settings: RawSettings): Promise<Narwhal> {
-  const dataPath = await mkdtemp(join(tmpdir(), 'narwhal-module-'));
-  const config = buildConfig(
-    { 'cache-data-path': dataPath, 'cache-hostname': HOSTNAME, 'log-level': 'error', ...settings },
-    dataPath,
-  );
-  const app = await createApp(config);
-  await app.init();
-  await app.getHttpAdapter().getInstance().ready();
-  return {
-    app,
-    dataPath,
-    storeRoot: join(dataPath, 'store'),
-    close: async () => {
-      await app.close();
-      await rm(dataPath, { recursive: true, force: true });
-    },
-  };
-}
-
-/** Rows in the database tables narwhal fills on a lookup or download. */
-function dbCounts(n: Narwhal): { narinfos: number; narFiles: number; stored: number } {
-  const db = new Database(join(n.dataPath, 'narwhal.sqlite'), { readonly: true });
-  try {
-    const one = (sql: string) => (db.prepare(sql).get() as { c: number }).c;
-    return {
-      narinfos: one('SELECT COUNT(*) AS c FROM narinfos'),
-      narFiles: one('SELECT COUNT(*) AS c FROM nar_files'),
-      stored: one('SELECT COUNT(*) AS c FROM nar_files WHERE stored_size IS NOT NULL'),
-    };
-  } finally {
-    db.close();
-  }
-}
-
-function objectPath(n: Narwhal, narName: string): string {
-  return join(n.storeRoot, 'nar', narName.slice(0, 1), narName.slice(0, 2), narName);
-}
-
-/** The stored size the database records for a NAR, or null. */
-function storedSize(n: Narwhal, narName: string): number | null {
-  const db = new Database(join(n.dataPath, 'narwhal.sqlite'), { readonly: true });
-  try {
-    const row = db.prepare('SELECT stored_size AS s FROM nar_files WHERE key = ?').get(narName) as
-      { s: number | null } | undefined;
-    return row?.s ?? null;
-  } finally {
-    db.close();
-  }
-}
-
-/**
- * Waits until the NAR is committed: the object holds `bytes` and the database says it is stored
- * (the object is renamed into place a moment before the row is updated).
- */
-async function waitStored(
-  n: Narwhal,
-  narName: string,
-  bytes: Buffer,
-  timeoutMs = 10_000,
-): Promise<void> {
-  await eventually(
-    async () =>
-      ((await readOrNull(objectPath(n, narName)))?.equals(bytes) ?? false) &&
-      storedSize(n, narName) === bytes.length,
-    timeoutMs,
-    `${narName} stored`,
-  );
-}
-
-async function readOrNull(path: string): Promise<Buffer | null> {
-  return readFile(path).catch(() => null);
-}
-
-interface RawResult {
-  status: number;
-  headers: IncomingHttpHeaders;
-  body: Buffer;
-  /** True only when the whole body arrived and the message ended cleanly. */
-  complete: boolean;
-  error?: string;
-}
-
-/** GET over a real socket, reporting whether the response ended cleanly. */
-function rawGet(url: string): Promise<RawResult> {
-  return new Promise((resolve) => {
-    const req = get(url, { agent: false, headers: { connection: 'close' } }, (res) => {
-      const chunks: Buffer[] = [];
-      let error: string | undefined;
-      res.on('data', (c: Buffer) => chunks.push(c));
-      res.on('error', (e) => (error = e.message));
-      res.on('close', () =>
-        resolve({
-          status: res.statusCode ?? 0,
-          headers: res.headers,
-          body: Buffer.concat(chunks),
-          complete: res.complete,
-          error,
-        }),
-      );
-    });
-    req.on('error', (e) =>
-      resolve({ status: 0, headers: {}, body: Buffer.alloc(0), complete: false, error: e.message }),
-    );
-    req.setTimeout(20_000, () => req.destroy(new Error('client timeout')));
-  });
-}
-
-/** Own signature checks: exactly one Sig by narwhal's key, valid for the narinfo's fingerprint. */
-function ownSigs(info: NarInfo): string[] {
-  return info.sigs.filter((s) => s.startsWith(`${HOSTNAME}:`));
-}
-
-/**
- * Runs `fn` and returns the uncaught exceptions raised meanwhile (and shortly after). In
- * `narwhal serve` each of them would kill the process: main.ts installs no handler.
- */
-async function uncaughtDuring(fn: () => Promise<void>): Promise<string[]> {
-  const seen: string[] = [];
-  const onError = (e: unknown) =>
-    seen.push(e instanceof Error ? `${e.name}: ${e.message}` : String(e));
-  process.on('uncaughtException', onError);
-  try {
-    await fn();
-    await sleep(200);
-  } finally {
-    process.off('uncaughtException', onError);
-  }
-  return seen;
-}
 
 function flip(buf: Buffer): Buffer {
   const copy = Buffer.from(buf);
@@ -217,9 +78,9 @@ describe('narwhal over HTTP (module tests through Fastify inject)', () => {
       'cache-upstream-body-timeout': '5s',
     });
     narwhalKey = (await inject('GET', '/pubkey')).body.trim();
-    await nw.app.listen(0, '127.0.0.1');
-    port = (nw.app.getHttpServer().address() as AddressInfo).port;
-    base = `http://127.0.0.1:${port}`;
+    await nw.listen();
+    port = nw.port;
+    base = nw.url;
   });
 
   afterAll(async () => {
@@ -729,15 +590,8 @@ describe('narwhal over HTTP (module tests through Fastify inject)', () => {
       primary.publish(f);
       primary.set(`/nar/${f.narName}`, { kind: 'serve', body: f.file, chunkDelayMs: 20 });
       expect((await inject('GET', `/${f.hash}.narinfo`)).statusCode).toBe(200);
-      await new Promise<void>((done, reject) => {
-        const req = get(`${base}/nar/${f.narName}`, { agent: false }, (res) => {
-          res.once('data', () => {
-            req.destroy();
-            done();
-          });
-        });
-        req.on('error', (e) => (req.destroyed ? undefined : reject(e)));
-      });
+      // The client hangs up as soon as the first bytes arrive.
+      await httpGet(`${base}/nar/${f.narName}`, { stopAfterBytes: 1 });
       await waitStored(nw, f.narName, f.file);
       const warm = await inject('GET', `/nar/${f.narName}`);
       expect(warm.headers['x-narwhal-source']).toBe('storage');
@@ -804,16 +658,12 @@ describe('narwhal over HTTP (module tests through Fastify inject)', () => {
   describe('NAR bytes that are wrong (observed over a real socket)', () => {
     async function expectNotStored(narName: string): Promise<void> {
       // The writer discards its spool after the failure; wait for that, then look.
-      await eventually(
-        async () => (await snapshot(join(nw.storeRoot, 'tmp'))).length === 0,
-        5000,
-        'spool removed',
-      );
+      await spoolsRemoved(nw);
       expect(await readOrNull(objectPath(nw, narName))).toBeNull();
       expect(storedSize(nw, narName)).toBeNull();
     }
 
-    it.each<[string, (f: StorePathFixture) => Parameters<FakeUpstream['set']>[1]]>([
+    it.each<[string, (f: StorePathFixture) => Behaviour]>([
       ['a flipped byte (FileHash mismatch)', (f) => ({ kind: 'serve', body: flip(f.file) })],
       [
         'a truncated body (upstream connection dropped)',
@@ -827,14 +677,14 @@ describe('narwhal over HTTP (module tests through Fastify inject)', () => {
         primary.set(`/nar/${f.narName}`, bad(f));
         expect((await inject('GET', `/${f.hash}.narinfo`)).statusCode).toBe(200);
 
-        const broken = await rawGet(`${base}/nar/${f.narName}`);
+        const broken = await httpGet(`${base}/nar/${f.narName}`, { keepBody: true });
         expect({ cleanOk: broken.status === 200 && broken.complete }).toEqual({ cleanOk: false });
         expect(broken.body.equals(f.file)).toBe(false);
         expect(broken.status).not.toBe(404); // a 404 would make Nix believe the NAR is gone for good
         await expectNotStored(f.narName);
 
         primary.set(`/nar/${f.narName}`, { kind: 'serve', body: f.file });
-        const fixed = await rawGet(`${base}/nar/${f.narName}`);
+        const fixed = await httpGet(`${base}/nar/${f.narName}`, { keepBody: true });
         expect(fixed.status).toBe(200);
         expect(fixed.complete).toBe(true);
         expect(fixed.body.equals(f.file)).toBe(true);
@@ -855,7 +705,7 @@ describe('narwhal over HTTP (module tests through Fastify inject)', () => {
         const broken = await inject('GET', `/nar/${f.narName}`).catch(() => null);
         expect(broken?.rawPayload.equals(f.file) ?? false).toBe(false);
         primary.set(`/nar/${f.narName}`, { kind: 'serve', body: f.file });
-        const fixed = await rawGet(`${base}/nar/${f.narName}`);
+        const fixed = await httpGet(`${base}/nar/${f.narName}`, { keepBody: true });
         expect({ round: i, status: fixed.status, complete: fixed.complete }).toEqual({
           round: i,
           status: 200,
@@ -874,7 +724,7 @@ describe('narwhal over HTTP (module tests through Fastify inject)', () => {
         storeDir: STORE_DIR,
       });
       primary.set(`/nar/${f.narName}`, { kind: 'serve', body: impostor.file });
-      const broken = await rawGet(`${base}/${info.url}`);
+      const broken = await httpGet(`${base}/${info.url}`);
       expect({ cleanOk: broken.status === 200 && broken.complete }).toEqual({ cleanOk: false });
       await expectNotStored(info.url.slice('nar/'.length));
     });
@@ -882,7 +732,7 @@ describe('narwhal over HTTP (module tests through Fastify inject)', () => {
     it('a NAR asked for without a narinfo whose upstream bytes do not hash to its name: no clean 200, nothing stored', async () => {
       const f = await makeStorePath([keyA], { size: 50_000 });
       primary.set(`/nar/${f.narName}`, { kind: 'serve', body: flip(f.file) });
-      const broken = await rawGet(`${base}/nar/${f.narName}`);
+      const broken = await httpGet(`${base}/nar/${f.narName}`, { keepBody: true });
       expect({ cleanOk: broken.status === 200 && broken.complete }).toEqual({ cleanOk: false });
       await expectNotStored(f.narName);
     });
@@ -1173,15 +1023,10 @@ describe('upstream failures are misses, never 5xx', () => {
     expect((await nw.app.inject({ method: 'GET', url: `/${f.hash}.narinfo` })).statusCode).toBe(
       200,
     );
-    await nw.app.listen(0, '127.0.0.1');
-    const { port } = nw.app.getHttpServer().address() as AddressInfo;
-    const res = await rawGet(`http://127.0.0.1:${port}/nar/${f.narName}`);
+    await nw.listen();
+    const res = await httpGet(`${nw.url}/nar/${f.narName}`);
     expect({ cleanOk: res.status === 200 && res.complete }).toEqual({ cleanOk: false });
-    await eventually(
-      async () => (await snapshot(join(nw.storeRoot, 'tmp'))).length === 0,
-      5000,
-      'spool removed',
-    );
+    await spoolsRemoved(nw);
     expect(await readOrNull(objectPath(nw, f.narName))).toBeNull();
   });
 
