@@ -120,12 +120,26 @@ export class FakeUpstream {
 
   /** Serves `f`'s narinfo at `/<hash>.narinfo` and its NAR at the narinfo's URL. */
   publish(f: StorePathFixture, narInfo: NarInfo = f.narInfo): void {
-    this.set(`/${f.hash}.narinfo`, {
-      kind: 'serve',
-      body: Buffer.from(serializeNarInfo(narInfo)),
-      contentType: 'text/x-nix-narinfo',
-    });
+    this.setNarInfo(f.hash, narInfo);
     this.set(`/${narInfo.url.split('?')[0]}`, { kind: 'serve', body: f.file });
+  }
+
+  /** Serves a narinfo (or any text in its place) at `/<hash>.narinfo`, and nothing else. */
+  setNarInfo(
+    hash: string,
+    narInfo: NarInfo | string | Buffer,
+    options: { delayMs?: number } = {},
+  ): void {
+    const body =
+      typeof narInfo === 'string' || Buffer.isBuffer(narInfo)
+        ? Buffer.from(narInfo)
+        : Buffer.from(serializeNarInfo(narInfo));
+    this.set(`/${hash}.narinfo`, {
+      kind: 'serve',
+      body,
+      contentType: 'text/x-nix-narinfo',
+      ...options,
+    });
   }
 
   /** Answers `path` (without the query string) this way, before any file of the root. */

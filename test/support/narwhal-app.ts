@@ -5,9 +5,11 @@ import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { afterAll, beforeAll } from 'vitest';
 import { createApp, createLogger } from '../../src/bootstrap';
 import { buildConfig, type RawSettings } from '../../src/config/app-config';
 import type { NarInfo } from '../../src/nix/narinfo';
+import type { FakeUpstream } from './fake-upstream';
 import { readOrNull, snapshot } from './files';
 import { eventually } from './wait';
 
@@ -121,6 +123,29 @@ export async function startNarwhal(
 ): Promise<Narwhal> {
   const nw = new Narwhal(() => settings, options);
   await nw.start();
+  return nw;
+}
+
+/**
+ * narwhal in front of `upstreams` for the tests of the calling file (or describe): registers the
+ * beforeAll that starts the upstreams and then narwhal (`settings` are read then, when the upstream
+ * URLs are known) and the afterAll that stops them all. The returned Narwhal is usable once that
+ * beforeAll has run.
+ */
+export function useNarwhal(
+  upstreams: FakeUpstream[],
+  settings: () => RawSettings,
+  options: NarwhalOptions = {},
+): Narwhal {
+  const nw = new Narwhal(settings, options);
+  beforeAll(async () => {
+    for (const u of upstreams) await u.listen();
+    await nw.start();
+  });
+  afterAll(async () => {
+    for (const u of upstreams) await u.close();
+    await nw.close();
+  });
   return nw;
 }
 
