@@ -1,13 +1,13 @@
 import { createPublicKey, verify } from 'node:crypto';
-import { mkdtemp, readdir, rm } from 'node:fs/promises';
-import { get, type IncomingHttpHeaders } from 'node:http';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { BACKENDS, type Backend } from './support/backends';
 import { CuttingProxy } from './support/cutting-proxy';
-import { StreamingSha256 } from './support/hash';
+import { FakeUpstream } from './support/fake-upstream';
+import { listFiles } from './support/files';
+import { httpGet } from './support/http-client';
 import { NarwhalProcess } from './support/narwhal-process';
 import {
   buildFixtures,
@@ -18,11 +18,11 @@ import {
   run,
   runOk,
   type Fixtures,
+  type NixStorePath,
   type ParsedNarInfo,
   type RunResult,
-  type StorePathFixture,
 } from './support/nix';
-import { UpstreamServer } from './support/upstream-server';
+import { pollUntil } from './support/wait';
 
 /**
  * The real Nix client against narwhal, which proxies two real binary caches made by Nix itself:
@@ -35,14 +35,16 @@ const haveNix = requireNix();
 
 const MiB = 1024 * 1024;
 const CONCURRENT_CLIENTS = 20;
+/** How long the server may take to finish up after a response (store or discard a NAR). */
+const SETTLING = { timeoutMs: 3_000, intervalMs: 100 };
 
 describe.skipIf(!haveNix).each(BACKENDS)('real Nix client through narwhal on $name', (kind) => {
   let backend: Backend | null = null;
   let workDir: string;
   let dataPath: string;
   let fx: Fixtures;
-  let upstreamA: UpstreamServer;
-  let upstreamB: UpstreamServer;
+  let upstreamA: FakeUpstream;
+  let upstreamB: FakeUpstream;
   let narwhal: NarwhalProcess;
   let narwhalKey: string;
   let clientStores = 0;
@@ -56,8 +58,8 @@ describe.skipIf(!haveNix).each(BACKENDS)('real Nix client through narwhal on $na
     fixtureMs = Date.now() - started;
     backend = await kind.start();
     if (!backend) return; // a service is unreachable outside CI: the tests below skip
-    upstreamA = await UpstreamServer.start(fx.upstreamA.dir);
-    upstreamB = await UpstreamServer.start(fx.upstreamB.dir);
+    upstreamA = await FakeUpstream.start({ root: fx.upstreamA.dir });
+    upstreamB = await FakeUpstream.start({ root: fx.upstreamB.dir });
     narwhal = await startNarwhal();
     narwhalKey = await narwhal.publicKey();
   });
@@ -101,7 +103,10 @@ describe.skipIf(!haveNix).each(BACKENDS)('real Nix client through narwhal on $na
   /** Files in the data path and objects in external storage whose name contains one of `names`. */
   async function storedFiles(names: string[]): Promise<string[]> {
     const objects = (await backend!.objectNames()).filter((k) => names.some((n) => k.includes(n)));
-    return [...(await findFiles(dataPath, names)), ...objects];
+    const files = (await listFiles(dataPath)).filter((f) =>
+      names.some((n) => basename(f).includes(n)),
+    );
+    return [...files, ...objects];
   }
 
   function freshStore(): string {
@@ -111,7 +116,7 @@ describe.skipIf(!haveNix).each(BACKENDS)('real Nix client through narwhal on $na
 
   /** `nix copy --from <narwhal>` into a fresh store, trusting only narwhal's key. */
   async function copyFromNarwhal(
-    paths: StorePathFixture[],
+    paths: NixStorePath[],
     key = narwhalKey,
   ): Promise<{ store: string; result: RunResult }> {
     const store = freshStore();
@@ -133,15 +138,15 @@ describe.skipIf(!haveNix).each(BACKENDS)('real Nix client through narwhal on $na
     return { store, result };
   }
 
-  /** Upstream requests other than /nix-cache-info (which health checks may poll). */
+  /** Upstream requests (the /nix-cache-info probes of the health checks are kept apart). */
   function upstreamTraffic(): string[] {
     return [
-      ...upstreamA.requests.map((r) => `A ${r.method} ${r.path}`),
-      ...upstreamB.requests.map((r) => `B ${r.method} ${r.path}`),
-    ].filter((line) => !line.endsWith(' /nix-cache-info'));
+      ...upstreamA.requests.map((r) => `A ${r.method} ${r.url}`),
+      ...upstreamB.requests.map((r) => `B ${r.method} ${r.url}`),
+    ];
   }
 
-  async function narwhalNarInfo(fixture: StorePathFixture): Promise<ParsedNarInfo> {
+  async function narwhalNarInfo(fixture: NixStorePath): Promise<ParsedNarInfo> {
     const res = await httpGet(`${narwhal.url}/${fixture.hashPart}.narinfo`, { keepBody: true });
     expect(res.status, `GET /${fixture.hashPart}.narinfo (${res.error ?? 'no error'})`).toBe(200);
     return parseNarInfo(res.body.toString('utf8'));
@@ -203,13 +208,13 @@ describe.skipIf(!haveNix).each(BACKENDS)('real Nix client through narwhal on $na
       );
       expect(upstreamB.narGets() - narGetsBefore, 'NAR GETs on upstream B').toBe(1);
       for (const [i, d] of downloads.entries()) {
-        expect({ client: i, status: d.status, clean: d.clean, error: d.error }).toEqual({
+        expect({ client: i, status: d.status, clean: d.complete, error: d.error }).toEqual({
           client: i,
           status: 200,
           clean: true,
           error: undefined,
         });
-        expect({ client: i, hash: d.hash, size: d.size }).toEqual({
+        expect({ client: i, hash: `sha256:${d.sha256}`, size: d.bytes }).toEqual({
           client: i,
           hash: fileHash,
           size: fileSize,
@@ -248,15 +253,17 @@ describe.skipIf(!haveNix).each(BACKENDS)('real Nix client through narwhal on $na
         expect(upstreamA.narGets(), 'narwhal fetched the NAR from upstream A').toBeGreaterThan(
           narGetsBefore,
         );
-        const cleanWholeBody = broken.status === 200 && broken.clean && broken.size === fileSize;
+        const cleanWholeBody =
+          broken.status === 200 && broken.complete && broken.bytes === fileSize;
         expect(
           cleanWholeBody,
           `the NAR broken upstream (${fault}) was served as a clean, complete 200 ` +
-            `(hash ${broken.hash}, expected ${fileHash} for the intact file)`,
+            `(hash sha256:${broken.sha256}, expected ${fileHash} for the intact file)`,
         ).toBe(false);
-        const leftBehind = await eventually(
+        const leftBehind = await pollUntil(
           () => storedFiles(names),
           (f) => f.length === 0,
+          SETTLING,
         );
         expect(leftBehind, `files named after the broken NAR (${fault}) in the data dir`).toEqual(
           [],
@@ -264,15 +271,19 @@ describe.skipIf(!haveNix).each(BACKENDS)('real Nix client through narwhal on $na
 
         upstreamA.clearFaults();
         const good = await httpGet(`${narwhal.url}/${url}`);
-        expect({ status: good.status, clean: good.clean, error: good.error }).toEqual({
+        expect({ status: good.status, clean: good.complete, error: good.error }).toEqual({
           status: 200,
           clean: true,
           error: undefined,
         });
-        expect({ hash: good.hash, size: good.size }).toEqual({ hash: fileHash, size: fileSize });
-        const stored = await eventually(
+        expect({ hash: `sha256:${good.sha256}`, size: good.bytes }).toEqual({
+          hash: fileHash,
+          size: fileSize,
+        });
+        const stored = await pollUntil(
           () => storedFiles(names),
           (f) => f.length > 0,
+          SETTLING,
         );
         expect(stored, `a file named after one of ${names.join(', ')}`).not.toEqual([]);
       });
@@ -388,70 +399,4 @@ function narFileNames(upstream: ParsedNarInfo, served: ParsedNarInfo): string[] 
     }
   }
   return [...names].filter((n) => n.length >= 32);
-}
-
-/** Files under `dir` (recursively) whose name contains one of `names`. */
-async function findFiles(dir: string, names: string[]): Promise<string[]> {
-  const entries = await readdir(dir, { recursive: true, withFileTypes: true }).catch(
-    (err: NodeJS.ErrnoException) => {
-      if (err.code === 'ENOENT') return [];
-      throw err;
-    },
-  );
-  return entries
-    .filter((e) => !e.isDirectory() && names.some((n) => e.name.includes(n)))
-    .map((e) => join(e.parentPath, e.name));
-}
-
-/** Polls for up to 3 s until `done` holds (the server may finish up after the response). */
-async function eventually<T>(probe: () => Promise<T>, done: (value: T) => boolean): Promise<T> {
-  const deadline = Date.now() + 3_000;
-  let value = await probe();
-  while (!done(value) && Date.now() < deadline) {
-    await sleep(100);
-    value = await probe();
-  }
-  return value;
-}
-
-interface Download {
-  status: number;
-  headers: IncomingHttpHeaders;
-  /** The body ended as HTTP says it should (full Content-Length or final chunk). */
-  clean: boolean;
-  error?: string;
-  hash: string;
-  size: number;
-  /** Only with keepBody. */
-  body: Buffer;
-}
-
-/** GET over a fresh connection; hashes the body as it streams, keeps it only if asked. */
-function httpGet(url: string, opts: { keepBody?: boolean } = {}): Promise<Download> {
-  return new Promise((done) => {
-    const hasher = new StreamingSha256();
-    const chunks: Buffer[] = [];
-    let status = 0;
-    let headers: IncomingHttpHeaders = {};
-    let settled = false;
-    const finish = (clean: boolean, error?: string): void => {
-      if (settled) return;
-      settled = true;
-      const { hash, size } = hasher.digest();
-      done({ status, headers, clean, error, hash, size, body: Buffer.concat(chunks) });
-    };
-    const req = get(url, { agent: false }, (res) => {
-      status = res.statusCode ?? 0;
-      headers = res.headers;
-      res.on('data', (chunk: Buffer) => {
-        hasher.update(chunk);
-        if (opts.keepBody) chunks.push(chunk);
-      });
-      res.on('end', () => finish(res.complete));
-      res.on('error', (err) => finish(false, err.message));
-      res.on('close', () => finish(false, 'connection closed before the body ended'));
-    });
-    req.setTimeout(120_000, () => req.destroy(new Error('client timeout')));
-    req.on('error', (err) => finish(false, err.message));
-  });
 }

@@ -1,19 +1,16 @@
-import { createHash } from 'node:crypto';
 import { mkdtemp, readdir, rm } from 'node:fs/promises';
-import { Agent, get, type IncomingMessage } from 'node:http';
+import { Agent } from 'node:http';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import {
-  FakeUpstream,
-  eventually,
-  makeKey,
-  makeStorePath,
-  type StorePathFixture,
-  type TestKey,
-} from './module/fixtures';
+import { FakeUpstream } from './support/fake-upstream';
+import { sha256Nix32 } from './support/hash';
+import { download, type Download } from './support/http-client';
 import { NarwhalProcess } from './support/narwhal-process';
+import { makeKey, type TestKey } from './support/signing-keys';
+import { makeStorePath, type StorePathFixture } from './support/store-paths';
+import { eventually } from './support/wait';
 
 /**
  * Graceful shutdown of the built server (`dist/main.js`, run `npm run build` first): SIGTERM lets
@@ -24,47 +21,6 @@ import { NarwhalProcess } from './support/narwhal-process';
 const MiB = 1024 * 1024;
 /** 64 KiB chunks every 31 ms: about 2 MiB/s, so an 8 MiB NAR takes about 4 s. */
 const SLOW_CHUNK_DELAY_MS = 31;
-
-interface Download {
-  /** Bytes received so far. */
-  received: () => number;
-  /** Settles when the response ends or breaks. */
-  done: Promise<{ complete: boolean; sha256: string; bytes: number; status: number }>;
-}
-
-/** GET that streams the body, hashing it, and tells whether it ended cleanly. */
-function download(url: string, agent?: Agent): Download {
-  let received = 0;
-  const done = new Promise<{ complete: boolean; sha256: string; bytes: number; status: number }>(
-    (resolve, reject) => {
-      const req = get(url, { agent: agent ?? false }, (res: IncomingMessage) => {
-        const hash = createHash('sha256');
-        res.on('data', (chunk: Buffer) => {
-          received += chunk.length;
-          hash.update(chunk);
-        });
-        const settle = () =>
-          resolve({
-            complete: res.complete,
-            sha256: hash.digest('hex'),
-            bytes: received,
-            status: res.statusCode ?? 0,
-          });
-        res.once('end', settle);
-        res.once('error', () => undefined); // "aborted": seen as complete === false on close
-        res.once('close', () => {
-          if (!res.complete) settle();
-        });
-      });
-      req.once('error', reject);
-    },
-  );
-  return { received: () => received, done };
-}
-
-function sha256(data: Buffer): string {
-  return createHash('sha256').update(data).digest('hex');
-}
 
 /** Resolves with the error code of a TCP connect to 127.0.0.1:port, or 'connected'. */
 function tryConnect(port: number): Promise<string> {
@@ -137,7 +93,7 @@ describe('graceful shutdown', () => {
     const nw = await start();
     const agent = new Agent({ keepAlive: true });
     try {
-      const res = await download(`${nw.url}/pubkey`, agent).done;
+      const res = await download(`${nw.url}/pubkey`, { agent }).done;
       expect(res.complete).toBe(true);
       const began = Date.now();
       nw.signal('SIGTERM');
@@ -171,7 +127,7 @@ describe('graceful shutdown', () => {
     expect(result.status).toBe(200);
     expect(result.complete).toBe(true);
     expect(result.bytes).toBe(f.file.length);
-    expect(result.sha256).toBe(sha256(f.file));
+    expect(result.sha256).toBe(sha256Nix32(f.file));
     expect(exit).toEqual({ code: 0, signal: null });
     expect(nw.logs()).not.toMatch(/"level":"(error|fatal)"/);
   });

@@ -10,10 +10,10 @@ import {
   makeSample,
   openFdsOf,
   settle,
-  sha256Hex,
   waitFor,
   type Received,
 } from '../../test/support/nar-spool-kit';
+import { sha256Hex } from '../../test/support/hash';
 import { DownloadFailedError } from '../common/errors';
 import { SpoolArea } from '../storage/spool-area';
 import { NarSpool } from './nar-spool';

@@ -1,7 +1,7 @@
 import { execFileSync } from 'node:child_process';
 import { gzipSync } from 'node:zlib';
 import { describe, expect, it } from 'vitest';
-import { nixSha256 } from '../../test/support/nar-spool-kit';
+import { nixSha256 } from '../../test/support/hash';
 import { DownloadFailedError } from '../common/errors';
 import type { Compression } from '../nix/compression';
 import { NarVerifier, type NarExpectations } from './nar-verifier';

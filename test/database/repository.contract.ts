@@ -1,4 +1,3 @@
-import { createHash } from 'node:crypto';
 import {
   In,
   type DataSource,
@@ -21,6 +20,7 @@ import {
 } from '../../src/database/narinfo.repository';
 import { encodeNix32 } from '../../src/nix/base32';
 import type { NarInfo } from '../../src/nix/narinfo';
+import { nixSha256, sha256, sha256Nix32 } from '../support/hash';
 
 export interface DatabaseUnderTest {
   /** An open, migrated DataSource on an empty database of its own. */
@@ -36,15 +36,11 @@ const TABLES = ['nar_files', 'narinfos', 'narinfo_references', 'narinfo_signatur
 
 /** A 32-character store path hash part derived from `seed`. */
 function hashPart(seed: string): string {
-  return encodeNix32(createHash('sha256').update(`part:${seed}`).digest().subarray(0, 20));
-}
-
-function sha256(seed: string): string {
-  return `sha256:${encodeNix32(createHash('sha256').update(seed).digest())}`;
+  return encodeNix32(sha256(`part:${seed}`).subarray(0, 20));
 }
 
 function narKeyOf(seed: string): string {
-  return `${encodeNix32(createHash('sha256').update(`file:${seed}`).digest())}.nar.xz`;
+  return `${sha256Nix32(`file:${seed}`)}.nar.xz`;
 }
 
 /** A store path base name `<hash>-<name>`. */
@@ -75,7 +71,7 @@ function newNarInfo(
     compression: 'xz',
     fileHash: `sha256:${narKey.slice(0, 52)}`,
     fileSize: opts.fileSize ?? 1234,
-    narHash: sha256(`nar:${name}`),
+    narHash: nixSha256(`nar:${name}`),
     narSize: opts.narSize ?? 5678,
     references: opts.refs ?? [],
     deriver: `${hashPart(`${name}.drv`)}-${name}.drv`,
@@ -226,7 +222,7 @@ export function repositoryContract(dialect: string, open: () => Promise<Database
         ];
         const n = newNarInfo(name, { refs, sigs, fileSize: 5 * GiB, narSize: 7 * GiB + 3 });
         n.narInfo.deriver = baseName(`${longName('drv', 196)}.drv`);
-        n.narInfo.ca = `fixed:r:${sha256('ca')}`;
+        n.narInfo.ca = `fixed:r:${nixSha256('ca')}`;
         n.narInfo.system = 'aarch64-darwin';
         await narInfos.save(n, 1_800_000_000_123);
 

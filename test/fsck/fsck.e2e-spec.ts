@@ -31,7 +31,7 @@ import {
   type FreshDatabase,
 } from '../database/database-servers';
 import { startS3rverOrSkip, type S3rverFixture } from '../storage/s3rver';
-import { makeNar, TestCache, type TestNar } from './fixtures';
+import { makeNar, TestCache, type TestNar } from './test-cache';
 
 // fsck against real databases (a SQLite file; PostgreSQL and MariaDB when reachable) and real stores
 // (the filesystem store; the S3 store on s3rver), on a cache built the way narwhal builds one and

@@ -1,17 +1,17 @@
-import { ListObjectsV2Command } from '@aws-sdk/client-s3';
-import { createHash } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
-import { get } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { encodeNix32 } from '../../src/nix/base32';
 import { reachableServer, type FreshDatabase } from '../database/database-servers';
 import { redisServerOrSkip, type RedisServerProcess } from '../locking/redis-servers';
-import { FakeUpstream, makeKey, makeStorePath, type StorePathFixture } from '../module/fixtures';
 import { S3rverFixture } from '../storage/s3rver';
+import { FakeUpstream } from '../support/fake-upstream';
+import { sha256Nix32 } from '../support/hash';
+import { httpGet, httpGetText as fetchText } from '../support/http-client';
 import { NarwhalProcess } from '../support/narwhal-process';
+import { makeKey } from '../support/signing-keys';
+import { makeStorePath, type StorePathFixture } from '../support/store-paths';
+import { pollUntil } from '../support/wait';
 
 /**
  * The High Availability flow: two narwhal processes behind no balancer at all (the test is the
@@ -115,19 +115,11 @@ describe('several instances share one download (PostgreSQL + S3 + Redis)', () =>
   }
 
   function narGets(f: StorePathFixture): number {
-    return upstream.requests.filter(
-      (r) => r.method === 'GET' && r.url.startsWith(`/${f.narInfo.url}`),
-    ).length;
+    return upstream.count('GET', `/${f.narInfo.url}`);
   }
 
-  async function objectKeys(): Promise<string[]> {
-    const client = s3!.client();
-    try {
-      const out = await client.send(new ListObjectsV2Command({ Bucket: bucket }));
-      return (out.Contents ?? []).map((o) => o.Key ?? '');
-    } finally {
-      client.destroy();
-    }
+  function objectKeys(): Promise<string[]> {
+    return s3!.objectKeys(bucket);
   }
 
   it('32 clients split across both instances: one upstream download, identical bytes, early first bytes', async () => {
@@ -194,9 +186,7 @@ describe('several instances share one download (PostgreSQL + S3 + Redis)', () =>
       bytes: n - start,
       clean: true,
     });
-    expect(part.sha256).toBe(
-      encodeNix32(createHash('sha256').update(blob.file.subarray(start)).digest()),
-    );
+    expect(part.sha256).toBe(sha256Nix32(blob.file.subarray(start)));
     expect(await whole).toMatchObject({ status: 200, clean: true, sha256: blob.fileHash });
     expect(narGets(blob)).toBe(1);
   });
@@ -289,70 +279,30 @@ function lockDetails(
   return parsed.details?.lock;
 }
 
-async function waitFor(probe: () => Promise<boolean>, ms = 15_000): Promise<boolean> {
-  const deadline = Date.now() + ms;
-  while (Date.now() < deadline) {
-    if (await probe()) return true;
-    await sleep(200);
-  }
-  return false;
-}
-
-function fetchText(url: string): Promise<{ status: number; body: string }> {
-  return new Promise((resolve, reject) => {
-    get(url, { agent: false }, (res) => {
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('data', (c: string) => (body += c));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
-      res.on('error', reject);
-    }).on('error', reject);
-  });
+/** Polls `probe` every 200 ms until it holds; false when it still does not after `ms`. */
+function waitFor(probe: () => Promise<boolean>, ms = 15_000): Promise<boolean> {
+  return pollUntil(probe, (ok) => ok, { timeoutMs: ms, intervalMs: 200 });
 }
 
 /** GETs a body without keeping it, hashing it as it streams; never rejects for a broken body. */
-function fetchBody(
+async function fetchBody(
   url: string,
   t0: number,
   opts: { stopAfterBytes?: number; range?: string } = {},
 ): Promise<Fetched> {
-  return new Promise((resolve) => {
-    const hash = createHash('sha256');
-    let bytes = 0;
-    let firstByteAt: number | undefined;
-    let settled = false;
-    let contentRange: string | undefined;
-    const done = (status: number, source: string | undefined, clean: boolean) => {
-      if (settled) return;
-      settled = true;
-      resolve({
-        status,
-        source,
-        contentRange,
-        bytes,
-        sha256: encodeNix32(hash.digest()),
-        firstByteAt,
-        endAt: Date.now() - t0,
-        clean,
-      });
-    };
-    const headers = opts.range ? { range: opts.range } : {};
-    const req = get(url, { agent: false, headers }, (res) => {
-      const source = res.headers['x-narwhal-source'] as string | undefined;
-      contentRange = res.headers['content-range'];
-      res.on('data', (c: Buffer) => {
-        firstByteAt ??= Date.now() - t0;
-        bytes += c.length;
-        hash.update(c);
-        if (opts.stopAfterBytes !== undefined && bytes >= opts.stopAfterBytes) {
-          done(res.statusCode ?? 0, source, false);
-          req.destroy();
-        }
-      });
-      res.on('end', () => done(res.statusCode ?? 0, source, res.complete));
-      res.on('error', () => done(res.statusCode ?? 0, source, false));
-      res.on('close', () => done(res.statusCode ?? 0, source, res.complete && !res.errored));
-    });
-    req.on('error', () => done(0, undefined, false));
+  const res = await httpGet(url, {
+    t0,
+    stopAfterBytes: opts.stopAfterBytes,
+    headers: opts.range ? { range: opts.range } : {},
   });
+  return {
+    status: res.status,
+    source: res.headers['x-narwhal-source'] as string | undefined,
+    contentRange: res.headers['content-range'],
+    bytes: res.bytes,
+    sha256: res.sha256,
+    firstByteAt: res.firstByteAt,
+    endAt: res.endAt,
+    clean: res.complete,
+  };
 }

@@ -2,13 +2,13 @@ import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { mkdtemp, rm } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Cluster, Redis } from 'ioredis';
 import type { RedisLockConfig } from '../../src/locking/redis/redis-locker';
+import { freePort } from '../support/ports';
 
 /**
  * The Redis servers the locking suites run against: the shared one (127.0.0.1:6379, or
@@ -285,18 +285,4 @@ export async function redisServerOrSkip(): Promise<RedisServerProcess | null> {
   } catch (e) {
     return skipOrFail('redis-server', (e as Error).message);
   }
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.on('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      server.close(() => {
-        if (address && typeof address === 'object') resolve(address.port);
-        else reject(new Error('no port'));
-      });
-    });
-  });
 }

@@ -1,20 +1,12 @@
-import type { NestFastifyApplication } from '@nestjs/platform-fastify';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { DataSource } from 'typeorm';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createApp, createLogger } from '../../src/bootstrap';
-import { buildConfig, type RawSettings } from '../../src/config/app-config';
 import type { UpstreamReachability } from '../../src/upstream/upstream-probe';
-import {
-  FakeUpstream,
-  closedPortUrl,
-  eventually,
-  makeKey,
-  makeStorePath,
-  type TestKey,
-} from './fixtures';
+import { FakeUpstream } from '../support/fake-upstream';
+import { startNarwhal, type Narwhal } from '../support/narwhal-app';
+import { closedPortUrl } from '../support/ports';
+import { makeKey, type TestKey } from '../support/signing-keys';
+import { makeStorePath } from '../support/store-paths';
+import { eventually } from '../support/wait';
 
 /**
  * /healthz and /readyz (GET and HEAD), upstream reachability in /readyz, request ids, and what the
@@ -23,39 +15,6 @@ import {
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 const PASSWORD = 'pr0be-s3cret';
-
-interface Narwhal {
-  app: NestFastifyApplication;
-  /** Every log line written so far, parsed. */
-  lines: Record<string, unknown>[];
-  close(): Promise<void>;
-}
-
-async function startNarwhal(settings: RawSettings): Promise<Narwhal> {
-  const dataPath = await mkdtemp(join(tmpdir(), 'narwhal-health-'));
-  const config = buildConfig(
-    { 'cache-data-path': dataPath, 'cache-hostname': 'narwhal-test', ...settings },
-    dataPath,
-  );
-  const lines: Record<string, unknown>[] = [];
-  const logger = createLogger('debug', {
-    pretty: false,
-    destination: {
-      write: (line: string) => void lines.push(JSON.parse(line) as Record<string, unknown>),
-    },
-  });
-  const app = await createApp(config, logger);
-  await app.init();
-  await app.getHttpAdapter().getInstance().ready();
-  return {
-    app,
-    lines,
-    close: async () => {
-      await app.close();
-      await rm(dataPath, { recursive: true, force: true });
-    },
-  };
-}
 
 interface ReadyBody {
   status: string;
@@ -101,12 +60,15 @@ describe('/readyz upstream details and the health endpoints', () => {
     u.password = PASSWORD;
     goodWithCredentials = `${u.href.replace(/\/$/, '')}?priority=10`;
     closed = `${await closedPortUrl()}?priority=20`;
-    nw = await startNarwhal({
-      'cache-upstream-url': [goodWithCredentials, closed],
-      'cache-upstream-public-key': [key.publicText],
-      'cache-upstream-dialer-timeout': '1s',
-      'log-level': 'debug',
-    });
+    nw = await startNarwhal(
+      {
+        'cache-upstream-url': [goodWithCredentials, closed],
+        'cache-upstream-public-key': [key.publicText],
+        'cache-upstream-dialer-timeout': '1s',
+        'log-level': 'debug',
+      },
+      { captureLogs: true },
+    );
   });
 
   afterAll(async () => {
@@ -231,11 +193,14 @@ describe('/readyz when every upstream is down, and when the database is gone', (
   let nw: Narwhal;
 
   beforeAll(async () => {
-    nw = await startNarwhal({
-      'cache-upstream-url': [await closedPortUrl(), await closedPortUrl()],
-      'cache-upstream-public-key': [makeKey('up-down-1').publicText],
-      'log-level': 'error',
-    });
+    nw = await startNarwhal(
+      {
+        'cache-upstream-url': [await closedPortUrl(), await closedPortUrl()],
+        'cache-upstream-public-key': [makeKey('up-down-1').publicText],
+        'log-level': 'error',
+      },
+      { captureLogs: true },
+    );
   });
 
   afterAll(async () => {

@@ -1,54 +1,16 @@
-import type { NestFastifyApplication } from '@nestjs/platform-fastify';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createApp } from '../../src/bootstrap';
-import { buildConfig, type RawSettings } from '../../src/config/app-config';
 import { LruService } from '../../src/lru/lru.service';
-import {
-  FakeUpstream,
-  eventually,
-  makeKey,
-  makeStorePath,
-  randomHashPart,
-  type StorePathFixture,
-  type TestKey,
-} from './fixtures';
+import { FakeUpstream } from '../support/fake-upstream';
+import { startNarwhal, type Narwhal } from '../support/narwhal-app';
+import { makeKey, type TestKey } from '../support/signing-keys';
+import { makeStorePath, randomHashPart, type StorePathFixture } from '../support/store-paths';
+import { eventually } from '../support/wait';
 
 /**
  * `GET /metrics` (--prometheus-enabled) through Fastify inject: after a known sequence of requests
  * against real local upstreams, the counters in the Prometheus text format have exactly the values
  * that sequence must produce.
  */
-
-interface Narwhal {
-  app: NestFastifyApplication;
-  close(): Promise<void>;
-}
-
-async function startNarwhal(settings: RawSettings): Promise<Narwhal> {
-  const dataPath = await mkdtemp(join(tmpdir(), 'narwhal-metrics-'));
-  const config = buildConfig(
-    {
-      'cache-data-path': dataPath,
-      'cache-hostname': 'narwhal-test',
-      'log-level': 'error',
-      ...settings,
-    },
-    dataPath,
-  );
-  const app = await createApp(config);
-  await app.init();
-  await app.getHttpAdapter().getInstance().ready();
-  return {
-    app,
-    close: async () => {
-      await app.close();
-      await rm(dataPath, { recursive: true, force: true });
-    },
-  };
-}
 
 interface Sample {
   name: string;

@@ -1,10 +1,12 @@
-import { createCipheriv, createHash } from 'node:crypto';
+import { createCipheriv } from 'node:crypto';
 import { readdir, writeFile, stat as statFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { NotFoundError } from '../../src/common/errors';
 import type { NarStore } from '../../src/storage/nar-store';
+import { sha256, sha256Hex, sha256HexOf } from '../support/hash';
+import { readAll } from '../support/streams';
 
 export interface StoreUnderTest {
   store: NarStore;
@@ -61,7 +63,7 @@ export function narStoreContract(name: string, makeStore: () => Promise<StoreUnd
 
     it('streams a 64 MiB put without holding it in memory, byte for byte', async () => {
       const size = 64 * MiB;
-      const expected = await sha256Of(generatedBody(size, 'big'));
+      const expected = await sha256HexOf(generatedBody(size, 'big'));
       const memory = sampleMemory();
       await store.put(keyOf(4), generatedBody(size, 'big'), size);
       const peak = memory.stop();
@@ -70,7 +72,7 @@ export function narStoreContract(name: string, makeStore: () => Promise<StoreUnd
           `peak Buffer memory +${(peak.arrayBuffers / MiB).toFixed(1)} MiB`,
       );
       expect(await store.stat(keyOf(4))).toEqual({ size });
-      expect(await sha256Of(await store.read(keyOf(4)))).toEqual(expected);
+      expect(await sha256HexOf(await store.read(keyOf(4)))).toEqual(expected);
     });
 
     it('stores nothing when the body fails half-way', async () => {
@@ -94,18 +96,18 @@ export function narStoreContract(name: string, makeStore: () => Promise<StoreUnd
       await store.putFile(keyOf(7), spool);
       expect(await store.stat(keyOf(7))).toEqual({ size: data.length });
       // (Not toEqual: a deep comparison of 3 MiB Buffers takes Vitest tens of seconds.)
-      expect(await sha256Of(await store.read(keyOf(7)))).toEqual(sha256OfBuffer(data));
+      expect(await sha256HexOf(await store.read(keyOf(7)))).toEqual(sha256Hex(data));
       await expect(statFile(spool)).rejects.toMatchObject({ code: 'ENOENT' });
     });
 
     it('leaves one complete object after concurrent puts of the same key', async () => {
       const size = 9 * MiB;
-      const expected = await sha256Of(generatedBody(size, 'same'));
+      const expected = await sha256HexOf(generatedBody(size, 'same'));
       await Promise.all(
         Array.from({ length: 5 }, () => store.put(keyOf(8), generatedBody(size, 'same'), size)),
       );
       expect(await store.stat(keyOf(8))).toEqual({ size });
-      expect(await sha256Of(await store.read(keyOf(8)))).toEqual(expected);
+      expect(await sha256HexOf(await store.read(keyOf(8)))).toEqual(expected);
       expect(await listAll(store)).toEqual([{ key: keyOf(8), size }]);
     });
 
@@ -195,7 +197,7 @@ export function generatedBody(
   options: { failAt?: number; chunkSize?: number } = {},
 ): Readable {
   const chunkSize = options.chunkSize ?? 256 * 1024;
-  const key = createHash('sha256').update(seed).digest().subarray(0, 16);
+  const key = sha256(seed).subarray(0, 16);
   const cipher = createCipheriv('aes-128-ctr', key, Buffer.alloc(16));
   const zeros = Buffer.alloc(chunkSize);
   let produced = 0;
@@ -217,24 +219,8 @@ export function generatedBody(
 }
 
 export function generatedBuffer(size: number, seed: string): Buffer {
-  const key = createHash('sha256').update(seed).digest().subarray(0, 16);
+  const key = sha256(seed).subarray(0, 16);
   return createCipheriv('aes-128-ctr', key, Buffer.alloc(16)).update(Buffer.alloc(size));
-}
-
-export async function readAll(stream: Readable): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  for await (const chunk of stream as AsyncIterable<Buffer>) chunks.push(chunk);
-  return Buffer.concat(chunks);
-}
-
-function sha256OfBuffer(data: Buffer): string {
-  return createHash('sha256').update(data).digest('hex');
-}
-
-export async function sha256Of(stream: Readable): Promise<string> {
-  const hash = createHash('sha256');
-  for await (const chunk of stream as AsyncIterable<Buffer>) hash.update(chunk);
-  return hash.digest('hex');
 }
 
 /** Samples the process's memory until stopped; returns the peak growth over the starting values. */

@@ -5,7 +5,7 @@ import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3';
+import { CreateBucketCommand, ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
 import type { S3StorageConfig } from '../../src/config/app-config';
 
 const CREDENTIALS = { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' };
@@ -117,6 +117,17 @@ export class S3rverFixture {
       forcePathStyle: true,
       credentials: CREDENTIALS,
     });
+  }
+
+  /** The keys of the objects in `bucket` (one listing page: up to 1000), sorted. */
+  async objectKeys(bucket: string): Promise<string[]> {
+    const client = this.client();
+    try {
+      const page = await client.send(new ListObjectsV2Command({ Bucket: bucket }));
+      return (page.Contents ?? []).map((o) => o.Key ?? '').sort();
+    } finally {
+      client.destroy();
+    }
   }
 
   /** Multipart uploads of `bucket` that were neither completed nor aborted. */

@@ -1,4 +1,3 @@
-import { ListObjectsV2Command } from '@aws-sdk/client-s3';
 import { reachableServer, type Dialect, type FreshDatabase } from '../database/database-servers';
 import { S3rverFixture } from '../storage/s3rver';
 
@@ -61,15 +60,7 @@ export const BACKENDS: BackendKind[] = [
           CACHE_STORAGE_S3_FORCE_PATH_STYLE: 'true',
           CACHE_STORAGE_S3_PREFIX: 'e2e/',
         },
-        async objectNames() {
-          const client = s3.client();
-          try {
-            const out = await client.send(new ListObjectsV2Command({ Bucket: bucket }));
-            return (out.Contents ?? []).map((o) => o.Key ?? '');
-          } finally {
-            client.destroy();
-          }
-        },
+        objectNames: () => s3.objectKeys(bucket),
         async close() {
           await s3.stop();
           await db.drop();

@@ -1,21 +1,13 @@
 import { execFileSync } from 'node:child_process';
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { readdirSync, readlinkSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import { setImmediate as tick } from 'node:timers/promises';
-import { encodeNix32 } from '../../src/nix/base32';
 import type { NarExpectations } from '../../src/nar/nar-verifier';
+import { nixSha256 } from './hash';
 
 // What the NarSpool unit specs share: sample NARs, a hand-fed upstream body and a reader recorder.
-
-export function nixSha256(bytes: Buffer): string {
-  return `sha256:${encodeNix32(createHash('sha256').update(bytes).digest())}`;
-}
-
-export function sha256Hex(bytes: Buffer): string {
-  return createHash('sha256').update(bytes).digest('hex');
-}
 
 /** Stand-in NAR content, compressed with the real xz. */
 export function makeSample(size: number, seed: number) {

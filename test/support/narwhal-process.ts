@@ -1,9 +1,9 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { get } from 'node:http';
-import { createServer, type AddressInfo } from 'node:net';
 import { resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { NODE_FLAGS } from '../../src/runtime-flags';
+import { httpGet } from './http-client';
+import { freePort } from './ports';
 
 /** Runs the built server (`node <NODE_FLAGS> dist/main.js serve`) as a child process, like `npm start`. */
 
@@ -88,13 +88,9 @@ export class NarwhalProcess {
             `${this.exitInfo.signal})\n--- narwhal output ---\n${this.output}`,
         );
       }
-      try {
-        const status = await statusOf(`${this.url}/healthz`);
-        if (status === 200) return;
-        lastError = `GET /healthz answered ${status}`;
-      } catch (err) {
-        lastError = err instanceof Error ? err.message : String(err);
-      }
+      const res = await httpGet(`${this.url}/healthz`, { timeoutMs: 2_000 });
+      if (res.status === 200) return;
+      lastError = res.error ?? `GET /healthz answered ${res.status}`;
       await sleep(200);
     }
     throw new Error(
@@ -159,27 +155,4 @@ export class NarwhalProcess {
   exitStatus(): { code: number | null; signal: NodeJS.Signals | null } | null {
     return this.exitInfo;
   }
-}
-
-/** Asks the OS for a free port on 127.0.0.1, then releases it for the child to bind. */
-export function freePort(): Promise<number> {
-  return new Promise((done, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as AddressInfo;
-      server.close(() => done(port));
-    });
-  });
-}
-
-function statusOf(url: string): Promise<number> {
-  return new Promise((done, reject) => {
-    const req = get(url, { agent: false, timeout: 2_000 }, (res) => {
-      res.resume();
-      done(res.statusCode ?? 0);
-    });
-    req.once('timeout', () => req.destroy(new Error('timeout')));
-    req.once('error', reject);
-  });
 }

@@ -123,7 +123,8 @@ export function requireNix(): boolean {
   return false;
 }
 
-export interface StorePathFixture {
+/** A store path built by nix-build into the machine's store. */
+export interface NixStorePath {
   /** Full store path, e.g. /nix/store/<hash>-narwhal-e2e-top */
   path: string;
   /** The 32-character hash part, the narinfo's file name. */
@@ -131,7 +132,7 @@ export interface StorePathFixture {
 }
 
 export interface UpstreamFixture {
-  /** Directory of a `file://` binary cache, served by UpstreamServer. */
+  /** Directory of a `file://` binary cache, served by FakeUpstream. */
   dir: string;
   keyName: string;
   /** `name:base64` public key. */
@@ -141,15 +142,15 @@ export interface UpstreamFixture {
 }
 
 export interface Fixtures {
-  leaf: StorePathFixture;
-  mid: StorePathFixture;
+  leaf: NixStorePath;
+  mid: NixStorePath;
   /** top → mid → leaf, and top → leaf. */
-  top: StorePathFixture;
+  top: NixStorePath;
   /** A single file of 32 MiB of random bytes, published to upstream B only. */
-  blob: StorePathFixture;
+  blob: NixStorePath;
   /** Small uncached paths for the fault-injection steps, published to upstream A. */
-  victimCorrupt: StorePathFixture;
-  victimTruncate: StorePathFixture;
+  victimCorrupt: NixStorePath;
+  victimTruncate: NixStorePath;
   /** xz cache with leaf, mid, top and the two victims, signed by up-a-1. */
   upstreamA: UpstreamFixture;
   /** zstd cache with the blob, signed by up-b-1. */
@@ -191,7 +192,7 @@ const ATTRS = {
 } as const;
 type FixtureAttr = keyof typeof ATTRS;
 
-export function storePathFixture(path: string): StorePathFixture {
+export function nixStorePath(path: string): NixStorePath {
   const base = path.slice(path.lastIndexOf('/') + 1);
   return { path, hashPart: base.slice(0, 32) };
 }
@@ -214,11 +215,11 @@ export async function buildFixtures(workDir: string): Promise<Fixtures> {
     { env, timeoutMs: 300_000 },
   );
   const outPaths = built.stdout.split('\n').filter((l) => l.startsWith('/nix/store/'));
-  const paths = {} as Record<FixtureAttr, StorePathFixture>;
+  const paths = {} as Record<FixtureAttr, NixStorePath>;
   for (const attr of attrs) {
     const found = outPaths.find((p) => p.endsWith(`-${ATTRS[attr]}`));
     if (!found) throw new Error(`nix-build did not print the ${attr} output:\n${built.stdout}`);
-    paths[attr] = storePathFixture(found);
+    paths[attr] = nixStorePath(found);
   }
 
   const [upstreamA, upstreamB] = await Promise.all([
@@ -281,7 +282,7 @@ export function parseNarInfo(text: string): ParsedNarInfo {
 /** Reads an upstream cache's narinfo for a fixture straight from disk. */
 export async function readUpstreamNarInfo(
   upstream: UpstreamFixture,
-  fixture: StorePathFixture,
+  fixture: NixStorePath,
 ): Promise<ParsedNarInfo> {
   return parseNarInfo(await readFile(join(upstream.dir, `${fixture.hashPart}.narinfo`), 'utf8'));
 }

@@ -12,6 +12,9 @@ import { NarFileRepository } from '../../src/database/nar-file.repository';
 import { NarInfoRepository } from '../../src/database/narinfo.repository';
 import type { NarInfo } from '../../src/nix/narinfo';
 import type { NarStore } from '../../src/storage/nar-store';
+import { sha256Nix32 } from '../support/hash';
+import { narOfFile, randomHashPart } from '../support/store-paths';
+import { readAll } from '../support/streams';
 
 /**
  * A small cache made the way narwhal makes one: narinfo rows saved by NarInfoRepository, NAR objects
@@ -20,9 +23,6 @@ import type { NarStore } from '../../src/storage/nar-store';
  */
 
 const UPSTREAM = 'https://upstream.example';
-
-export { narOfFile, randomHashPart, sha256Nix32 as nix32Sha256 } from '../module/fixtures';
-import { narOfFile, randomHashPart, sha256Nix32 as nix32Sha256 } from '../module/fixtures';
 
 export interface TestNar {
   /** Storage key, `<nix32 FileHash>.nar[.xz]`. */
@@ -43,7 +43,7 @@ export async function makeNar(
   const size = opts.size ?? 8192;
   const nar = narOfFile(Buffer.concat([randomBytes(size / 2), Buffer.alloc(size / 2)]));
   const file = compression === 'xz' ? await compress(nar, { preset: 1 }) : nar;
-  const fileHash = nix32Sha256(file);
+  const fileHash = sha256Nix32(file);
   const key = `${fileHash}.nar${compression === 'xz' ? '.xz' : ''}`;
   const hash = randomHashPart();
   return {
@@ -55,7 +55,7 @@ export async function makeNar(
       compression,
       fileHash: `sha256:${fileHash}`,
       fileSize: file.length,
-      narHash: `sha256:${nix32Sha256(nar)}`,
+      narHash: `sha256:${sha256Nix32(nar)}`,
       narSize: nar.length,
       references: [`${randomHashPart()}-dep`, `${hash}-fsck-test`],
       sigs: [`upstream.example-1:${randomBytes(64).toString('base64')}`],
@@ -115,9 +115,7 @@ export class TestCache {
 
   async readObject(key: string): Promise<Buffer | null> {
     if ((await this.store.stat(key)) === null) return null;
-    const chunks: Buffer[] = [];
-    for await (const c of (await this.store.read(key)) as AsyncIterable<Buffer>) chunks.push(c);
-    return Buffer.concat(chunks);
+    return readAll(await this.store.read(key));
   }
 
   storedSize(key: string): Promise<number | null | undefined> {
@@ -131,7 +129,7 @@ export class TestCache {
     const objects: Array<{ key: string; size: number; sha256: string }> = [];
     for await (const o of this.store.list()) {
       const bytes = await this.readObject(o.key);
-      objects.push({ key: o.key, size: o.size, sha256: bytes ? nix32Sha256(bytes) : 'gone' });
+      objects.push({ key: o.key, size: o.size, sha256: bytes ? sha256Nix32(bytes) : 'gone' });
     }
     objects.sort((a, b) => a.key.localeCompare(b.key));
     return {
