@@ -5,6 +5,9 @@ import { buildConfig, type RawSettings } from '../config/app-config';
 import { MetricsService } from '../metrics/metrics.service';
 import { UpstreamService, UpstreamStatusError } from './upstream.service';
 
+/** A text document over the 1 MiB narwhal reads of a narinfo. */
+const BIG_BYTES = 2 * 1024 * 1024;
+
 const TEST_KEY = 'test-1:d8+pFuppcWDFjG1rF7876FZr+FwLvafi4PhlsZuFrUM=';
 
 function service(raw: RawSettings): UpstreamService {
@@ -63,6 +66,8 @@ describe('requests to upstreams (real local HTTP servers)', () => {
         res.writeHead(302, { location: `${bUrl}/landed${req.url.slice(5)}` }).end();
       } else if (req.url?.includes('.narinfo')) {
         res.writeHead(200, { 'content-length': 5 }).end('hello');
+      } else if (req.url?.startsWith('/big')) {
+        res.writeHead(200, { 'content-length': BIG_BYTES }).end(Buffer.alloc(BIG_BYTES, 'x'));
       } else if (req.url?.includes('/landed/')) {
         res.writeHead(200, { 'content-length': 3 }).end('nar');
       } else {
@@ -131,6 +136,22 @@ describe('requests to upstreams (real local HTTP servers)', () => {
       expect((err as UpstreamStatusError).status).toBe(404);
       expect(String(err)).not.toMatch(/hunter2/);
       expect(upstreams.describeError(err)).toMatch(/404/);
+    } finally {
+      await upstreams.onApplicationShutdown();
+    }
+  });
+
+  it('refuses a text document over 1 MiB, and opens a HEAD with its length and an empty body', async () => {
+    const upstreams = service({ 'cache-upstream-url': aUrl });
+    try {
+      const [up] = upstreams.upstreams;
+      await expect(upstreams.getText(up, 'big/doc')).rejects.toThrow(/larger than 1048576 bytes/);
+      expect(seen.at(-1)).toMatchObject({ server: 'a', url: '/big/doc' });
+
+      const head = await upstreams.open(up.urlFor('x.narinfo'), 'HEAD');
+      expect(seen.at(-1)).toMatchObject({ server: 'a', url: '/x.narinfo' });
+      expect(head.length).toBe(5);
+      expect(head.body.readableEnded || head.body.destroyed).toBe(true);
     } finally {
       await upstreams.onApplicationShutdown();
     }

@@ -8,9 +8,9 @@ import type { StorePathFixture } from './store-paths';
 
 /**
  * A real HTTP upstream cache on 127.0.0.1:<random port>. It answers from routes set in memory (each
- * with a behaviour: serve, fail, redirect, hang, break off), then, when started with a `root`, from
- * that `file://` binary cache directory; everything else is a 404. It records every request, can
- * slow NAR bodies down and break the bodies of chosen paths.
+ * with a behaviour: serve, fail, redirect, hang, break off, hold back half), then, when started with
+ * a `root`, from that `file://` binary cache directory; everything else is a 404. It records every
+ * request, can slow NAR bodies down and break the bodies of chosen paths.
  */
 
 export interface LoggedRequest {
@@ -46,7 +46,9 @@ export type Behaviour =
   /** Announce the full length, send half, then destroy the socket. */
   | { kind: 'truncate'; body: Buffer }
   /** Announce the full length, send half, then keep the connection open without sending more. */
-  | { kind: 'stall'; body: Buffer };
+  | { kind: 'stall'; body: Buffer }
+  /** Announce the full length, send half, then the rest once `resume` settles (a download in progress). */
+  | { kind: 'hold'; body: Buffer; resume: Promise<void> };
 
 /** Where a body's bytes come from. */
 type Source = { bytes: Buffer } | { file: string };
@@ -58,6 +60,8 @@ interface Reply {
   delayMs?: number;
   chunkDelayMs?: number;
   fault?: Fault;
+  /** Settles when the second half may be sent. */
+  resume?: Promise<void>;
 }
 
 const CHUNK_BYTES = 64 * 1024;
@@ -140,6 +144,16 @@ export class FakeUpstream {
       contentType: 'text/x-nix-narinfo',
       ...options,
     });
+  }
+
+  /**
+   * Serves `body` at `path`: the first half at once, the rest only after `resume()` — a download
+   * the test can look at while it is running.
+   */
+  hold(path: string, body: Buffer): { resume: () => void } {
+    let resume!: () => void;
+    this.set(path, { kind: 'hold', body, resume: new Promise<void>((r) => (resume = r)) });
+    return { resume };
   }
 
   /** Answers `path` (without the query string) this way, before any file of the root. */
@@ -251,11 +265,12 @@ export class FakeUpstream {
         };
       case 'truncate':
       case 'stall':
+      case 'hold':
         return {
           source: { bytes: b.body },
           size: b.body.length,
           contentType: 'application/x-nix-nar',
-          fault: b.kind,
+          ...(b.kind === 'hold' ? { resume: b.resume } : { fault: b.kind }),
         };
     }
   }
@@ -309,6 +324,10 @@ export class FakeUpstream {
       }
       sent += chunk.length;
       await write(res, chunk);
+      if (reply.resume && sent >= half) {
+        await reply.resume;
+        reply.resume = undefined;
+      }
       if (reply.chunkDelayMs) await sleep(reply.chunkDelayMs);
       if (rate !== null) {
         const wait = started + (sent / rate) * 1000 - Date.now();

@@ -1,0 +1,236 @@
+import { Readable } from 'node:stream';
+import { describe, expect, it, vi } from 'vitest';
+import { FakeUpstream } from '../../test/support/fake-upstream';
+import { listFiles } from '../../test/support/files';
+import { consume } from '../../test/support/nar-spool-kit';
+import { closedPortUrl } from '../../test/support/ports';
+import { useServiceModule } from '../../test/support/service-module';
+import { makeStorePath, type StorePathFixture } from '../../test/support/store-paths';
+import { readAll } from '../../test/support/streams';
+import { eventually } from '../../test/support/wait';
+import { NotFoundError, UpstreamUnavailableError } from '../common/errors';
+import { narLockKey } from '../locking/lock-keys';
+import { ActiveDownloads } from './active-downloads';
+import { NarFetcher } from './nar-fetcher';
+import { NarService } from './nar.service';
+import { PeerClient } from './peer-client';
+
+/**
+ * The NAR download flow, step by step, on the real providers: SQLite, the filesystem NarStore, the
+ * LocalLocker (also standing for another instance's lock), two real upstream servers and, for a
+ * download another instance runs, a real HTTP server in that instance's place.
+ */
+
+const t = useServiceModule([NarService, NarFetcher, ActiveDownloads, PeerClient], {
+  // Waiting for another instance: retry every 50 ms at most, 40 times.
+  'cache-lock-retry-max-attempts': '40',
+  'cache-lock-retry-initial-delay': '10ms',
+  'cache-lock-retry-max-delay': '50ms',
+});
+const service = () => t.module.get(NarService);
+const active = () => t.module.get(ActiveDownloads);
+const narPath = (f: StorePathFixture) => `/nar/${f.narName}`;
+const peerPath = (f: StorePathFixture) => `/_narwhal/downloads/${f.narName}`;
+
+/** `f` as a finished download leaves it: narinfo and row recorded, object stored, row marked. */
+async function putStored(f: StorePathFixture): Promise<void> {
+  await t.recordNarInfo(f, t.primary);
+  await t.module.store.put(f.narName, Readable.from([f.file]), f.file.length);
+  await t.module.narFiles.markStored(f.narName, f.file.length);
+}
+
+async function storedBytes(f: StorePathFixture): Promise<Buffer | null> {
+  if (!(await t.module.store.stat(f.narName))) return null;
+  return readAll(await t.module.store.read(f.narName));
+}
+
+/** Waits until this instance runs no download any more (the last one committed or discarded). */
+async function downloadsSettled(): Promise<void> {
+  await eventually(() => active().size === 0, 10_000, 'downloads settled');
+}
+
+describe('NarService: a stored NAR', () => {
+  it('is streamed from storage, whole or from a byte offset, without asking upstream', async () => {
+    const f = await makeStorePath([t.keyA], { size: 200_000 });
+    await putStored(f);
+
+    const whole = await service().get(f.narName);
+    expect(whole).toMatchObject({ source: 'storage', length: f.file.length, range: undefined });
+    expect((await readAll(whole.body)).equals(f.file)).toBe(true);
+
+    const tail = await service().get(f.narName, 'bytes=150000-');
+    expect(tail).toMatchObject({
+      source: 'storage',
+      length: f.file.length,
+      range: { start: 150_000, end: f.file.length - 1 },
+    });
+    expect((await readAll(tail.body)).equals(f.file.subarray(150_000))).toBe(true);
+
+    expect(await service().head(f.narName)).toEqual({ length: f.file.length });
+    expect(t.primary.count(undefined, narPath(f))).toBe(0);
+    expect(t.secondary.count(undefined, narPath(f))).toBe(0);
+    expect(active().size).toBe(0);
+  });
+
+  it('is fetched again when its object vanished from storage', async () => {
+    const f = await makeStorePath([t.keyA], { size: 100_000 });
+    await putStored(f);
+    await t.module.store.delete(f.narName);
+    t.primary.publish(f);
+
+    const res = await service().get(f.narName);
+
+    expect(res.source).toBe('download');
+    expect((await readAll(res.body)).equals(f.file)).toBe(true);
+    await downloadsSettled();
+    expect(t.primary.count('GET', narPath(f))).toBe(1);
+    expect((await storedBytes(f))?.equals(f.file)).toBe(true);
+    expect((await t.module.narFiles.find(f.narName))?.storedSize).toBe(f.file.length);
+  });
+});
+
+describe('NarService: a NAR not stored yet', () => {
+  it('is downloaded once: clients stream it as it arrives, whole or from an offset, and concurrent ones join', async () => {
+    const f = await makeStorePath([t.keyA], { size: 400_000 });
+    await t.recordNarInfo(f, t.primary);
+    const upstream = t.primary.hold(narPath(f), f.file);
+    const start = vi.spyOn(t.module.get(NarFetcher), 'start');
+    const tryAcquire = vi.spyOn(t.module.locker, 'tryAcquire');
+
+    // Four clients at once: one claim of the NAR's lock, one download they all stream from.
+    const [first, ...joined] = await Promise.all([1, 2, 3, 4].map(() => service().get(f.narName)));
+    expect(first).toMatchObject({ source: 'download', length: f.file.length, range: undefined });
+    expect(joined.map((r) => r.source)).toEqual(['download', 'download', 'download']);
+    const firstBody = consume(first.body);
+    await eventually(() => firstBody.bytes >= f.file.length / 2 - 1, 10_000, 'the first half');
+    // A client has half the NAR while the rest is still upstream: nothing is stored yet.
+    expect(await t.module.store.stat(f.narName)).toBeNull();
+    expect((await t.module.narFiles.find(f.narName))?.storedSize).toBeNull();
+
+    // A client resuming at an offset joins the running download too.
+    const tail = await service().get(f.narName, 'bytes=100000-');
+    expect(tail).toMatchObject({
+      source: 'download',
+      length: f.file.length,
+      range: { start: 100_000, end: f.file.length - 1 },
+    });
+    // HEAD meanwhile answers from the running download.
+    expect(await service().head(f.narName)).toEqual({ length: f.file.length });
+    expect(t.primary.count('HEAD', narPath(f))).toBe(0);
+    expect(active().size).toBe(1);
+    expect(active().get(f.narName)?.spool.readerCount).toBe(5);
+    expect(tryAcquire.mock.calls.filter(([key]) => key === narLockKey(f.narName))).toHaveLength(1);
+    expect(start).toHaveBeenCalledTimes(1);
+    expect(t.primary.count('GET', narPath(f))).toBe(1);
+
+    const bodies = [firstBody, ...joined.map((r) => consume(r.body))];
+    const tailBody = consume(tail.body);
+    upstream.resume();
+    await eventually(
+      () => [...bodies, tailBody].every((b) => b.ended),
+      10_000,
+      'every client has the whole NAR',
+    );
+    for (const b of bodies) expect(b.data().equals(f.file)).toBe(true);
+    expect(tailBody.data().equals(f.file.subarray(100_000))).toBe(true);
+
+    await downloadsSettled();
+    expect((await storedBytes(f))?.equals(f.file)).toBe(true);
+    expect((await t.module.narFiles.find(f.narName))?.storedSize).toBe(f.file.length);
+    const warm = await service().get(f.narName);
+    warm.body.destroy();
+    expect(warm.source).toBe('storage');
+    expect(t.primary.count('GET', narPath(f))).toBe(1);
+    expect(await listFiles(t.module.store.spool.dir)).toEqual([]);
+  });
+
+  it('HEAD never starts a download; it answers from the row and an upstream HEAD', async () => {
+    const f = await makeStorePath([t.keyA], { size: 100_000 });
+    await t.recordNarInfo(f, t.primary);
+    t.primary.publish(f);
+    const start = vi.spyOn(t.module.get(NarFetcher), 'start');
+
+    expect(await service().head(f.narName)).toEqual({ length: f.file.length });
+
+    expect(t.primary.count('HEAD', narPath(f))).toBe(1);
+    expect(t.primary.count('GET', narPath(f))).toBe(0);
+    expect(start).not.toHaveBeenCalled();
+    expect(active().size).toBe(0);
+    expect(await t.module.store.stat(f.narName)).toBeNull();
+    expect(await listFiles(t.module.store.spool.dir)).toEqual([]);
+
+    t.primary.delete(narPath(f));
+    await expect(service().head(f.narName)).rejects.toBeInstanceOf(UpstreamUnavailableError);
+    const unknown = await makeStorePath([t.keyA]);
+    await expect(service().head(unknown.narName)).rejects.toBeInstanceOf(NotFoundError);
+    expect(t.primary.count(undefined, narPath(unknown))).toBe(0);
+    expect(start).not.toHaveBeenCalled();
+  });
+});
+
+describe('NarService: a NAR another instance is downloading', () => {
+  it('is streamed from that instance, named by the URL in the lock it holds', async () => {
+    const f = await makeStorePath([t.keyA], { size: 100_000 });
+    await t.recordNarInfo(f, t.primary);
+    t.primary.publish(f); // a download here would be possible, and wrong
+    const peer = await FakeUpstream.start();
+    try {
+      peer.set(peerPath(f), { kind: 'serve', body: f.file });
+      const lease = await t.module.locker.tryAcquire(narLockKey(f.narName), 60_000, peer.url);
+      expect(lease).not.toBeNull();
+      const start = vi.spyOn(t.module.get(NarFetcher), 'start');
+
+      const res = await service().get(f.narName);
+
+      expect(res).toMatchObject({ source: 'peer', length: f.file.length });
+      expect((await readAll(res.body)).equals(f.file)).toBe(true);
+      expect(peer.count('GET', peerPath(f))).toBe(1);
+      expect(t.primary.count('GET', narPath(f))).toBe(0);
+      expect(start).not.toHaveBeenCalled();
+      expect(active().size).toBe(0);
+      await lease?.release();
+    } finally {
+      await peer.close();
+    }
+  });
+
+  it('is downloaded here once the other instance, no longer downloading it, releases its lock', async () => {
+    const f = await makeStorePath([t.keyA], { size: 100_000 });
+    await t.recordNarInfo(f, t.primary);
+    t.primary.publish(f);
+    const peer = await FakeUpstream.start(); // answers 404: it is not downloading the NAR (any more)
+    try {
+      const lease = await t.module.locker.tryAcquire(narLockKey(f.narName), 60_000, peer.url);
+
+      const get = service().get(f.narName);
+      await eventually(() => peer.count('GET', peerPath(f)) >= 1, 5000, 'the peer asked');
+      expect(t.primary.count('GET', narPath(f))).toBe(0);
+      await lease?.release();
+
+      const res = await get;
+      expect(res.source).toBe('download');
+      expect((await readAll(res.body)).equals(f.file)).toBe(true);
+      expect(t.primary.count('GET', narPath(f))).toBe(1);
+      await downloadsSettled();
+    } finally {
+      await peer.close();
+    }
+  });
+
+  it('gives up with UpstreamUnavailableError when that instance cannot be reached and keeps its lock', async () => {
+    const f = await makeStorePath([t.keyA]);
+    await t.recordNarInfo(f, t.primary);
+    t.primary.publish(f);
+    const lease = await t.module.locker.tryAcquire(
+      narLockKey(f.narName),
+      60_000,
+      await closedPortUrl(),
+    );
+
+    await expect(service().get(f.narName)).rejects.toBeInstanceOf(UpstreamUnavailableError);
+
+    expect(t.primary.count('GET', narPath(f))).toBe(0);
+    expect(active().size).toBe(0);
+    await lease?.release();
+  });
+});
