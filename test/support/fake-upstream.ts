@@ -40,6 +40,8 @@ export type Behaviour =
       delayMs?: number;
       /** Pause after every 64 KiB chunk (a slow upstream). */
       chunkDelayMs?: number;
+      /** More response headers (e.g. Content-Encoding). */
+      headers?: Record<string, string>;
     }
   | { kind: 'status'; status: number; headers?: Record<string, string> }
   | { kind: 'redirect'; location: string }
@@ -59,6 +61,7 @@ interface Reply {
   contentType: string;
   delayMs?: number;
   chunkDelayMs?: number;
+  headers?: Record<string, string>;
   fault?: Fault;
 }
 
@@ -261,6 +264,7 @@ export class FakeUpstream {
           contentType: b.contentType ?? 'application/x-nix-nar',
           delayMs: b.delayMs,
           chunkDelayMs: b.chunkDelayMs,
+          headers: b.headers,
         };
       case 'truncate':
       case 'stall':
@@ -302,7 +306,11 @@ export class FakeUpstream {
     reply: Reply,
   ): Promise<void> {
     if (reply.delayMs) await sleep(reply.delayMs);
-    res.writeHead(200, { 'content-type': reply.contentType, 'content-length': reply.size });
+    res.writeHead(200, {
+      'content-type': reply.contentType,
+      'content-length': reply.size,
+      ...reply.headers,
+    });
     if (method === 'HEAD') {
       res.end();
       return;
