@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { Readable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
 import { NarFormatError } from './errors';
 import { isNarListing, listNar, serializeNarListing } from './nar-listing';
@@ -70,8 +71,10 @@ const TREE = nar(
   ')',
 );
 
-async function* chunks(b: Buffer, size: number): AsyncIterable<Buffer> {
-  for (let i = 0; i < b.length; i += size) yield b.subarray(i, i + size);
+function chunks(b: Buffer, size: number): AsyncIterable<Buffer> {
+  const parts: Buffer[] = [];
+  for (let i = 0; i < b.length; i += size) parts.push(b.subarray(i, i + size));
+  return Readable.from(parts);
 }
 
 describe('listNar', () => {
