@@ -29,7 +29,7 @@ interface RecentNarInfo {
 /** How long a served narinfo is answered from memory (an eviction elsewhere shows after at most this). */
 const RECENT_TTL_MS = 30_000;
 const RECENT_MAX = 20_000;
-/** Most hashes remembered as missing (~100 bytes each). */
+/** Most hashes remembered as missing (~150 bytes each: 14 MB measured for 100,000). */
 export const NEGATIVE_MAX = 100_000;
 
 /** What a lookup found: a stored row, or nothing (`definite` when every upstream said so). */
