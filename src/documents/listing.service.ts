@@ -122,6 +122,10 @@ export class ListingService {
       const json = serializeNarListing(await listNar(decompressor));
       if (json.length > MAX_LISTING_BYTES) return null;
       return Buffer.from(json);
+    } catch (e) {
+      // A stored file that is not a NAR (it matched its hashes all the same), or storage failing.
+      this.logger.warn(`cannot list ${file.key}: ${(e as Error).message}`);
+      return null;
     } finally {
       source.destroy();
       decompressor.destroy();

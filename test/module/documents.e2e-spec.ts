@@ -4,7 +4,8 @@ import { describe, expect, it } from 'vitest';
 import { canonicalJson } from '../../src/nix/realisation';
 import { signFingerprint } from '../../src/signing/keys';
 import { waitStored } from '../support/narwhal-app';
-import { makeStorePath, randomHashPart } from '../support/store-paths';
+import { sha256Nix32 } from '../support/hash';
+import { makeStorePath, randomHashPart, sign } from '../support/store-paths';
 import { useTwoUpstreams } from '../support/two-upstreams';
 
 /**
@@ -53,6 +54,30 @@ describe('<hash>.ls', () => {
     const asked = primary.count('GET', `/${f.hash}.ls`);
     expect((await inject('GET', `/${f.hash}.ls`)).body).toBe(res.body);
     expect(primary.count('GET', `/${f.hash}.ls`)).toBe(asked);
+  });
+
+  it('a stored file that is not a NAR gives no listing (404), and no 4xx/5xx confusion', async () => {
+    const notNar = randomBytes(3000);
+    const f = await makeStorePath([keyA], { compression: 'none' });
+    const file = notNar;
+    const fileHash = sha256Nix32(file);
+    const narInfo = sign(
+      {
+        ...f.narInfo,
+        url: `nar/${fileHash}.nar`,
+        fileHash: `sha256:${fileHash}`,
+        fileSize: file.length,
+        narHash: `sha256:${fileHash}`,
+        narSize: file.length,
+      },
+      [keyA],
+    );
+    primary.setNarInfo(f.hash, narInfo);
+    primary.set(`/nar/${fileHash}.nar`, { kind: 'serve', body: file });
+    expect((await inject('GET', `/${f.hash}.narinfo`)).statusCode).toBe(200);
+    expect((await inject('GET', `/nar/${fileHash}.nar`)).statusCode).toBe(200);
+    await waitStored(nw, `${fileHash}.nar`, file);
+    expect((await inject('GET', `/${f.hash}.ls`)).statusCode).toBe(404);
   });
 
   it('an upstream answer that is not a listing is ignored; a bad hash is a 400', async () => {
