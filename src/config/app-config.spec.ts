@@ -1,4 +1,5 @@
-import { hostname as osHostname } from 'node:os';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { hostname as osHostname, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { formatPublicKey } from '../signing/keys';
@@ -410,5 +411,65 @@ describe('bad values stop startup with a ConfigError naming the setting', () => 
 
   it('checks a single-valued setting given as a one-element list like a plain value', () => {
     expect(build({ 'server-addr': [':9999'] }).server.port).toBe(9999);
+  });
+});
+
+describe('fast misses and upstream health settings', () => {
+  it('defaults: hedged lookups, a 1 minute negative cache, breaker after 5 failures for 10 s..5 m', () => {
+    const c = build({});
+    expect(c.upstreamHedge).toBe(true);
+    expect(c.negativeTtlMs).toBe(60_000);
+    expect(c.upstreamBreaker).toEqual({ failures: 5, backoffMs: 10_000, maxBackoffMs: 300_000 });
+  });
+
+  it('accepts 0 for the negative TTL and the breaker, and refuses a maximum below the first back-off', () => {
+    const c = build({ 'cache-negative-ttl': '0', 'cache-upstream-breaker-failures': '0' });
+    expect(c.negativeTtlMs).toBe(0);
+    expect(c.upstreamBreaker.failures).toBe(0);
+    expect(
+      configError(() =>
+        build({
+          'cache-upstream-breaker-backoff': '1m',
+          'cache-upstream-breaker-max-backoff': '10s',
+        }),
+      ).setting,
+    ).toBe('cache-upstream-breaker-max-backoff');
+    expect(configError(() => build({ 'cache-negative-ttl': 'soon' })).setting).toBe(
+      'cache-negative-ttl',
+    );
+  });
+});
+
+describe('--netrc-file', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'narwhal-netrc-'));
+  const file = join(dir, 'netrc');
+  writeFileSync(
+    file,
+    'machine private.example login alice password s3cret\nmachine url.example login x password y\n',
+  );
+
+  it('gives an upstream on a netrc host basic auth; other hosts get none; URL credentials win', () => {
+    const c = build({
+      'netrc-file': file,
+      'cache-upstream-url': [
+        'https://private.example/cache',
+        'https://other.example',
+        'https://bob:pw@url.example',
+      ],
+    });
+    expect(c.upstreams.map((u) => u.authorization)).toEqual([
+      `Basic ${Buffer.from('alice:s3cret').toString('base64')}`,
+      undefined,
+      `Basic ${Buffer.from('bob:pw').toString('base64')}`,
+    ]);
+  });
+
+  it('a missing or malformed file stops startup naming the setting', () => {
+    expect(configError(() => build({ 'netrc-file': join(dir, 'absent') })).setting).toBe(
+      'netrc-file',
+    );
+    const bad = join(dir, 'bad');
+    writeFileSync(bad, 'machine a login');
+    expect(configError(() => build({ 'netrc-file': bad })).message).toMatch(/netrc-file.*no value/);
   });
 });

@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { hostname as osHostname } from 'node:os';
 import { resolve } from 'node:path';
 import { validateCronExpression } from 'cron';
@@ -5,6 +6,7 @@ import { parsePublicKey } from '../signing/keys';
 import { lockConfig, parseDatabaseUrl, storageConfig } from './backend-config';
 import type { AppConfig, LogLevel } from './config-types';
 import { ConfigError } from './config-error';
+import { basicAuthorization, parseNetrc } from './netrc';
 import {
   parseBool,
   parseHttpUrl,
@@ -85,6 +87,21 @@ export function buildConfig(raw: RawSettings, cwd = process.cwd()): AppConfig {
   });
   if (upstreams.length === 0)
     throw new ConfigError('cache-upstream-url', 'at least one upstream is required');
+  const netrc = optional('netrc-file', (path) => {
+    let text: string;
+    try {
+      text = readFileSync(resolve(cwd, path), 'utf8');
+    } catch (e) {
+      throw new Error(`cannot read ${path}: ${(e as NodeJS.ErrnoException).code ?? String(e)}`);
+    }
+    return parseNetrc(text);
+  });
+  if (netrc) {
+    for (const u of upstreams) {
+      const entry = netrc.get(new URL(u.url).hostname.toLowerCase());
+      if (u.authorization === undefined && entry) u.authorization = basicAuthorization(entry);
+    }
+  }
 
   const upstreamPublicKeys = many('cache-upstream-public-key').map((k) => {
     try {
@@ -125,6 +142,9 @@ export function buildConfig(raw: RawSettings, cwd = process.cwd()): AppConfig {
     storage: storageConfig(one, parsed, optional, cwd, dataPath),
     upstreams,
     upstreamPublicKeys,
+    upstreamHedge: parsed('cache-upstream-hedge', parseBool),
+    upstreamBreaker: upstreamBreaker(parsed, positiveDuration),
+    negativeTtlMs: parsed('cache-negative-ttl', parseDuration),
     upstreamTimeouts: {
       connectMs: parsed('cache-upstream-dialer-timeout', positiveDuration),
       headersMs: parsed('cache-upstream-response-header-timeout', positiveDuration),
@@ -151,5 +171,25 @@ export function buildConfig(raw: RawSettings, cwd = process.cwd()): AppConfig {
     metrics: { enabled: parsed('prometheus-enabled', parseBool) },
     logLevel,
     shutdownTimeoutMs: parsed('shutdown-timeout', positiveDuration),
+  };
+}
+
+/** The circuit breaker of every upstream: when it opens and for how long. */
+function upstreamBreaker(
+  parsed: <T>(name: string, fn: (s: string) => T) => T,
+  positiveDuration: (s: string) => number,
+): AppConfig['upstreamBreaker'] {
+  const backoffMs = parsed('cache-upstream-breaker-backoff', positiveDuration);
+  const maxBackoffMs = parsed('cache-upstream-breaker-max-backoff', positiveDuration);
+  if (maxBackoffMs < backoffMs) {
+    throw new ConfigError(
+      'cache-upstream-breaker-max-backoff',
+      'must not be shorter than --cache-upstream-breaker-backoff',
+    );
+  }
+  return {
+    failures: parsed('cache-upstream-breaker-failures', (s) => parseIntStrict(s, 0, 1_000_000)),
+    backoffMs,
+    maxBackoffMs,
   };
 }

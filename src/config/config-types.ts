@@ -45,7 +45,7 @@ export interface UpstreamConfig {
   priority: number;
   /** Query string (with `?`) added to every request, or ''. */
   query: string;
-  /** `Authorization` header value built from URL credentials; never logged. */
+  /** `Authorization` header value from the URL's credentials or the netrc file; never logged. */
   authorization?: string;
 }
 
@@ -60,6 +60,12 @@ export interface AppConfig {
   upstreams: UpstreamConfig[];
   upstreamPublicKeys: PublicKey[];
   upstreamTimeouts: { connectMs: number; headersMs: number; bodyMs: number };
+  /** Ask all upstreams for a narinfo at once (otherwise one after another). */
+  upstreamHedge: boolean;
+  /** Per-upstream circuit breaker: `failures` in a row open it (0: never). */
+  upstreamBreaker: { failures: number; backoffMs: number; maxBackoffMs: number };
+  /** How long an upstream "no" for a narinfo is remembered; 0: not at all. */
+  negativeTtlMs: number;
   signing: { secretKeyPath: string; signNarInfo: boolean };
   lru: { maxSize?: number; schedule: string };
   lock: LockConfig;

@@ -141,6 +141,43 @@ export const SETTINGS: readonly SettingDef[] = [
     default: '60s',
   },
   {
+    name: 'cache-upstream-hedge',
+    description:
+      'Ask every upstream for a narinfo at once and answer with the highest-priority valid one as soon as it is certain; `false` asks them one after another (fewer requests to bandwidth-billed upstreams, slower misses).',
+    default: 'true',
+    boolean: true,
+  },
+  {
+    name: 'cache-upstream-breaker-failures',
+    description:
+      'Consecutive failures (timeouts, connection errors, 5xx, 429) after which an upstream is skipped for a back-off; `0` never skips.',
+    default: '5',
+  },
+  {
+    name: 'cache-upstream-breaker-backoff',
+    description:
+      'First back-off of a failing upstream; it doubles each time the retry after it fails too.',
+    default: '10s',
+  },
+  {
+    name: 'cache-upstream-breaker-max-backoff',
+    description:
+      'Longest back-off of a failing upstream (and the most a `Retry-After` is honoured for).',
+    default: '5m',
+  },
+  {
+    name: 'netrc-file',
+    description:
+      'netrc file with upstream credentials (`machine HOST login USER password SECRET`), sent as basic auth to the upstreams on that host only; credentials in an upstream URL win.',
+    defaultText: 'none',
+  },
+  {
+    name: 'cache-negative-ttl',
+    description:
+      'How long a narinfo that no upstream has is remembered as missing (no upstream request until then); `0` turns it off.',
+    default: '1m',
+  },
+  {
     name: 'cache-lock-backend',
     description:
       'Lock provider: `local` (one instance) or `redis` (several instances sharing a database and storage).',

@@ -10,8 +10,22 @@ export type NarInfoResult = 'hit' | 'miss' | 'not_found';
 /** hit: from storage; download: started this instance's download; joined: attached to one already running; peer: another instance's. */
 export type NarResult = 'hit' | 'download' | 'joined' | 'peer';
 export type ServedSource = 'storage' | 'download' | 'peer';
-export type UpstreamKind = 'narinfo' | 'nar' | 'head';
-export type UpstreamOutcome = 'ok' | 'not_found' | 'error';
+export type UpstreamKind = 'narinfo' | 'nar' | 'head' | 'listing' | 'log' | 'realisation';
+export type UpstreamOutcome = 'ok' | 'not_found' | 'error' | 'cancelled';
+export type DocumentKind = 'listing' | 'log' | 'realisation';
+/** hit: stored here; fetched: from an upstream; generated: a listing made from the stored NAR. */
+export type DocumentResult = 'hit' | 'fetched' | 'generated' | 'not_found';
+/** The circuit breaker states as the gauge reports them. */
+export const CIRCUIT_STATE_VALUES = { closed: 0, 'half-open': 1, open: 2 } as const;
+const UPSTREAM_KINDS: readonly UpstreamKind[] = [
+  'narinfo',
+  'nar',
+  'head',
+  'listing',
+  'log',
+  'realisation',
+];
+const UPSTREAM_OUTCOMES: readonly UpstreamOutcome[] = ['ok', 'not_found', 'error', 'cancelled'];
 export type UpstreamErrorReason =
   'timeout' | 'connection' | 'http_4xx' | 'http_5xx' | 'http_other' | 'invalid' | 'other';
 export type LockKind = 'narinfo' | 'nar' | 'lru';
@@ -23,6 +37,8 @@ export const OTHER_UPSTREAM = 'other';
 export interface UpstreamTiming {
   answered(status: number): void;
   failed(error: unknown): void;
+  /** narwhal cancelled the request itself (a hedged lookup no longer needed its answer). */
+  cancelled(): void;
 }
 
 /** How long the stored size is reused between scrapes (it is a database query). */
@@ -61,9 +77,15 @@ export class MetricsService {
   private readonly lruRuns: Counter<'result'>;
   private readonly lruEvicted: Counter;
   private readonly lruEvictedBytes: Counter;
+  private readonly upstreamSkips: Counter<'upstream'>;
+  private readonly negativeHits: Counter;
+  private readonly documentRequests: Counter<'kind' | 'result'>;
 
   private readonly registers: Registry[];
   private downloadSource: () => Iterable<{ readerCount: number }> = () => [];
+  private circuitSource: () => Iterable<{ url: string; state: keyof typeof CIRCUIT_STATE_VALUES }> =
+    () => [];
+  private negativeSize: () => number = () => 0;
   private storedSource: () => Promise<number> = () => Promise.resolve(0);
   private stored?: { bytes: number; at: number };
   private storedQuery?: Promise<void>;
@@ -179,6 +201,39 @@ export class MetricsService {
       help: 'Bytes of NARs evicted by the LRU job.',
       registers,
     });
+    this.upstreamSkips = new Counter({
+      name: name('upstream_skipped_total'),
+      help: 'Upstream requests not sent because the upstream is backing off after repeated failures (circuit open).',
+      labelNames: ['upstream'],
+      registers,
+    });
+    const circuit: Gauge<'upstream'> = new Gauge({
+      name: name('upstream_circuit_state'),
+      help: "State of an upstream's circuit breaker: 0 closed (asked), 1 half-open (one trial request), 2 open (skipped).",
+      labelNames: ['upstream'],
+      registers,
+      collect: () => {
+        for (const c of this.circuitSource())
+          circuit.labels(c.url).set(CIRCUIT_STATE_VALUES[c.state]);
+      },
+    });
+    this.negativeHits = new Counter({
+      name: name('narinfo_negative_cache_hits_total'),
+      help: 'narinfo lookups answered 404 from the negative cache (no upstream asked).',
+      registers,
+    });
+    const negativeEntries: Gauge = new Gauge({
+      name: name('narinfo_negative_cache_entries'),
+      help: 'Hashes remembered as missing from every upstream.',
+      registers,
+      collect: () => negativeEntries.set(this.negativeSize()),
+    });
+    this.documentRequests = new Counter({
+      name: name('document_requests_total'),
+      help: 'Requests for listings (.ls), build logs and realisations, by kind and result: hit (stored), fetched (from an upstream), generated (a listing made from the stored NAR), not_found.',
+      labelNames: ['kind', 'result'],
+      registers,
+    });
     const storage: Gauge = new Gauge({
       name: name('storage_bytes'),
       help: `Bytes of stored NARs, from the database (re-read at most every ${STORAGE_CACHE_MS / 1000} s).`,
@@ -205,10 +260,17 @@ export class MetricsService {
     for (const r of ['ran', 'skipped']) this.lruRuns.labels(r).inc(0);
     this.lruEvicted.inc(0);
     this.lruEvictedBytes.inc(0);
+    this.negativeHits.inc(0);
+    for (const kind of ['listing', 'log', 'realisation'])
+      for (const result of ['hit', 'fetched', 'generated', 'not_found']) {
+        if (result !== 'generated' || kind === 'listing')
+          this.documentRequests.labels(kind, result).inc(0);
+      }
     for (const { url } of config.upstreams) {
       this.upstreamBytes.labels(url).inc(0);
-      for (const kind of ['narinfo', 'nar', 'head'])
-        for (const outcome of ['ok', 'not_found', 'error'])
+      this.upstreamSkips.labels(url).inc(0);
+      for (const kind of UPSTREAM_KINDS)
+        for (const outcome of UPSTREAM_OUTCOMES)
           this.upstreamRequests.labels(url, kind, outcome).inc(0);
     }
   }
@@ -254,7 +316,34 @@ export class MetricsService {
         finish('error');
         this.upstreamFailed(upstream, error);
       },
+      cancelled: () => finish('cancelled'),
     };
+  }
+
+  /** A request to an upstream was not sent: its circuit is open. */
+  upstreamSkipped(upstream: string): void {
+    this.upstreamSkips.labels(upstream).inc();
+  }
+
+  /** Where the circuit-state gauge reads from at scrape time (the upstreams' breakers). */
+  watchCircuits(
+    source: () => Iterable<{ url: string; state: keyof typeof CIRCUIT_STATE_VALUES }>,
+  ): void {
+    this.circuitSource = source;
+  }
+
+  /** A narinfo miss answered from the negative cache. */
+  negativeCacheHit(): void {
+    this.negativeHits.inc();
+  }
+
+  /** Where the negative-cache size gauge reads from. */
+  watchNegativeCache(size: () => number): void {
+    this.negativeSize = size;
+  }
+
+  documentRequest(kind: DocumentKind, result: DocumentResult): void {
+    this.documentRequests.labels(kind, result).inc();
   }
 
   /** An upstream request or body broke (network, timeout). */

@@ -1,22 +1,37 @@
 import { Controller, Get, Head, Param, Res } from '@nestjs/common';
 import type { FastifyReply } from 'fastify';
 import { NotFoundError } from '../common/errors';
+import { sendJson } from '../documents/documents.controller';
+import { ListingService } from '../documents/listing.service';
 import { NarInfoService } from './narinfo.service';
 
 const NARINFO_SUFFIX = '.narinfo';
+const LISTING_SUFFIX = '.ls';
 
+/** Top-level files of the cache: `<hash>.narinfo` and `<hash>.ls` (the NAR's file listing). */
 @Controller()
 export class NarInfoController {
-  constructor(private readonly narinfos: NarInfoService) {}
+  constructor(
+    private readonly narinfos: NarInfoService,
+    private readonly listings: ListingService,
+  ) {}
 
   @Get(':file')
   async get(@Param('file') file: string, @Res() reply: FastifyReply): Promise<void> {
+    if (file.endsWith(LISTING_SUFFIX)) {
+      await sendJson(reply, await this.listings.get(file.slice(0, -LISTING_SUFFIX.length)));
+      return;
+    }
     const text = await this.narinfos.get(hashOf(file));
     await reply.type('text/x-nix-narinfo').send(text);
   }
 
   @Head(':file')
   async head(@Param('file') file: string, @Res() reply: FastifyReply): Promise<void> {
+    if (file.endsWith(LISTING_SUFFIX)) {
+      await sendJson(reply, await this.listings.get(file.slice(0, -LISTING_SUFFIX.length)), true);
+      return;
+    }
     const text = await this.narinfos.get(hashOf(file));
     await reply.type('text/x-nix-narinfo').header('content-length', Buffer.byteLength(text)).send();
   }

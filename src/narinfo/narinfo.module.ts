@@ -1,4 +1,5 @@
 import { Module } from '@nestjs/common';
+import { DocumentsModule } from '../documents/documents.module';
 import { LockingModule } from '../locking/locking.module';
 import { SigningModule } from '../signing/signing.module';
 import { UpstreamModule } from '../upstream/upstream.module';
@@ -6,7 +7,7 @@ import { NarInfoController } from './narinfo.controller';
 import { NarInfoService } from './narinfo.service';
 
 @Module({
-  imports: [LockingModule, SigningModule, UpstreamModule],
+  imports: [DocumentsModule, LockingModule, SigningModule, UpstreamModule],
   controllers: [NarInfoController],
   providers: [NarInfoService],
 })

@@ -14,8 +14,10 @@ import { parseNixHash, sha256Nix32 } from '../nix/hash';
 import { parseNarInfo, serializeNarInfo, type NarInfo } from '../nix/narinfo';
 import { isStorePathHash, parseStorePath } from '../nix/store-path';
 import { SigningService } from '../signing/signing.service';
+import { answerOfError, askUpstreams, type Answer } from '../upstream/ask-upstreams';
 import type { UpstreamClient } from '../upstream/upstream-client';
 import { UpstreamService } from '../upstream/upstream.service';
+import { NegativeCache } from './negative-cache';
 
 interface RecentNarInfo {
   text: string;
@@ -27,11 +29,21 @@ interface RecentNarInfo {
 /** How long a served narinfo is answered from memory (an eviction elsewhere shows after at most this). */
 const RECENT_TTL_MS = 30_000;
 const RECENT_MAX = 20_000;
+/** Most hashes remembered as missing (~150 bytes each: 14 MB measured for 100,000). */
+export const NEGATIVE_MAX = 100_000;
+
+/** What a lookup found: a stored row, or nothing (`definite` when every upstream said so). */
+interface LookupResult {
+  row: NarInfoEntity | null;
+  definite: boolean;
+}
 
 /**
- * The narinfo request flow: hit → serve from the database; miss → under the lock for the hash, ask the
- * upstreams in priority order, accept the first answer whose signature verifies against a trusted
- * upstream key, store it, and serve it rewritten to narwhal's own NAR URL and signed by narwhal.
+ * The narinfo request flow: hit → serve from the database; a hash every upstream recently said it
+ * lacks → 404 from the negative cache; miss → under the lock for the hash, ask the upstreams (all at
+ * once, see askUpstreams), accept the highest-priority answer whose signature verifies against a
+ * trusted upstream key, store it, and serve it rewritten to narwhal's own NAR URL and signed by
+ * narwhal.
  */
 @Injectable()
 export class NarInfoService {
@@ -39,7 +51,9 @@ export class NarInfoService {
   /** Narinfos served lately, as rendered: hits skip the database for RECENT_TTL_MS. */
   private readonly recent = new Map<string, RecentNarInfo>();
   /** Concurrent local misses of one hash share one lookup (including a 404 answer). */
-  private readonly lookups = new SingleFlight<string, NarInfoEntity | null>();
+  private readonly lookups = new SingleFlight<string, LookupResult>();
+  /** Hashes every upstream said it lacks, for --cache-negative-ttl. */
+  private readonly misses: NegativeCache;
 
   constructor(
     @Inject(APP_CONFIG) private readonly config: AppConfig,
@@ -48,7 +62,18 @@ export class NarInfoService {
     private readonly upstream: UpstreamService,
     private readonly signing: SigningService,
     private readonly metrics: MetricsService,
-  ) {}
+  ) {
+    this.misses = new NegativeCache(config.negativeTtlMs, NEGATIVE_MAX);
+    metrics.watchNegativeCache(() => this.misses.size);
+  }
+
+  /**
+   * Forgets that `hash` was missing upstream, so that the next request looks again (for a path
+   * that has just been uploaded or stored by other means).
+   */
+  forgetMiss(hash: string): void {
+    this.misses.forget(hash);
+  }
 
   /** The narinfo text for a store path hash; NotFoundError when no upstream has a valid one. */
   async get(hash: string): Promise<string> {
@@ -63,7 +88,12 @@ export class NarInfoService {
     }
     let row = await this.repo.find(hash);
     const stored = row !== null;
-    if (!row) row = await this.lookupOnce(hash);
+    if (!row && this.misses.has(hash)) {
+      this.metrics.negativeCacheHit();
+      this.metrics.narInfoRequest('not_found');
+      throw new NotFoundError(`${hash}.narinfo not found`);
+    }
+    if (!row) row = (await this.lookupOnce(hash)).row;
     this.metrics.narInfoRequest(stored ? 'hit' : row ? 'miss' : 'not_found');
     if (!row) throw new NotFoundError(`${hash}.narinfo not found`);
     const entry = {
@@ -93,43 +123,62 @@ export class NarInfoService {
       this.recent.delete(this.recent.keys().next().value as string);
   }
 
-  private lookupOnce(hash: string): Promise<NarInfoEntity | null> {
-    return this.lookups.run(hash, () => {
+  private lookupOnce(hash: string): Promise<LookupResult> {
+    return this.lookups.run(hash, async () => {
       const locked = this.metrics.lockTimer('narinfo');
-      return withLock(this.locker, narInfoLockKey(hash), this.config.lock.downloadTtlMs, () => {
-        locked();
-        return this.lookup(hash);
-      });
+      const result = await withLock(
+        this.locker,
+        narInfoLockKey(hash),
+        this.config.lock.downloadTtlMs,
+        () => {
+          locked();
+          return this.lookup(hash);
+        },
+      );
+      if (result.row) this.misses.forget(hash);
+      else if (result.definite) this.misses.add(hash);
+      return result;
     });
   }
 
-  private async lookup(hash: string): Promise<NarInfoEntity | null> {
+  private async lookup(hash: string): Promise<LookupResult> {
     const existing = await this.repo.find(hash); // stored by another holder while we waited
-    if (existing) return existing;
-    for (const up of this.upstream.upstreams) {
-      const narInfo = await this.fetchVerified(up, hash);
-      if (!narInfo) continue;
-      await this.repo.save({
-        hash,
-        narInfo,
-        narKey: narKeyOf(narInfo),
-        upstreamUrl: up.url,
-        narUpstreamUrl: up.resolveNarUrl(narInfo.url),
-      });
-      this.logger.log(`cached ${hash}.narinfo from ${up.url}`);
-      return this.repo.find(hash);
-    }
-    return null;
+    if (existing) return { row: existing, definite: true };
+    const { found, allAbsent } = await askUpstreams(
+      this.upstream.upstreams,
+      (up, signal) => this.fetchVerified(up, hash, signal),
+      { hedge: this.config.upstreamHedge },
+    );
+    if (!found) return { row: null, definite: allAbsent };
+    const { upstream: up, value: narInfo } = found;
+    await this.repo.save({
+      hash,
+      narInfo,
+      narKey: narKeyOf(narInfo),
+      upstreamUrl: up.url,
+      narUpstreamUrl: up.resolveNarUrl(narInfo.url),
+    });
+    this.logger.log(`cached ${hash}.narinfo from ${up.url}`);
+    return { row: await this.repo.find(hash), definite: true };
   }
 
-  /** One upstream's narinfo for `hash` if it is well-formed, for that path, and validly signed. */
-  private async fetchVerified(up: UpstreamClient, hash: string): Promise<NarInfo | null> {
+  /**
+   * One upstream's narinfo for `hash` if it is well-formed, for that path, and validly signed; an
+   * answer that is not counts as "not here".
+   */
+  private async fetchVerified(
+    up: UpstreamClient,
+    hash: string,
+    signal: AbortSignal,
+  ): Promise<Answer<NarInfo>> {
     let text: string;
     try {
-      text = await this.upstream.getText(up, `${hash}.narinfo`);
+      text = await this.upstream.getText(up, `${hash}.narinfo`, { signal });
     } catch (e) {
-      this.logger.debug(`${hash}.narinfo from ${up.url}: ${this.upstream.describeError(e)}`);
-      return null;
+      if (!signal.aborted) {
+        this.logger.debug(`${hash}.narinfo from ${up.url}: ${this.upstream.describeError(e)}`);
+      }
+      return answerOfError(e);
     }
     let narInfo: NarInfo;
     try {
@@ -137,14 +186,14 @@ export class NarInfoService {
     } catch (e) {
       this.logger.warn(`${hash}.narinfo from ${up.url} is malformed: ${(e as Error).message}`);
       this.metrics.upstreamInvalid(up.url);
-      return null;
+      return { kind: 'absent' };
     }
     if (parseStorePath(narInfo.storePath, this.config.storeDir).hash !== hash) {
       this.logger.warn(
         `${hash}.narinfo from ${up.url} describes another path (${narInfo.storePath})`,
       );
       this.metrics.upstreamInvalid(up.url);
-      return null;
+      return { kind: 'absent' };
     }
     const fingerprint = narInfoFingerprint(narInfo, this.config.storeDir);
     if (!this.signing.verifiedByUpstream(fingerprint, narInfo.sigs)) {
@@ -152,9 +201,9 @@ export class NarInfoService {
         `${hash}.narinfo from ${up.url} has no signature by a trusted upstream key; ignored`,
       );
       this.metrics.upstreamInvalid(up.url);
-      return null;
+      return { kind: 'absent' };
     }
-    return narInfo;
+    return { kind: 'found', value: narInfo };
   }
 
   /** The narinfo as served: narwhal's NAR URL, upstream signatures kept, narwhal's own added. */

@@ -39,6 +39,12 @@ export class InvalidKeyError extends NixFormatError {}
 /** A `Sig:` value that is not `<key name>:<base64 of 64 bytes>`. */
 export class InvalidSignatureError extends NixFormatError {}
 
+/** Bytes that are not a NAR (or a NAR Nix would reject). */
+export class NarFormatError extends NixFormatError {}
+
+/** A realisation path or document that is not in one of the forms Nix writes. */
+export class InvalidRealisationError extends NixFormatError {}
+
 /** Quotes an untrusted value for an error message, cut to a readable length. */
 export function quoteForError(value: string, max = 80): string {
   const cut = value.length > max ? `${value.slice(0, max)}…` : value;

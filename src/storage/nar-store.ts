@@ -1,7 +1,10 @@
 import type { Readable } from 'node:stream';
 import type { SpoolArea } from './spool-area';
 
-/** Where NAR files live. Keys are narwhal's own NAR file names (`<nix32>.nar.xz`). */
+/**
+ * Where NAR files live. Keys are narwhal's own NAR file names (`<nix32>.nar.xz`), or side documents
+ * `<dir>/<name>` (listings, logs, realisations; see object-keys.ts), which `list` never returns.
+ */
 export interface NarStore {
   /** Where downloads spool; for the filesystem store it is on the same filesystem as the objects. */
   readonly spool: SpoolArea;

@@ -18,7 +18,8 @@ export class SpoolArea {
 
   /** A fresh spool file path for a download of `key` (the file is not created). */
   newPath(key: string): string {
-    return join(this.dir, `${key}.${randomBytes(6).toString('hex')}${SPOOL_SUFFIX}`);
+    const name = key.replace(/\//g, '_'); // a side document's key has a directory
+    return join(this.dir, `${name}.${randomBytes(6).toString('hex')}${SPOOL_SUFFIX}`);
   }
 
   /**

@@ -1,6 +1,12 @@
 import { performance } from 'node:perf_hooks';
 import type { UpstreamConfig } from '../config/app-config';
 import {
+  CircuitBreaker,
+  retryAfterMs,
+  type BreakerOptions,
+  type CircuitSnapshot,
+} from './circuit-breaker';
+import {
   HttpClient,
   discard,
   type HttpAnswer,
@@ -15,10 +21,19 @@ export interface ProbeResult {
   error?: string;
 }
 
+/** A request was not sent: the upstream's circuit is open (it failed repeatedly, see CircuitBreaker). */
+export class UpstreamSkippedError extends Error {
+  override name = 'UpstreamSkippedError';
+  readonly code = 'NARWHAL_UPSTREAM_SKIPPED';
+  constructor(upstream: string) {
+    super(`upstream ${upstream} is skipped after repeated failures`);
+  }
+}
+
 /**
- * One upstream cache: its base URL, priority, query string and credentials, and its connection pool.
- * The flows, the reachability probe and metrics labels all go through it; credentials are sent only
- * to URLs under this upstream's base URL.
+ * One upstream cache: its base URL, priority, query string and credentials, its connection pool and
+ * its health (a circuit breaker). The flows, the reachability probe and metrics labels all go
+ * through it; credentials are sent only to URLs under this upstream's base URL.
  */
 export class UpstreamClient {
   /** Base URL without credentials, query or trailing slash (also the metrics label). */
@@ -27,10 +42,16 @@ export class UpstreamClient {
   private readonly query: string;
   private readonly authorization?: string;
   private readonly http: HttpClient;
+  private readonly breaker: CircuitBreaker;
   /** Its own short-lived connections, so that a probe measures reaching the upstream. */
   private readonly probeHttp: HttpClient;
 
-  constructor(config: UpstreamConfig, timeouts: HttpTimeouts) {
+  constructor(
+    config: UpstreamConfig,
+    timeouts: HttpTimeouts,
+    breaker: BreakerOptions = { failures: 0, backoffMs: 1, maxBackoffMs: 1 },
+  ) {
+    this.breaker = new CircuitBreaker(breaker);
     this.url = config.url;
     this.priority = config.priority;
     this.query = config.query;
@@ -58,11 +79,36 @@ export class UpstreamClient {
     return url === this.url || url.startsWith(`${this.url}/`);
   }
 
-  /** A request to `url`, with this upstream's credentials if the URL is its own. */
-  request(url: string, req: HttpRequest = {}): Promise<HttpAnswer> {
+  /**
+   * A request to `url`, with this upstream's credentials if the URL is its own. Throws
+   * UpstreamSkippedError without sending anything while the circuit is open. Timeouts, connection
+   * errors, 5xx and 429 count as failures of the upstream; a request cancelled through its signal
+   * counts as nothing.
+   */
+  async request(url: string, req: HttpRequest = {}): Promise<HttpAnswer> {
+    if (!this.breaker.tryPass()) throw new UpstreamSkippedError(this.url);
     const headers = { ...req.headers };
     if (this.authorization && this.owns(url)) headers.authorization = this.authorization;
-    return this.http.request(url, { ...req, headers });
+    let res: HttpAnswer;
+    try {
+      res = await this.http.request(url, { ...req, headers });
+    } catch (e) {
+      if (req.signal?.aborted) this.breaker.released();
+      else this.breaker.failed();
+      throw e;
+    }
+    if (res.status >= 500 || res.status === 429) {
+      const honoured = res.status === 429 || res.status === 503;
+      this.breaker.failed(honoured ? retryAfterMs(res.headers['retry-after']) : undefined);
+    } else {
+      this.breaker.succeeded();
+    }
+    return res;
+  }
+
+  /** The circuit breaker's state: closed (asked), open (skipped until `retryAt`) or half-open. */
+  health(): CircuitSnapshot {
+    return this.breaker.snapshot();
   }
 
   /** Fetches `/nix-cache-info` once and says how long it took and what went wrong, if anything. */

@@ -4,6 +4,7 @@ import {
   type OnApplicationBootstrap,
   type OnApplicationShutdown,
 } from '@nestjs/common';
+import type { CircuitState } from './circuit-breaker';
 import type { UpstreamClient } from './upstream-client';
 import { UpstreamService } from './upstream.service';
 
@@ -19,7 +20,15 @@ export interface UpstreamReachability {
   checkedAt: string | null;
   /** Why the last probe failed: `HTTP 503`, `UND_ERR_CONNECT_TIMEOUT`, `ECONNREFUSED`… */
   error?: string;
+  /** From the requests narwhal makes for clients: closed (asked), open (skipped), half-open (one trial). */
+  circuit: CircuitState;
+  /** Failed requests in a row. */
+  consecutiveFailures: number;
+  /** While the circuit is open: when the upstream is tried again. */
+  retryAt?: string;
 }
+
+type ProbeResultFields = Omit<UpstreamReachability, 'circuit' | 'consecutiveFailures' | 'retryAt'>;
 
 /**
  * Background reachability of the upstream caches for /readyz: every 30 s, `GET <upstream>/nix-cache-info`
@@ -29,7 +38,7 @@ export interface UpstreamReachability {
 @Injectable()
 export class UpstreamProbe implements OnApplicationBootstrap, OnApplicationShutdown {
   private readonly logger = new Logger('upstream');
-  private readonly results: UpstreamReachability[];
+  private readonly results: ProbeResultFields[];
   private timer?: NodeJS.Timeout;
   private running?: Promise<void>;
   private readonly abort = new AbortController();
@@ -55,9 +64,19 @@ export class UpstreamProbe implements OnApplicationBootstrap, OnApplicationShutd
     await this.running;
   }
 
-  /** The last results, in priority order (copies). */
+  /** The last results, in priority order (copies), with each upstream's circuit state now. */
   snapshot(): UpstreamReachability[] {
-    return this.results.map((r) => ({ ...r }));
+    return this.results.map((r, i) => {
+      const health = this.upstream.upstreams[i].health();
+      return {
+        ...r,
+        circuit: health.state,
+        consecutiveFailures: health.consecutiveFailures,
+        ...(health.retryAt !== undefined
+          ? { retryAt: new Date(health.retryAt).toISOString() }
+          : {}),
+      };
+    });
   }
 
   /** Probes every upstream once (a probe still running is joined, not doubled). */
@@ -70,7 +89,7 @@ export class UpstreamProbe implements OnApplicationBootstrap, OnApplicationShutd
     return this.running;
   }
 
-  private async probe(upstream: UpstreamClient, result: UpstreamReachability): Promise<void> {
+  private async probe(upstream: UpstreamClient, result: ProbeResultFields): Promise<void> {
     if (this.abort.signal.aborted) return;
     const { latencyMs, error } = await upstream.probe(this.abort.signal);
     if (this.abort.signal.aborted) return;

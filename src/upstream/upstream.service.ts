@@ -1,8 +1,9 @@
+import { brotliDecompressSync, gunzipSync, inflateSync } from 'node:zlib';
 import { Inject, Injectable, type OnApplicationShutdown } from '@nestjs/common';
 import { APP_CONFIG, type AppConfig } from '../config/app-config';
 import { MetricsService, OTHER_UPSTREAM, type UpstreamKind } from '../metrics/metrics.service';
 import { HttpClient, discard, redact, type HttpAnswer } from './http-client';
-import { UpstreamClient } from './upstream-client';
+import { UpstreamClient, UpstreamSkippedError } from './upstream-client';
 
 /** An upstream answered, but not with 200. */
 export class UpstreamStatusError extends Error {
@@ -15,9 +16,18 @@ export class UpstreamStatusError extends Error {
   }
 }
 
-export type UpstreamBody = Pick<HttpAnswer, 'body' | 'length'>;
+export type UpstreamBody = Pick<HttpAnswer, 'body' | 'length'> &
+  Partial<Pick<HttpAnswer, 'headers'>>;
 
 const MAX_NARINFO_BYTES = 1024 * 1024;
+
+export interface TextRequest {
+  kind?: UpstreamKind;
+  /** Cancels the request (a hedged lookup that no longer needs this answer). */
+  signal?: AbortSignal;
+  /** Largest body accepted; default 1 MiB. */
+  maxBytes?: number;
+}
 
 /**
  * The upstream caches, in priority order, and HTTP access to them with metrics: the narinfo and NAR
@@ -36,53 +46,78 @@ export class UpstreamService implements OnApplicationShutdown {
   ) {
     const timeouts = config.upstreamTimeouts;
     this.upstreams = config.upstreams
-      .map((u) => new UpstreamClient(u, timeouts))
+      .map((u) => new UpstreamClient(u, timeouts, config.upstreamBreaker))
       .sort((a, b) => a.priority - b.priority); // stable
     this.elsewhere = new HttpClient(timeouts, { maxRedirections: 5 });
+    metrics.watchCircuits(() =>
+      this.upstreams.map((u) => ({ url: u.url, state: u.health().state })),
+    );
   }
 
-  /** GETs a small text document (a narinfo). Throws UpstreamStatusError for non-200 answers. */
-  async getText(upstream: UpstreamClient, path: string): Promise<string> {
+  /**
+   * GETs a small document (a narinfo; `maxBytes` bounds it) as a Buffer. Throws
+   * UpstreamStatusError for answers other than 200 and UpstreamSkippedError while the upstream's
+   * circuit is open.
+   */
+  async getBytes(upstream: UpstreamClient, path: string, req: TextRequest = {}): Promise<Buffer> {
     const url = upstream.urlFor(path);
-    const { body } = await this.open(url, 'GET', 'narinfo');
+    const max = req.maxBytes ?? MAX_NARINFO_BYTES;
+    const { body, headers } = await this.open(url, 'GET', req.kind ?? 'narinfo', req.signal);
     const chunks: Buffer[] = [];
     let size = 0;
     try {
       for await (const chunk of body as AsyncIterable<Buffer>) {
         size += chunk.length;
-        if (size > MAX_NARINFO_BYTES) {
+        if (size > max) {
           await discard(body);
           this.metrics.upstreamInvalid(upstream.url);
-          throw new Error(`${redact(url)}: document larger than ${MAX_NARINFO_BYTES} bytes`);
+          throw new Error(`${redact(url)}: document larger than ${max} bytes`);
         }
         chunks.push(chunk);
       }
     } catch (e) {
-      if (size <= MAX_NARINFO_BYTES) this.metrics.upstreamFailed(upstream.url, e); // the body broke
+      // The body broke (not cancelled by us, not too large).
+      if (size <= max && !req.signal?.aborted) this.metrics.upstreamFailed(upstream.url, e);
       throw e;
     }
-    return Buffer.concat(chunks).toString('utf8');
+    const bytes = Buffer.concat(chunks);
+    return headers?.['content-encoding'] ? decodeSmall(bytes, headers['content-encoding']) : bytes;
   }
 
-  /** Opens a body stream (a NAR). The caller must consume or destroy `body`. */
+  /** GETs a small text document (a narinfo). See getBytes. */
+  async getText(upstream: UpstreamClient, path: string, req: TextRequest = {}): Promise<string> {
+    return (await this.getBytes(upstream, path, req)).toString('utf8');
+  }
+
+  /**
+   * Opens a body stream (a NAR, a log). The caller must consume or destroy `body`. Throws
+   * UpstreamStatusError for answers other than 200 and UpstreamSkippedError (counted in
+   * `narwhal_upstream_skipped_total`) while the upstream's circuit is open.
+   */
   async open(
     url: string,
     method: 'GET' | 'HEAD' = 'GET',
     kind: UpstreamKind = method === 'HEAD' ? 'head' : 'nar',
+    signal?: AbortSignal,
   ): Promise<UpstreamBody> {
     const upstream = this.upstreamOf(url);
-    const timing = this.metrics.upstreamRequest(upstream?.url ?? OTHER_UPSTREAM, kind);
-    const res = await (upstream ?? this.elsewhere).request(url, { method }).catch((e: unknown) => {
-      timing.failed(e);
-      throw e;
-    });
+    const label = upstream?.url ?? OTHER_UPSTREAM;
+    const timing = this.metrics.upstreamRequest(label, kind);
+    const res = await (upstream ?? this.elsewhere)
+      .request(url, { method, signal })
+      .catch((e: unknown) => {
+        if (e instanceof UpstreamSkippedError) this.metrics.upstreamSkipped(label);
+        else if (signal?.aborted) timing.cancelled();
+        else timing.failed(e);
+        throw e;
+      });
     timing.answered(res.status);
     if (res.status !== 200) {
       await discard(res.body);
       throw new UpstreamStatusError(res.status, redact(url));
     }
     if (method === 'HEAD') await discard(res.body);
-    return { body: res.body, length: res.length };
+    return { body: res.body, length: res.length, headers: res.headers };
   }
 
   /** The configured upstream a URL belongs to (credentials go only to their own upstream). */
@@ -96,7 +131,7 @@ export class UpstreamService implements OnApplicationShutdown {
   }
 
   describeError(e: unknown): string {
-    if (e instanceof UpstreamStatusError) return e.message;
+    if (e instanceof UpstreamStatusError || e instanceof UpstreamSkippedError) return e.message;
     const err = e as NodeJS.ErrnoException;
     return `${err?.code ?? err?.name ?? 'error'}: ${err?.message ?? String(e)}`;
   }
@@ -109,3 +144,28 @@ export class UpstreamService implements OnApplicationShutdown {
     await Promise.all([...this.upstreams.map((u) => u.close()), this.elsewhere.close()]);
   }
 }
+
+/**
+ * Removes a transport encoding (`Content-Encoding`) from a small body. Nix uploads narinfos,
+ * listings and logs with one when asked to (`narinfo-compression`, …), and some servers keep it.
+ */
+function decodeSmall(bytes: Buffer, encoding: string | string[]): Buffer {
+  const e = (Array.isArray(encoding) ? encoding[0] : encoding).trim().toLowerCase();
+  switch (e) {
+    case '':
+    case 'identity':
+      return bytes;
+    case 'br':
+      return brotliDecompressSync(bytes, { maxOutputLength: MAX_DECODED_BYTES });
+    case 'gzip':
+    case 'x-gzip':
+      return gunzipSync(bytes, { maxOutputLength: MAX_DECODED_BYTES });
+    case 'deflate':
+      return inflateSync(bytes, { maxOutputLength: MAX_DECODED_BYTES });
+    default:
+      throw new Error(`unsupported Content-Encoding ${JSON.stringify(e)}`);
+  }
+}
+
+/** Largest small document after decoding its transport encoding. */
+const MAX_DECODED_BYTES = 64 * 1024 * 1024;

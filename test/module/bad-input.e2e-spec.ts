@@ -65,12 +65,22 @@ describe('bad input', () => {
     '/foo',
     '/foo/bar',
     `/${good}`,
-    `/${good}.ls`,
-    `/log/${good}-x.drv`,
-    `/realisations/sha256:${goodFile}!out.doi`,
+    `/log/${good}-x.drv/more`,
+    `/realisations/x/y.doi`,
     '/nix-cache-info/more',
     '/nar',
     '/narinfo',
+  ];
+
+  const badDocuments: [string, string][] = [
+    ['a listing of a bad hash', `/${good.slice(0, 31)}e.ls`],
+    ['a listing with an encoded slash', `/${good.slice(0, 15)}%2F${good.slice(16)}.ls`],
+    ['a log of a name that is no store path', `/log/${good}`],
+    ['a log with an encoded traversal', '/log/..%2F..%2Fetc%2Fpasswd'],
+    ['a realisation id with a nix32 hash', `/realisations/sha256:${goodFile}!out.doi`],
+    ['a realisation id without output', `/realisations/sha256:${'a'.repeat(64)}.doi`],
+    ['a build trace of a non-derivation', `/build-trace-v2/${good}-x/out.doi`],
+    ['a build trace with a bad output name', `/build-trace-v2/${good}-x.drv/o%20t.doi`],
   ];
 
   let before: { files: string[]; requests: number; db: ReturnType<typeof dbCounts> };
@@ -111,6 +121,11 @@ describe('bad input', () => {
       const res = await inject('GET', url);
       expect([400, 404, 414]).toContain(res.statusCode);
     }
+  });
+
+  it.each(badDocuments)('GET and HEAD of %s → 400', async (_what, url) => {
+    expect((await inject('GET', url)).statusCode).toBe(400);
+    expect((await inject('HEAD', url)).statusCode).toBe(400);
   });
 
   it.each(unknown)('GET %s → 404', async (url) => {

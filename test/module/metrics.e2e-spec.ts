@@ -5,49 +5,13 @@ import { startNarwhal, type Narwhal } from '../support/narwhal-app';
 import { makeKey, type TestKey } from '../support/signing-keys';
 import { makeStorePath, randomHashPart, type StorePathFixture } from '../support/store-paths';
 import { eventually } from '../support/wait';
+import { parseMetrics, valueOf, type Sample } from '../support/metrics';
 
 /**
  * `GET /metrics` (--prometheus-enabled) through Fastify inject: after a known sequence of requests
  * against real local upstreams, the counters in the Prometheus text format have exactly the values
  * that sequence must produce.
  */
-
-interface Sample {
-  name: string;
-  labels: Record<string, string>;
-  value: number;
-}
-
-/** Parses the Prometheus text exposition format (samples only; comments skipped). */
-function parseMetrics(text: string): Sample[] {
-  const samples: Sample[] = [];
-  for (const line of text.split('\n')) {
-    if (line === '' || line.startsWith('#')) continue;
-    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)(?: \d+)?$/.exec(line);
-    if (!m) throw new Error(`not a sample line: ${line}`);
-    const labels: Record<string, string> = {};
-    for (const l of (m[2] ?? '').matchAll(/([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g)) {
-      labels[l[1]] = l[2].replace(/\\(.)/g, (_, c: string) => (c === 'n' ? '\n' : c));
-    }
-    samples.push({ name: m[1], labels, value: Number(m[3]) });
-  }
-  return samples;
-}
-
-/** The value of the sample with exactly these labels, or undefined when there is none. */
-function valueOf(
-  samples: Sample[],
-  name: string,
-  labels: Record<string, string> = {},
-): number | undefined {
-  const want = Object.entries(labels);
-  return samples.find(
-    (s) =>
-      s.name === name &&
-      Object.keys(s.labels).length === want.length &&
-      want.every(([k, v]) => s.labels[k] === v),
-  )?.value;
-}
 
 describe('GET /metrics with --prometheus-enabled', () => {
   let key: TestKey;

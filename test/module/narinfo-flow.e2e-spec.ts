@@ -2,6 +2,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { narInfoFingerprint } from '../../src/nix/fingerprint';
 import { parseNarInfo } from '../../src/nix/narinfo';
 import { parsePublicKey, verifyFingerprint } from '../../src/signing/keys';
+import { NarInfoService } from '../../src/narinfo/narinfo.service';
 import { ownSigs, uncaughtDuring } from '../support/narwhal-app';
 import { makeStorePath, randomHashPart, STORE_DIR } from '../support/store-paths';
 import { useTwoUpstreams } from '../support/two-upstreams';
@@ -11,7 +12,7 @@ import { useTwoUpstreams } from '../support/two-upstreams';
  * re-signed, served and then served again from the database; misses, HEAD, and concurrent lookups.
  */
 
-const { keyA, keyB, primary, secondary, inject } = useTwoUpstreams();
+const { keyA, keyB, primary, secondary, nw, inject } = useTwoUpstreams();
 let narwhalKey: string;
 
 beforeAll(async () => {
@@ -46,7 +47,8 @@ describe('narinfo request flow', () => {
     expect(verifyFingerprint(own[0], fp, [parsePublicKey(narwhalKey)])).toBe(true);
     expect(verifyFingerprint(f.narInfo.sigs[0], fp, [parsePublicKey(keyA.publicText)])).toBe(true);
     expect(primary.count('GET', `/${f.hash}.narinfo`)).toBe(1);
-    expect(secondary.count(undefined, `/${f.hash}.narinfo`)).toBe(0);
+    // Hedged: the secondary was asked at the same time, once at most.
+    expect(secondary.count(undefined, `/${f.hash}.narinfo`)).toBeLessThanOrEqual(1);
 
     // A second GET comes from the database, with the same text.
     const again = await inject('GET', `/${f.hash}.narinfo`);
@@ -81,11 +83,15 @@ describe('narinfo request flow', () => {
     expect(head.statusCode).toBe(404);
   });
 
-  it('a miss is not remembered: once an upstream has the narinfo, the next GET finds it', async () => {
+  it('a miss is remembered (negative cache) until forgotten; then the next GET finds it', async () => {
     const f = await makeStorePath([keyA]);
     expect((await inject('GET', `/${f.hash}.narinfo`)).statusCode).toBe(404);
     primary.publish(f);
+    expect((await inject('GET', `/${f.hash}.narinfo`)).statusCode).toBe(404);
+    expect(primary.count('GET', `/${f.hash}.narinfo`)).toBe(1);
+    nw.app.get(NarInfoService).forgetMiss(f.hash); // what an upload of the path does
     expect((await inject('GET', `/${f.hash}.narinfo`)).statusCode).toBe(200);
+    expect(primary.count('GET', `/${f.hash}.narinfo`)).toBe(2);
   });
 
   it('an upstream 404 for a narinfo raises no uncaught exception (it would crash `narwhal serve`)', async () => {
@@ -130,7 +136,8 @@ describe('narinfo request flow', () => {
     expect(all.map((r) => r.statusCode)).toEqual(Array(20).fill(200));
     expect(new Set(all.map((r) => r.body)).size).toBe(1);
     expect(primary.count(undefined, `/${f.hash}.narinfo`)).toBe(1);
-    expect(secondary.count(undefined, `/${f.hash}.narinfo`)).toBe(0);
+    // Hedged: the secondary is asked at the same time, once for all 20.
+    expect(secondary.count(undefined, `/${f.hash}.narinfo`)).toBe(1);
   });
 
   it('20 concurrent GETs of one hash nobody has make one request per upstream and all get 404', async () => {

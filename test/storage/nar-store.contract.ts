@@ -136,6 +136,25 @@ export function narStoreContract(name: string, makeStore: () => Promise<StoreUnd
       expect(await listAll(store)).toEqual([]); // the probe leaves nothing behind
     });
 
+    it('keeps side documents (listings, logs, realisations) apart from the NAR listing', async () => {
+      const drv = '0123456789abcdfghijklmnpqrsvwxyz-hello.drv';
+      const docs = [
+        'ls/0123456789abcdfghijklmnpqrsvwxyz.ls',
+        `log/${drv}`,
+        'realisations/sha256:0123abcd!out.doi',
+        `build-trace-v2/${drv}/out.doi`,
+      ];
+      for (const [i, key] of docs.entries()) {
+        await store.put(key, Readable.from([Buffer.from(`document ${i}`)]));
+        expect(await store.stat(key)).toEqual({ size: 10 + String(i).length - 1 });
+        expect((await readAll(await store.read(key))).toString()).toBe(`document ${i}`);
+      }
+      await store.put(keyOf(30), Readable.from([Buffer.from('nar')]), 3);
+      expect(await listAll(store)).toEqual([{ key: keyOf(30), size: 3 }]);
+      await store.delete(docs[1]);
+      expect(await store.stat(docs[1])).toBeNull();
+    });
+
     it('rejects keys that are not NAR file names', async () => {
       const spool = join(store.spool.dir, 'invalid-key-test.part');
       await writeFile(spool, 'x');
@@ -154,6 +173,12 @@ export function narStoreContract(name: string, makeStore: () => Promise<StoreUnd
 
 const INVALID_KEYS = [
   '',
+  'ls/../x',
+  'log/..',
+  'log/a/b/c',
+  'tmp/x.ls',
+  'ls/',
+  'log/a b',
   '../../../etc/passwd',
   'nar/0123456789abcdef.nar.xz',
   '0123456789abcdef.nar.xz/../x',

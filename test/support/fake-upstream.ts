@@ -18,6 +18,8 @@ export interface LoggedRequest {
   /** Path with the query string, as sent. */
   url: string;
   authorization?: string;
+  /** When it arrived (epoch ms). */
+  at: number;
 }
 
 /** How a body is broken on purpose. */
@@ -38,8 +40,10 @@ export type Behaviour =
       delayMs?: number;
       /** Pause after every 64 KiB chunk (a slow upstream). */
       chunkDelayMs?: number;
+      /** More response headers (e.g. Content-Encoding). */
+      headers?: Record<string, string>;
     }
-  | { kind: 'status'; status: number }
+  | { kind: 'status'; status: number; headers?: Record<string, string> }
   | { kind: 'redirect'; location: string }
   /** Accept the request and never answer (until the server closes). */
   | { kind: 'hang' }
@@ -59,6 +63,7 @@ interface Reply {
   contentType: string;
   delayMs?: number;
   chunkDelayMs?: number;
+  headers?: Record<string, string>;
   fault?: Fault;
   /** Settles when the second half may be sent. */
   resume?: Promise<void>;
@@ -86,12 +91,18 @@ export class FakeUpstream {
   private server: Server | undefined;
   private address: string | undefined;
 
-  /** Not listening yet (see listen); routes may be set already. */
-  constructor(options: { root?: string } = {}) {
+  private readonly host: string;
+
+  /**
+   * Not listening yet (see listen); routes may be set already. `host` is the loopback address to
+   * listen on (default 127.0.0.1; 127.0.0.2 is another host as far as clients can tell).
+   */
+  constructor(options: { root?: string; host?: string } = {}) {
     this.root = options.root === undefined ? undefined : resolve(options.root);
+    this.host = options.host ?? '127.0.0.1';
   }
 
-  static async start(options: { root?: string } = {}): Promise<FakeUpstream> {
+  static async start(options: { root?: string; host?: string } = {}): Promise<FakeUpstream> {
     return new FakeUpstream(options).listen();
   }
 
@@ -99,7 +110,7 @@ export class FakeUpstream {
     const server = createServer();
     await new Promise<void>((done, reject) => {
       server.once('error', reject);
-      server.listen(0, '127.0.0.1', () => done());
+      server.listen(0, this.host, () => done());
     });
     server.on('connection', (s) => {
       this.sockets.add(s);
@@ -112,11 +123,11 @@ export class FakeUpstream {
       });
     });
     this.server = server;
-    this.address = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    this.address = `http://${this.host}:${(server.address() as AddressInfo).port}`;
     return this;
   }
 
-  /** `http://127.0.0.1:<port>`, once listening. */
+  /** `http://<host>:<port>`, once listening. */
   get url(): string {
     if (this.address === undefined) throw new Error('FakeUpstream is not listening yet');
     return this.address;
@@ -220,6 +231,7 @@ export class FakeUpstream {
       method,
       url,
       authorization: req.headers.authorization,
+      at: Date.now(),
     });
     const reply = await this.replyFor(method, url, path, res);
     if (reply) await this.send(method, path, res, reply);
@@ -247,7 +259,11 @@ export class FakeUpstream {
     switch (b.kind) {
       case 'status':
         res
-          .writeHead(b.status, { 'content-type': 'text/plain', 'content-length': 6 })
+          .writeHead(b.status, {
+            'content-type': 'text/plain',
+            'content-length': 6,
+            ...b.headers,
+          })
           .end('error\n');
         return null;
       case 'hang':
@@ -262,6 +278,7 @@ export class FakeUpstream {
           contentType: b.contentType ?? 'application/x-nix-nar',
           delayMs: b.delayMs,
           chunkDelayMs: b.chunkDelayMs,
+          headers: b.headers,
         };
       case 'truncate':
       case 'stall':
@@ -304,7 +321,11 @@ export class FakeUpstream {
     reply: Reply,
   ): Promise<void> {
     if (reply.delayMs) await sleep(reply.delayMs);
-    res.writeHead(200, { 'content-type': reply.contentType, 'content-length': reply.size });
+    res.writeHead(200, {
+      'content-type': reply.contentType,
+      'content-length': reply.size,
+      ...reply.headers,
+    });
     if (method === 'HEAD') {
       res.end();
       return;

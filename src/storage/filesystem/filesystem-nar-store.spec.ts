@@ -77,6 +77,7 @@ async function runGcProbe(
   const src = join(__dirname, '..', '..');
   for (const file of [
     'common/errors.ts',
+    'storage/object-keys.ts',
     'storage/spool-area.ts',
     'storage/filesystem/filesystem-nar-store.ts',
   ]) {

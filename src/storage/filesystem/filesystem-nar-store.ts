@@ -5,12 +5,12 @@ import { pipeline } from 'node:stream/promises';
 import type { Readable } from 'node:stream';
 import { NotFoundError } from '../../common/errors';
 import type { NarStore } from '../nar-store';
+import { isDocumentKey, isNarKey } from '../object-keys';
 import { SpoolArea } from '../spool-area';
 
-const KEY_RE = /^[0-9a-z]{8,}\.nar(\.[a-z0-9]+)?$/;
-
 /**
- * NARs as files under `<root>/nar/<k0>/<k0k1>/<key>`; spools in `<root>/tmp`. A commit is
+ * NARs as files under `<root>/nar/<k0>/<k0k1>/<key>`; side documents (listings, logs,
+ * realisations) as `<root>/<dir>/<name>`; spools in `<root>/tmp`. A commit is
  * fsync + rename + fsync of the directory, so a crash never leaves a partial object under `nar/`.
  */
 export class FilesystemNarStore implements NarStore {
@@ -18,7 +18,7 @@ export class FilesystemNarStore implements NarStore {
   readonly writeMode = 'spool';
   private readonly objectsDir: string;
 
-  constructor(root: string) {
+  constructor(private readonly root: string) {
     this.spool = new SpoolArea(join(root, 'tmp'));
     this.objectsDir = join(root, 'nar');
   }
@@ -29,8 +29,9 @@ export class FilesystemNarStore implements NarStore {
   }
 
   pathOf(key: string): string {
-    if (!KEY_RE.test(key)) throw new Error(`invalid storage key ${JSON.stringify(key)}`);
-    return join(this.objectsDir, key.slice(0, 1), key.slice(0, 2), key);
+    if (isNarKey(key)) return join(this.objectsDir, key.slice(0, 1), key.slice(0, 2), key);
+    if (isDocumentKey(key)) return join(this.root, key);
+    throw new Error(`invalid storage key ${JSON.stringify(key)}`);
   }
 
   async stat(key: string): Promise<{ size: number } | null> {

@@ -15,11 +15,9 @@ import { Logger } from '@nestjs/common';
 import { NotFoundError } from '../../common/errors';
 import type { S3StorageConfig } from '../../config/app-config';
 import type { NarStore } from '../nar-store';
+import { isDocumentKey, isNarKey, NAR_KEY } from '../object-keys';
 import { SpoolArea } from '../spool-area';
 import { PartBufferPool, uploadObject } from './multipart-upload';
-
-// Same rule as the filesystem store: narwhal's own NAR file names, nothing that could escape `nar/`.
-const KEY_RE = /^[0-9a-z]{8,}\.nar(\.[a-z0-9]+)?$/;
 
 export interface S3NarStoreOptions {
   /** Multipart part size; S3's minimum is 5 MiB. */
@@ -32,7 +30,7 @@ export interface S3NarStoreOptions {
 }
 
 /**
- * NARs as objects `<prefix>nar/<key>` in one bucket. Writes stream from the download into a multipart
+ * NARs as objects `<prefix>nar/<key>` in one bucket (side documents as `<prefix><dir>/<name>`). Writes stream from the download into a multipart
  * upload (bounded memory); an upload whose body fails is aborted, so no partial object ever appears.
  * Spools stay on local disk (the `spoolDir` of the storage settings).
  */
@@ -42,6 +40,7 @@ export class S3NarStore implements NarStore {
   readonly client: S3Client;
   private readonly bucket: string;
   private readonly objectsPrefix: string;
+  private readonly prefix: string;
   private readonly probePrefix: string;
   private readonly partSize: number;
   private readonly queueSize: number;
@@ -51,6 +50,7 @@ export class S3NarStore implements NarStore {
   constructor(config: S3StorageConfig, options: S3NarStoreOptions = {}) {
     this.spool = new SpoolArea(config.spoolDir);
     this.bucket = config.bucket;
+    this.prefix = config.prefix;
     this.objectsPrefix = `${config.prefix}nar/`;
     this.probePrefix = `${config.prefix}.narwhal-probe-`;
     this.partSize = options.partSize ?? 5 * 1024 * 1024;
@@ -86,9 +86,11 @@ export class S3NarStore implements NarStore {
     return Promise.resolve();
   }
 
+  /** `<prefix>nar/<key>` for a NAR, `<prefix><dir>/<name>` for a side document. */
   objectKeyOf(key: string): string {
-    if (!KEY_RE.test(key)) throw new Error(`invalid storage key ${JSON.stringify(key)}`);
-    return this.objectsPrefix + key;
+    if (isNarKey(key)) return this.objectsPrefix + key;
+    if (isDocumentKey(key)) return this.prefix + key;
+    throw new Error(`invalid storage key ${JSON.stringify(key)}`);
   }
 
   async stat(key: string): Promise<{ size: number } | null> {
@@ -176,7 +178,7 @@ export class S3NarStore implements NarStore {
       for (const object of page.Contents ?? []) {
         const key = object.Key?.slice(this.objectsPrefix.length);
         // Like the filesystem store, skip anything that is not one of our object names.
-        if (key !== undefined && KEY_RE.test(key)) yield { key, size: object.Size ?? 0 };
+        if (key !== undefined && NAR_KEY.test(key)) yield { key, size: object.Size ?? 0 };
       }
       token = page.IsTruncated ? page.NextContinuationToken : undefined;
     } while (token);
