@@ -3,10 +3,12 @@ import type { FastifyReply } from 'fastify';
 import { NixFormatError } from '../nix/errors';
 import {
   DownloadFailedError,
+  InsufficientStorageError,
   LockTimeoutError,
   MethodNotAllowedError,
   NotFoundError,
   RangeNotSatisfiableError,
+  ServiceUnavailableError,
   UpstreamUnavailableError,
 } from './errors';
 
@@ -30,6 +32,9 @@ export class HttpErrorFilter implements ExceptionFilter {
     if (error instanceof RangeNotSatisfiableError) {
       void reply.header('content-range', `bytes */${error.length}`);
     }
+    if (error instanceof ServiceUnavailableError) {
+      void reply.header('retry-after', String(error.retryAfterSeconds));
+    }
     void reply.status(status).type('text/plain; charset=utf-8').send(`${message}\n`);
   }
 }
@@ -44,6 +49,8 @@ function statusOf(error: unknown): [number, string] {
   if (error instanceof RangeNotSatisfiableError) return [416, error.message];
   // The upstream's bytes were bad before the first one reached the client: a retry fetches them again.
   if (error instanceof DownloadFailedError) return [502, 'upstream sent a broken NAR'];
+  if (error instanceof InsufficientStorageError) return [507, error.message];
+  if (error instanceof ServiceUnavailableError) return [503, error.message];
   if (error instanceof HttpException) return [error.getStatus(), error.message];
   return [500, 'internal error'];
 }

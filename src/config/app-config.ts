@@ -129,6 +129,8 @@ export function buildConfig(raw: RawSettings, cwd = process.cwd()): AppConfig {
       connectMs: parsed('cache-upstream-dialer-timeout', positiveDuration),
       headersMs: parsed('cache-upstream-response-header-timeout', positiveDuration),
       bodyMs: parsed('cache-upstream-body-timeout', positiveDuration),
+      narinfoMs: parsed('cache-upstream-narinfo-timeout', positiveDuration),
+      minRate: parsed('cache-upstream-min-rate', parseSize),
     },
     signing: {
       secretKeyPath: resolve(cwd, one('cache-secret-key-path') ?? resolve(dataPath, 'secret-key')),

@@ -59,7 +59,15 @@ export interface AppConfig {
   storage: StorageConfig;
   upstreams: UpstreamConfig[];
   upstreamPublicKeys: PublicKey[];
-  upstreamTimeouts: { connectMs: number; headersMs: number; bodyMs: number };
+  upstreamTimeouts: {
+    connectMs: number;
+    headersMs: number;
+    bodyMs: number;
+    /** Deadline of a whole narinfo fetch. */
+    narinfoMs: number;
+    /** Slowest acceptable NAR transfer (bytes/s, over a 20 s window); 0 = no check. */
+    minRate: number;
+  };
   signing: { secretKeyPath: string; signNarInfo: boolean };
   lru: { maxSize?: number; schedule: string };
   lock: LockConfig;

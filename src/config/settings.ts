@@ -141,6 +141,18 @@ export const SETTINGS: readonly SettingDef[] = [
     default: '60s',
   },
   {
+    name: 'cache-upstream-narinfo-timeout',
+    description:
+      'Deadline for a whole narinfo fetch from one upstream (headers and body); past it the next upstream is asked.',
+    default: '15s',
+  },
+  {
+    name: 'cache-upstream-min-rate',
+    description:
+      'Slowest acceptable NAR transfer from an upstream, in bytes per second averaged over 20 s (`4K`, `1M`); a slower one is abandoned like a broken one. `0` turns the check off.',
+    default: '4K',
+  },
+  {
     name: 'cache-lock-backend',
     description:
       'Lock provider: `local` (one instance) or `redis` (several instances sharing a database and storage).',

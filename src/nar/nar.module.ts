@@ -7,11 +7,20 @@ import { NarController } from './nar.controller';
 import { NarFetcher } from './nar-fetcher';
 import { NarService } from './nar.service';
 import { PeerClient } from './peer-client';
+import { StoredNarCheck } from './stored-nar-check';
+import { VerifierPool } from './verification/verifier-pool';
 
 @Module({
   imports: [LockingModule, StorageModule, UpstreamModule],
   controllers: [NarController],
-  providers: [NarService, NarFetcher, ActiveDownloads, PeerClient],
-  exports: [NarService],
+  providers: [
+    NarService,
+    NarFetcher,
+    ActiveDownloads,
+    PeerClient,
+    StoredNarCheck,
+    { provide: VerifierPool, useFactory: () => new VerifierPool() },
+  ],
+  exports: [NarService, StoredNarCheck, VerifierPool],
 })
 export class NarModule {}

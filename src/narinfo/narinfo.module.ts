@@ -1,12 +1,13 @@
 import { Module } from '@nestjs/common';
 import { LockingModule } from '../locking/locking.module';
+import { NarModule } from '../nar/nar.module';
 import { SigningModule } from '../signing/signing.module';
 import { UpstreamModule } from '../upstream/upstream.module';
 import { NarInfoController } from './narinfo.controller';
 import { NarInfoService } from './narinfo.service';
 
 @Module({
-  imports: [LockingModule, SigningModule, UpstreamModule],
+  imports: [LockingModule, NarModule, SigningModule, UpstreamModule],
   controllers: [NarInfoController],
   providers: [NarInfoService],
 })

@@ -7,6 +7,7 @@ import { NarInfoRepository, TOUCH_GRANULARITY_MS } from '../database/narinfo.rep
 import { narInfoLockKey } from '../locking/lock-keys';
 import { LOCKER, withLock, type Locker } from '../locking/locker';
 import { MetricsService } from '../metrics/metrics.service';
+import { StoredNarCheck } from '../nar/stored-nar-check';
 import { narFileName } from '../nix/compression';
 import { InvalidHashError, quoteForError } from '../nix/errors';
 import { narInfoFingerprint } from '../nix/fingerprint';
@@ -47,6 +48,7 @@ export class NarInfoService {
     private readonly repo: NarInfoRepository,
     private readonly upstream: UpstreamService,
     private readonly signing: SigningService,
+    private readonly storedNars: StoredNarCheck,
     private readonly metrics: MetricsService,
   ) {}
 
@@ -109,13 +111,16 @@ export class NarInfoService {
     for (const up of this.upstream.upstreams) {
       const narInfo = await this.fetchVerified(up, hash);
       if (!narInfo) continue;
+      const narKey = narKeyOf(narInfo);
       await this.repo.save({
         hash,
         narInfo,
-        narKey: narKeyOf(narInfo),
+        narKey,
         upstreamUrl: up.url,
         narUpstreamUrl: up.resolveNarUrl(narInfo.url),
       });
+      // A NAR stored before this narinfo (fetched by name) must match what the narinfo signs.
+      await this.storedNars.adopt(narKey, narInfo.narHash, narInfo.narSize);
       this.logger.log(`cached ${hash}.narinfo from ${up.url}`);
       return this.repo.find(hash);
     }

@@ -1,0 +1,23 @@
+import type { NarExpectations } from '../nar-verifier';
+
+/** Messages between VerifierPool (main thread) and a verifier worker. */
+
+export type ToWorker =
+  /** Check the file at `path` as it grows (a download's spool). */
+  | { type: 'file'; id: number; path: string; expect: NarExpectations }
+  /** Check chunks sent with `chunk` (a stored object read elsewhere). */
+  | { type: 'stream'; id: number; expect: NarExpectations }
+  /** File mode: the file now holds `size` bytes. */
+  | { type: 'grew'; id: number; size: number }
+  /** Stream mode: the next bytes. */
+  | { type: 'chunk'; id: number; bytes: Uint8Array }
+  /** No more bytes: `size` in all. */
+  | { type: 'end'; id: number; size: number }
+  | { type: 'abort'; id: number };
+
+export type FromWorker =
+  | { type: 'verified'; id: number }
+  /** `mismatch`: the bytes are wrong (not an I/O problem of the check itself). */
+  | { type: 'failed'; id: number; message: string; mismatch: boolean }
+  /** Stream mode: this many bytes of earlier chunks were taken in (flow control). */
+  | { type: 'consumed'; id: number; bytes: number };
