@@ -65,7 +65,7 @@ export interface AppConfig {
     bodyMs: number;
     /** Deadline of a whole narinfo fetch. */
     narinfoMs: number;
-    /** Slowest acceptable NAR transfer (bytes/s, over a 20 s window); 0 = no check. */
+    /** Slowest acceptable NAR transfer (bytes/s, averaged over each bodyMs); 0 = no check. */
     minRate: number;
   };
   signing: { secretKeyPath: string; signNarInfo: boolean };

@@ -149,7 +149,7 @@ export const SETTINGS: readonly SettingDef[] = [
   {
     name: 'cache-upstream-min-rate',
     description:
-      'Slowest acceptable NAR transfer from an upstream, in bytes per second averaged over 20 s (`4K`, `1M`); a slower one is abandoned like a broken one. `0` turns the check off.',
+      'Slowest acceptable NAR transfer from an upstream, in bytes per second averaged over each `--cache-upstream-body-timeout` (`4K`, `1M`); a slower one is abandoned like a broken one. `0` turns the check off.',
     default: '4K',
   },
   {

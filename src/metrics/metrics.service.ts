@@ -388,7 +388,8 @@ export class MetricsService {
 
 /** Classifies a failed upstream request or body by its error code. */
 export function upstreamErrorReason(e: unknown): UpstreamErrorReason {
-  const err = e as { code?: unknown; errors?: unknown[] } | null;
+  const err = e as { code?: unknown; name?: unknown; errors?: unknown[] } | null;
+  if (err?.name === 'TimeoutError') return 'timeout'; // an AbortSignal.timeout deadline
   const code =
     typeof err?.code === 'string'
       ? err.code

@@ -15,7 +15,7 @@ import { asDownloadError, NarSpool } from './nar-spool';
 import {
   checksContent,
   expectationsOf,
-  NarMismatchError,
+  NarTooLargeError,
   type NarExpectations,
 } from './nar-verifier';
 import { VerifierPool } from './verification/verifier-pool';
@@ -26,9 +26,11 @@ interface NarSource {
   expect: NarExpectations;
 }
 
-/** The window over which `--cache-upstream-min-rate` is averaged. */
-export const MIN_RATE_WINDOW_MS = 20_000;
-/** How long a NAR whose bytes were wrong is answered 502 at once instead of being fetched again. */
+/**
+ * How long a NAR that decompressed past its NarSize (a bomb) is answered 502 at once instead of
+ * being fetched and decoded again. Other bad bytes are fetched again at the next request (the
+ * upstream may have been fixed).
+ */
 export const FAILED_NAR_MEMORY_MS = 60_000;
 const FAILED_NAR_MAX = 10_000;
 
@@ -40,7 +42,7 @@ const FAILED_NAR_MAX = 10_000;
 @Injectable()
 export class NarFetcher {
   private readonly logger = new Logger('nar');
-  /** NARs whose bytes turned out wrong lately: a storm of requests does not repeat the work. */
+  /** NARs that turned out to be bombs lately: a storm of requests does not repeat the work. */
   private readonly failedLately = new Map<string, { until: number; why: string }>();
 
   constructor(
@@ -55,7 +57,7 @@ export class NarFetcher {
   /**
    * Opens the upstream and returns the spool (clients may attach at once) and a promise that
    * settles when it is committed or discarded. Rejects if no upstream serves the NAR, or at once
-   * (DownloadFailedError) if its bytes were found wrong within the last minute.
+   * (DownloadFailedError) if it turned out to be a decompression bomb within the last minute.
    */
   async start(
     name: string,
@@ -117,7 +119,7 @@ export class NarFetcher {
       } else {
         this.logger.warn(`discarded ${name}: ${error.message}`);
       }
-      if (error instanceof NarMismatchError) this.rememberFailure(name, error.message);
+      if (error instanceof NarTooLargeError) this.rememberFailure(name, error.message);
       spool.fail(error);
       await upload?.catch(() => undefined); // let an aborted upload finish cleaning up
       await spool.finishWriting(true);
@@ -127,21 +129,22 @@ export class NarFetcher {
   }
 
   /**
-   * Abandons a transfer slower than --cache-upstream-min-rate over a window (an upstream dripping a
-   * byte a second would otherwise hold the download, and every client on it, indefinitely).
+   * Abandons a transfer slower than --cache-upstream-min-rate, averaged over each window of
+   * --cache-upstream-body-timeout: an upstream dripping a byte a second never pauses long enough for
+   * the body timeout, yet would hold the download, and every client on it, indefinitely.
    */
   private watchRate(spool: NarSpool, abort: (why: string) => void): () => void {
-    const minRate = this.config.upstreamTimeouts.minRate;
+    const { minRate, bodyMs: windowMs } = this.config.upstreamTimeouts;
     if (minRate <= 0) return () => undefined;
     let last = spool.written;
     const timer = setInterval(() => {
-      const rate = ((spool.written - last) * 1000) / MIN_RATE_WINDOW_MS;
+      const rate = ((spool.written - last) * 1000) / windowMs;
       last = spool.written;
       if (spool.received || spool.state !== 'streaming') return;
       if (rate < minRate) {
         abort(`upstream too slow: ${Math.round(rate)} B/s, below --cache-upstream-min-rate`);
       }
-    }, MIN_RATE_WINDOW_MS);
+    }, windowMs);
     timer.unref();
     return () => clearInterval(timer);
   }

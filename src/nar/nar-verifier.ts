@@ -22,6 +22,11 @@ export class NarMismatchError extends DownloadFailedError {
   override name = 'NarMismatchError';
 }
 
+/** The NAR decompresses to more than its NarSize (a decompression bomb); decoding stopped there. */
+export class NarTooLargeError extends NarMismatchError {
+  override name = 'NarTooLargeError';
+}
+
 /** True when `expect` lets the content (not only the size) of a NAR be checked. */
 export function checksContent(expect: NarExpectations): boolean {
   return (
@@ -88,11 +93,11 @@ export class NarVerifier {
         d.once('end', resolve);
         d.once('error', (e) =>
           reject(
-            new NarMismatchError(
-              e instanceof NarSizeExceededError
-                ? e.message
-                : `NAR does not decompress as ${expect.compression}: ${e.message}`,
-            ),
+            e instanceof NarSizeExceededError
+              ? new NarTooLargeError(e.message)
+              : new NarMismatchError(
+                  `NAR does not decompress as ${expect.compression}: ${e.message}`,
+                ),
           ),
         );
       });

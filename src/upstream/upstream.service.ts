@@ -27,6 +27,8 @@ const MAX_NARINFO_BYTES = 1024 * 1024;
 export class UpstreamService implements OnApplicationShutdown {
   /** Upstreams in priority order (lower first; ties keep the configured order). */
   readonly upstreams: readonly UpstreamClient[];
+  /** Deadline of a whole narinfo fetch (headers and body). */
+  private readonly narinfoMs: number;
   /** For NAR URLs outside every upstream (a CDN named by an absolute URL): no credentials. */
   private readonly elsewhere: HttpClient;
 
@@ -35,16 +37,21 @@ export class UpstreamService implements OnApplicationShutdown {
     private readonly metrics: MetricsService,
   ) {
     const timeouts = config.upstreamTimeouts;
+    this.narinfoMs = timeouts.narinfoMs;
     this.upstreams = config.upstreams
       .map((u) => new UpstreamClient(u, timeouts))
       .sort((a, b) => a.priority - b.priority); // stable
     this.elsewhere = new HttpClient(timeouts, { maxRedirections: 5 });
   }
 
-  /** GETs a small text document (a narinfo). Throws UpstreamStatusError for non-200 answers. */
+  /**
+   * GETs a small text document (a narinfo), all of it within --cache-upstream-narinfo-timeout (an
+   * upstream dripping a byte at a time cannot hold a lookup). Throws UpstreamStatusError for
+   * non-200 answers.
+   */
   async getText(upstream: UpstreamClient, path: string): Promise<string> {
     const url = upstream.urlFor(path);
-    const { body } = await this.open(url, 'GET', 'narinfo');
+    const { body } = await this.open(url, 'GET', 'narinfo', AbortSignal.timeout(this.narinfoMs));
     const chunks: Buffer[] = [];
     let size = 0;
     try {
@@ -69,10 +76,12 @@ export class UpstreamService implements OnApplicationShutdown {
     url: string,
     method: 'GET' | 'HEAD' = 'GET',
     kind: UpstreamKind = method === 'HEAD' ? 'head' : 'nar',
+    signal?: AbortSignal,
   ): Promise<UpstreamBody> {
     const upstream = this.upstreamOf(url);
     const timing = this.metrics.upstreamRequest(upstream?.url ?? OTHER_UPSTREAM, kind);
-    const res = await (upstream ?? this.elsewhere).request(url, { method }).catch((e: unknown) => {
+    const client = upstream ?? this.elsewhere;
+    const res = await client.request(url, { method, signal }).catch((e: unknown) => {
       timing.failed(e);
       throw e;
     });

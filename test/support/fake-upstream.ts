@@ -36,8 +36,10 @@ export type Behaviour =
       contentType?: string;
       /** Wait before the response headers. */
       delayMs?: number;
-      /** Pause after every 64 KiB chunk (a slow upstream). */
+      /** Pause after every chunk (a slow upstream). */
       chunkDelayMs?: number;
+      /** Bytes per chunk (64 KiB unless given): with chunkDelayMs, a drip. */
+      chunkBytes?: number;
     }
   | { kind: 'status'; status: number }
   | { kind: 'redirect'; location: string }
@@ -57,6 +59,7 @@ interface Reply {
   contentType: string;
   delayMs?: number;
   chunkDelayMs?: number;
+  chunkBytes?: number;
   fault?: Fault;
 }
 
@@ -248,6 +251,7 @@ export class FakeUpstream {
           contentType: b.contentType ?? 'application/x-nix-nar',
           delayMs: b.delayMs,
           chunkDelayMs: b.chunkDelayMs,
+          chunkBytes: b.chunkBytes,
         };
       case 'truncate':
       case 'stall':
@@ -300,7 +304,7 @@ export class FakeUpstream {
     const rate = path.startsWith('/nar/') ? this.bytesPerSecond : null;
     const started = Date.now();
     let sent = 0;
-    for await (const piece of chunksOf(reply.source, limit)) {
+    for await (const piece of chunksOf(reply.source, limit, reply.chunkBytes)) {
       if (res.destroyed) return;
       let chunk = piece;
       if (fault === 'corrupt' && half >= sent && half < sent + piece.length) {
@@ -333,10 +337,14 @@ function notFound(res: ServerResponse): null {
 }
 
 /** The first `limit` bytes of `source`, in chunks of 64 KiB. */
-async function* chunksOf(source: Source, limit: number): AsyncIterable<Buffer> {
+async function* chunksOf(
+  source: Source,
+  limit: number,
+  chunkBytes = CHUNK_BYTES,
+): AsyncIterable<Buffer> {
   if ('bytes' in source) {
-    for (let off = 0; off < limit; off += CHUNK_BYTES) {
-      yield source.bytes.subarray(off, Math.min(off + CHUNK_BYTES, limit));
+    for (let off = 0; off < limit; off += chunkBytes) {
+      yield source.bytes.subarray(off, Math.min(off + chunkBytes, limit));
     }
     return;
   }

@@ -17,7 +17,7 @@ export type ToWorker =
 
 export type FromWorker =
   | { type: 'verified'; id: number }
-  /** `mismatch`: the bytes are wrong (not an I/O problem of the check itself). */
-  | { type: 'failed'; id: number; message: string; mismatch: boolean }
+  /** mismatch: the bytes are wrong; too-large: past NarSize (a bomb); io: the check itself broke. */
+  | { type: 'failed'; id: number; message: string; kind: 'mismatch' | 'too-large' | 'io' }
   /** Stream mode: this many bytes of earlier chunks were taken in (flow control). */
   | { type: 'consumed'; id: number; bytes: number };

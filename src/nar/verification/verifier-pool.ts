@@ -4,7 +4,7 @@ import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { DownloadFailedError } from '../../common/errors';
-import { NarMismatchError, type NarExpectations } from '../nar-verifier';
+import { NarMismatchError, NarTooLargeError, type NarExpectations } from '../nar-verifier';
 import type { FromWorker, ToWorker } from './protocol';
 
 /** A running check of one NAR in a verifier thread. */
@@ -185,10 +185,7 @@ export class VerifierPool implements OnApplicationShutdown {
       if (!job) return;
       if (m.type === 'consumed') job.consumed?.(m.bytes);
       else if (m.type === 'verified') job.settle();
-      else
-        job.settle(
-          m.mismatch ? new NarMismatchError(m.message) : new DownloadFailedError(m.message),
-        );
+      else job.settle(failureOf(m));
     });
     const lost = (why: string) => {
       if (this.slots[index] === slot) this.slots[index] = undefined;
@@ -199,6 +196,17 @@ export class VerifierPool implements OnApplicationShutdown {
     worker.on('error', (e) => lost(`failed: ${e.message}`));
     worker.on('exit', (code) => lost(`exited with code ${code}`));
     return slot;
+  }
+}
+
+function failureOf(m: Extract<FromWorker, { type: 'failed' }>): Error {
+  switch (m.kind) {
+    case 'too-large':
+      return new NarTooLargeError(m.message);
+    case 'mismatch':
+      return new NarMismatchError(m.message);
+    case 'io':
+      return new DownloadFailedError(m.message);
   }
 }
 

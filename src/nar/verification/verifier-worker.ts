@@ -1,6 +1,11 @@
 import { open, type FileHandle } from 'node:fs/promises';
 import { parentPort } from 'node:worker_threads';
-import { NarMismatchError, NarVerifier, type NarExpectations } from '../nar-verifier';
+import {
+  NarMismatchError,
+  NarTooLargeError,
+  NarVerifier,
+  type NarExpectations,
+} from '../nar-verifier';
 import type { FromWorker, ToWorker } from './protocol';
 
 /**
@@ -112,7 +117,12 @@ class Job {
       type: 'failed',
       id: this.id,
       message: e.message,
-      mismatch: e instanceof NarMismatchError,
+      kind:
+        e instanceof NarTooLargeError
+          ? 'too-large'
+          : e instanceof NarMismatchError
+            ? 'mismatch'
+            : 'io',
     });
   }
 
