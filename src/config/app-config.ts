@@ -108,8 +108,10 @@ export function buildConfig(raw: RawSettings, cwd = process.cwd()): AppConfig {
     return ms;
   };
 
+  const server = parsed('server-addr', parseServerAddr);
+  const advertiseUrl = optional('cache-advertise-url', parseHttpUrl);
   return {
-    server: parsed('server-addr', parseServerAddr),
+    server,
     hostname,
     dataPath,
     storeDir: parsed('cache-store-dir', (s) => {
@@ -149,9 +151,16 @@ export function buildConfig(raw: RawSettings, cwd = process.cwd()): AppConfig {
       }),
     },
     lock: lockConfig(one, parsed, positiveDuration),
-    advertiseUrl: optional('cache-advertise-url', parseHttpUrl),
+    advertiseUrl,
+    selfUrl: advertiseUrl ?? derivedSelfUrl(server),
     metrics: { enabled: parsed('prometheus-enabled', parseBool) },
     logLevel,
     shutdownTimeoutMs: parsed('shutdown-timeout', positiveDuration),
   };
+}
+
+/** `http://<host>:<port>` of the listen address, the machine's name for a wildcard address. */
+function derivedSelfUrl({ host, port }: { host: string; port: number }): string {
+  const wildcard = host === '0.0.0.0' || host === '::' || host === '';
+  return `http://${wildcard ? osHostname() : host.includes(':') ? `[${host}]` : host}:${port}`;
 }

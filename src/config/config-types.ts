@@ -73,6 +73,11 @@ export interface AppConfig {
   lock: LockConfig;
   /** How other instances reach this one (for streaming an in-flight download); derived when unset. */
   advertiseUrl?: string;
+  /**
+   * This instance's URL as other instances reach it: `advertiseUrl`, or derived from the listen
+   * address and the host name. Also names this instance's spool files.
+   */
+  selfUrl: string;
   /** `GET /metrics` (Prometheus) when enabled. */
   metrics: { enabled: boolean };
   logLevel: LogLevel;

@@ -1,5 +1,4 @@
 import { Inject, Injectable, Logger, type OnApplicationShutdown } from '@nestjs/common';
-import { hostname } from 'node:os';
 import type { Readable } from 'node:stream';
 import { APP_CONFIG, type AppConfig } from '../config/app-config';
 import { discard, HttpClient } from '../upstream/http-client';
@@ -21,11 +20,7 @@ export class PeerClient implements OnApplicationShutdown {
   readonly selfUrl: string;
 
   constructor(@Inject(APP_CONFIG) config: AppConfig) {
-    const { host, port } = config.server;
-    const wildcard = host === '0.0.0.0' || host === '::' || host === '';
-    this.selfUrl =
-      config.advertiseUrl ??
-      `http://${wildcard ? hostname() : host.includes(':') ? `[${host}]` : host}:${port}`;
+    this.selfUrl = config.selfUrl;
     this.http = new HttpClient(config.upstreamTimeouts);
   }
 

@@ -8,14 +8,14 @@ export async function createNarStore(config: AppConfig): Promise<NarStore> {
   const storage = config.storage;
   switch (storage.kind) {
     case 'fs': {
-      const store = new FilesystemNarStore(storage.path);
+      const store = new FilesystemNarStore(storage.path, config.selfUrl);
       await store.init();
       return store;
     }
     case 's3': {
       // Loaded only when used: the AWS SDK costs ~20 MB of memory.
       const { S3NarStore } = await import('./s3/s3-nar-store');
-      const store = new S3NarStore(storage);
+      const store = new S3NarStore(storage, { instance: config.selfUrl });
       await store.init();
       return store;
     }

@@ -18,8 +18,9 @@ export class FilesystemNarStore implements NarStore {
   readonly writeMode = 'spool';
   private readonly objectsDir: string;
 
-  constructor(root: string) {
-    this.spool = new SpoolArea(join(root, 'tmp'));
+  /** `instance` names this instance's spool files (see SpoolArea). */
+  constructor(root: string, instance?: string) {
+    this.spool = new SpoolArea(join(root, 'tmp'), instance);
     this.objectsDir = join(root, 'nar');
   }
 

@@ -29,6 +29,8 @@ export interface S3NarStoreOptions {
    * defaults); a download is rarely faster than two parts in flight.
    */
   queueSize?: number;
+  /** Names this instance's spool files (see SpoolArea). */
+  instance?: string;
 }
 
 /**
@@ -49,7 +51,7 @@ export class S3NarStore implements NarStore {
   private readonly logger = new Logger(S3NarStore.name);
 
   constructor(config: S3StorageConfig, options: S3NarStoreOptions = {}) {
-    this.spool = new SpoolArea(config.spoolDir);
+    this.spool = new SpoolArea(config.spoolDir, options.instance);
     this.bucket = config.bucket;
     this.objectsPrefix = `${config.prefix}nar/`;
     this.probePrefix = `${config.prefix}.narwhal-probe-`;
