@@ -1,7 +1,9 @@
 import { ArgumentsHost, Catch, HttpException, Logger, type ExceptionFilter } from '@nestjs/common';
 import type { FastifyReply } from 'fastify';
 import { NixFormatError } from '../nix/errors';
+import { DatabaseHealth } from '../database/database-health';
 import {
+  DatabaseUnavailableError,
   DownloadFailedError,
   InsufficientStorageError,
   LockTimeoutError,
@@ -17,12 +19,18 @@ import {
 export class HttpErrorFilter implements ExceptionFilter {
   private readonly logger = new Logger('http');
 
+  constructor(private readonly db: DatabaseHealth) {}
+
   catch(error: unknown, host: ArgumentsHost): void {
     const reply = host.switchToHttp().getResponse<FastifyReply>();
     if (reply.sent || reply.raw.headersSent) {
       // Mid-body: the only honest signal left is a broken connection.
       reply.raw.destroy(error instanceof Error ? error : undefined);
       return;
+    }
+    // A query that failed because the database is down: 503 (logged once per outage, not here).
+    if (!(error instanceof HttpException) && this.db.noteFailure(error)) {
+      error = new DatabaseUnavailableError('the database is unavailable');
     }
     const [status, message] = statusOf(error);
     if (status === 500) {

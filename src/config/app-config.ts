@@ -125,6 +125,7 @@ export function buildConfig(raw: RawSettings, cwd = process.cwd()): AppConfig {
       path: resolve(dataPath, 'narwhal.sqlite'),
     },
     storage: storageConfig(one, parsed, optional, cwd, dataPath),
+    minFreeSpace: parsed('cache-min-free-space', parseSize),
     upstreams,
     upstreamPublicKeys,
     upstreamTimeouts: {
@@ -155,6 +156,7 @@ export function buildConfig(raw: RawSettings, cwd = process.cwd()): AppConfig {
     selfUrl: advertiseUrl ?? derivedSelfUrl(server),
     metrics: { enabled: parsed('prometheus-enabled', parseBool) },
     logLevel,
+    clientStallTimeoutMs: parsed('cache-client-stall-timeout', parseDuration),
     shutdownTimeoutMs: parsed('shutdown-timeout', positiveDuration),
   };
 }

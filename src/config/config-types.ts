@@ -57,6 +57,8 @@ export interface AppConfig {
   priority: number;
   database: DatabaseConfig;
   storage: StorageConfig;
+  /** Free bytes below which the local disk is reported low. */
+  minFreeSpace: number;
   upstreams: UpstreamConfig[];
   upstreamPublicKeys: PublicKey[];
   upstreamTimeouts: {
@@ -81,6 +83,8 @@ export interface AppConfig {
   /** `GET /metrics` (Prometheus) when enabled. */
   metrics: { enabled: boolean };
   logLevel: LogLevel;
+  /** A NAR client that takes no waiting byte for this long is cut; 0 = never. */
+  clientStallTimeoutMs: number;
   /** How long in-flight responses may run after SIGTERM/SIGINT before they are cut. */
   shutdownTimeoutMs: number;
 }

@@ -61,6 +61,7 @@ export class MetricsService {
   private readonly lruRuns: Counter<'result'>;
   private readonly lruEvicted: Counter;
   private readonly lruEvictedBytes: Counter;
+  private readonly clientsDropped: Counter<'reason'>;
 
   private readonly registers: Registry[];
   private downloadSource: () => Iterable<{ readerCount: number }> = () => [];
@@ -179,6 +180,12 @@ export class MetricsService {
       help: 'Bytes of NARs evicted by the LRU job.',
       registers,
     });
+    this.clientsDropped = new Counter({
+      name: name('clients_dropped_total'),
+      help: 'NAR clients disconnected by narwhal, by reason: stalled (took no byte for --cache-client-stall-timeout).',
+      labelNames: ['reason'],
+      registers,
+    });
     const storage: Gauge = new Gauge({
       name: name('storage_bytes'),
       help: `Bytes of stored NARs, from the database (re-read at most every ${STORAGE_CACHE_MS / 1000} s).`,
@@ -204,6 +211,7 @@ export class MetricsService {
     for (const o of ['stored', 'discarded']) this.downloads.labels(o).inc(0);
     for (const r of ['ran', 'skipped']) this.lruRuns.labels(r).inc(0);
     this.lruEvicted.inc(0);
+    this.clientsDropped.labels('stalled').inc(0);
     this.lruEvictedBytes.inc(0);
     for (const { url } of config.upstreams) {
       this.upstreamBytes.labels(url).inc(0);
@@ -308,6 +316,30 @@ export class MetricsService {
     this.downloadSource = source;
   }
 
+  /** Where the disk gauges read from: the last look at the local disks (spool, objects). */
+  watchDiskSpace(
+    source: () => readonly { area: string; freeBytes: number; totalBytes: number }[],
+  ): void {
+    const free: Gauge<'area'> = new Gauge({
+      name: `${METRIC_PREFIX}disk_free_bytes`,
+      help: 'Free bytes on the local disk narwhal writes to, by area: spool (downloads in progress), objects (the filesystem store).',
+      labelNames: ['area'],
+      registers: this.registers,
+      collect: () => {
+        for (const d of source()) free.labels(d.area).set(d.freeBytes);
+      },
+    });
+    const total: Gauge<'area'> = new Gauge({
+      name: `${METRIC_PREFIX}disk_size_bytes`,
+      help: 'Size of the local disk narwhal writes to, by area.',
+      labelNames: ['area'],
+      registers: this.registers,
+      collect: () => {
+        for (const d of source()) total.labels(d.area).set(d.totalBytes);
+      },
+    });
+  }
+
   /** Where the stored-size gauge reads from (a database query, cached between scrapes). */
   watchStoredBytes(source: () => Promise<number>): void {
     this.storedSource = source;
@@ -349,6 +381,10 @@ export class MetricsService {
   lockTimer(kind: LockKind): () => void {
     const end = this.lockWait.startTimer({ kind });
     return () => void end();
+  }
+
+  clientDropped(reason: 'stalled'): void {
+    this.clientsDropped.labels(reason).inc();
   }
 
   lruRun(result: 'ran' | 'skipped'): void {

@@ -1,5 +1,6 @@
 import { Module } from '@nestjs/common';
 import { LockingModule } from '../locking/locking.module';
+import { SigningModule } from '../signing/signing.module';
 import { StorageModule } from '../storage/storage.module';
 import { UpstreamModule } from '../upstream/upstream.module';
 import { ActiveDownloads } from './active-downloads';
@@ -7,11 +8,12 @@ import { NarController } from './nar.controller';
 import { NarFetcher } from './nar-fetcher';
 import { NarService } from './nar.service';
 import { PeerClient } from './peer-client';
+import { StallGuard } from './stall-guard';
 import { StoredNarCheck } from './stored-nar-check';
 import { VerifierPool } from './verification/verifier-pool';
 
 @Module({
-  imports: [LockingModule, StorageModule, UpstreamModule],
+  imports: [LockingModule, SigningModule, StorageModule, UpstreamModule],
   controllers: [NarController],
   providers: [
     NarService,
@@ -19,6 +21,7 @@ import { VerifierPool } from './verification/verifier-pool';
     ActiveDownloads,
     PeerClient,
     StoredNarCheck,
+    StallGuard,
     { provide: VerifierPool, useFactory: () => new VerifierPool() },
   ],
   exports: [NarService, StoredNarCheck, VerifierPool],

@@ -1,7 +1,8 @@
 import { Inject, Injectable, Logger } from '@nestjs/common';
-import { NotFoundError } from '../common/errors';
+import { DatabaseUnavailableError, NotFoundError } from '../common/errors';
 import { SingleFlight } from '../common/single-flight';
 import { APP_CONFIG, type AppConfig } from '../config/app-config';
+import { DatabaseHealth } from '../database/database-health';
 import type { NarInfoEntity } from '../database/entities';
 import { NarInfoRepository, TOUCH_GRANULARITY_MS } from '../database/narinfo.repository';
 import { narInfoLockKey } from '../locking/lock-keys';
@@ -46,6 +47,7 @@ export class NarInfoService {
     @Inject(APP_CONFIG) private readonly config: AppConfig,
     @Inject(LOCKER) private readonly locker: Locker,
     private readonly repo: NarInfoRepository,
+    private readonly db: DatabaseHealth,
     private readonly upstream: UpstreamService,
     private readonly signing: SigningService,
     private readonly storedNars: StoredNarCheck,
@@ -63,7 +65,17 @@ export class NarInfoService {
       this.touchIfStale(hash, cached, now);
       return cached.text;
     }
-    let row = await this.repo.find(hash);
+    let row: NarInfoEntity | null;
+    try {
+      row = await this.repo.find(hash);
+    } catch (e) {
+      // While the database is down, narinfos served lately are still answered from memory.
+      if (!this.db.noteFailure(e)) throw e;
+      if (!cached)
+        throw new DatabaseUnavailableError(`${hash}.narinfo: the database is unavailable`);
+      this.metrics.narInfoRequest('hit');
+      return cached.text;
+    }
     const stored = row !== null;
     if (!row) row = await this.lookupOnce(hash);
     this.metrics.narInfoRequest(stored ? 'hit' : row ? 'miss' : 'not_found');
@@ -83,9 +95,9 @@ export class NarInfoService {
   private touchIfStale(hash: string, entry: RecentNarInfo, now: number): void {
     if (now - entry.touchedAt < TOUCH_GRANULARITY_MS) return;
     entry.touchedAt = now;
-    this.repo
-      .touch(hash, entry.narKey, now)
-      .catch((e: Error) => this.logger.warn(`touch ${hash}: ${e.message}`));
+    this.repo.touch(hash, entry.narKey, now).catch((e: Error) => {
+      if (!this.db.noteFailure(e)) this.logger.warn(`touch ${hash}: ${e.message}`);
+    });
   }
 
   private remember(hash: string, entry: RecentNarInfo): void {
@@ -191,9 +203,10 @@ export class NarInfoService {
     const prefix = `${this.signing.publicKey}|`;
     if (row.ownSignature?.startsWith(prefix)) return row.ownSignature.slice(prefix.length);
     const sig = this.signing.sign(narInfoFingerprint(narInfo, this.config.storeDir));
-    this.repo
-      .setOwnSignature(row.hash, prefix + sig)
-      .catch((e: Error) => this.logger.warn(`caching signature of ${row.hash}: ${e.message}`));
+    this.repo.setOwnSignature(row.hash, prefix + sig).catch((e: Error) => {
+      if (!this.db.noteFailure(e))
+        this.logger.warn(`caching signature of ${row.hash}: ${e.message}`);
+    });
     return sig;
   }
 }

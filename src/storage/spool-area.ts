@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdir, readdir, stat, unlink } from 'node:fs/promises';
+import { mkdir, readdir, stat, statfs, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 
 const SPOOL_SUFFIX = '.part';
@@ -12,6 +12,21 @@ export interface SpoolFile {
   mtimeMs: number;
   /** Written by this instance (at any time), as opposed to another one sharing the directory. */
   own: boolean;
+}
+
+/** Free and total bytes of the filesystem a directory is on. */
+export interface DiskSpace {
+  /** What it holds: `spool` (download scratch) or `objects` (the filesystem store's NARs). */
+  area: 'spool' | 'objects';
+  path: string;
+  freeBytes: number;
+  totalBytes: number;
+}
+
+/** The space of the filesystem `path` is on (bytes available to unprivileged writers). */
+export async function diskSpace(area: DiskSpace['area'], path: string): Promise<DiskSpace> {
+  const s = await statfs(path);
+  return { area, path, freeBytes: s.bavail * s.bsize, totalBytes: s.blocks * s.bsize };
 }
 
 /**

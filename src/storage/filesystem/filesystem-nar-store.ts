@@ -5,7 +5,7 @@ import { pipeline } from 'node:stream/promises';
 import type { Readable } from 'node:stream';
 import { NotFoundError } from '../../common/errors';
 import type { NarStore } from '../nar-store';
-import { SpoolArea } from '../spool-area';
+import { diskSpace, SpoolArea, type DiskSpace } from '../spool-area';
 
 const KEY_RE = /^[0-9a-z]{8,}\.nar(\.[a-z0-9]+)?$/;
 
@@ -117,6 +117,10 @@ export class FilesystemNarStore implements NarStore {
     const probe = join(this.spool.dir, `.probe-${process.pid}`);
     await writeFile(probe, 'ok');
     await rm(probe, { force: true });
+  }
+
+  async localSpace(): Promise<DiskSpace[]> {
+    return [await diskSpace('spool', this.spool.dir), await diskSpace('objects', this.objectsDir)];
   }
 
   async close(): Promise<void> {}

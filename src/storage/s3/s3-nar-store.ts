@@ -15,7 +15,7 @@ import { Logger } from '@nestjs/common';
 import { NotFoundError } from '../../common/errors';
 import type { S3StorageConfig } from '../../config/app-config';
 import type { NarStore } from '../nar-store';
-import { SpoolArea } from '../spool-area';
+import { diskSpace, SpoolArea, type DiskSpace } from '../spool-area';
 import { PartBufferPool, uploadObject } from './multipart-upload';
 
 // Same rule as the filesystem store: narwhal's own NAR file names, nothing that could escape `nar/`.
@@ -80,6 +80,10 @@ export class S3NarStore implements NarStore {
 
   async init(): Promise<void> {
     await this.spool.init();
+  }
+
+  async localSpace(): Promise<DiskSpace[]> {
+    return [await diskSpace('spool', this.spool.dir)];
   }
 
   /** Releases the client's sockets. */
