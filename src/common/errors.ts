@@ -33,3 +33,27 @@ export class RangeNotSatisfiableError extends Error {
     super(`range not satisfiable (the file has ${length} bytes)`);
   }
 }
+
+/** narwhal's own disk is full (ENOSPC): a local fault, not the upstream's. 507 to the client. */
+export class InsufficientStorageError extends Error {
+  override name = 'InsufficientStorageError';
+}
+
+/**
+ * narwhal cannot answer right now but will soon: 503 with `Retry-After`, which makes Nix back off and
+ * retry instead of giving up on the cache.
+ */
+export class ServiceUnavailableError extends Error {
+  override name = 'ServiceUnavailableError';
+  constructor(
+    message: string,
+    readonly retryAfterSeconds = 5,
+  ) {
+    super(message);
+  }
+}
+
+/** The database cannot be reached. */
+export class DatabaseUnavailableError extends ServiceUnavailableError {
+  override name = 'DatabaseUnavailableError';
+}

@@ -1,12 +1,16 @@
 import { ArgumentsHost, Catch, HttpException, Logger, type ExceptionFilter } from '@nestjs/common';
 import type { FastifyReply } from 'fastify';
 import { NixFormatError } from '../nix/errors';
+import { DatabaseHealth } from '../database/database-health';
 import {
+  DatabaseUnavailableError,
   DownloadFailedError,
+  InsufficientStorageError,
   LockTimeoutError,
   MethodNotAllowedError,
   NotFoundError,
   RangeNotSatisfiableError,
+  ServiceUnavailableError,
   UpstreamUnavailableError,
 } from './errors';
 
@@ -15,12 +19,18 @@ import {
 export class HttpErrorFilter implements ExceptionFilter {
   private readonly logger = new Logger('http');
 
+  constructor(private readonly db: DatabaseHealth) {}
+
   catch(error: unknown, host: ArgumentsHost): void {
     const reply = host.switchToHttp().getResponse<FastifyReply>();
     if (reply.sent || reply.raw.headersSent) {
       // Mid-body: the only honest signal left is a broken connection.
       reply.raw.destroy(error instanceof Error ? error : undefined);
       return;
+    }
+    // A query that failed because the database is down: 503 (logged once per outage, not here).
+    if (!(error instanceof HttpException) && this.db.noteFailure(error)) {
+      error = new DatabaseUnavailableError('the database is unavailable');
     }
     const [status, message] = statusOf(error);
     if (status === 500) {
@@ -29,6 +39,9 @@ export class HttpErrorFilter implements ExceptionFilter {
     if (error instanceof MethodNotAllowedError) void reply.header('allow', 'GET, HEAD');
     if (error instanceof RangeNotSatisfiableError) {
       void reply.header('content-range', `bytes */${error.length}`);
+    }
+    if (error instanceof ServiceUnavailableError) {
+      void reply.header('retry-after', String(error.retryAfterSeconds));
     }
     void reply.status(status).type('text/plain; charset=utf-8').send(`${message}\n`);
   }
@@ -44,6 +57,8 @@ function statusOf(error: unknown): [number, string] {
   if (error instanceof RangeNotSatisfiableError) return [416, error.message];
   // The upstream's bytes were bad before the first one reached the client: a retry fetches them again.
   if (error instanceof DownloadFailedError) return [502, 'upstream sent a broken NAR'];
+  if (error instanceof InsufficientStorageError) return [507, error.message];
+  if (error instanceof ServiceUnavailableError) return [503, error.message];
   if (error instanceof HttpException) return [error.getStatus(), error.message];
   return [500, 'internal error'];
 }

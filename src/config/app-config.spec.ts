@@ -62,7 +62,15 @@ describe('buildConfig defaults', () => {
   });
 
   it('has the documented timeouts, LRU, lock, log level, store dir, priority and hostname', () => {
-    expect(c.upstreamTimeouts).toEqual({ connectMs: 3_000, headersMs: 10_000, bodyMs: 60_000 });
+    expect(c.upstreamTimeouts).toEqual({
+      connectMs: 3_000,
+      headersMs: 10_000,
+      bodyMs: 60_000,
+      narinfoMs: 15_000,
+      minRate: 4096,
+    });
+    expect(c.minFreeSpace).toBe(1024 ** 3);
+    expect(c.clientStallTimeoutMs).toBe(60_000);
     expect(c.lru).toEqual({ maxSize: undefined, schedule: '0 2 * * *' });
     expect(c.lock).toEqual({
       kind: 'local',
@@ -139,6 +147,10 @@ describe('buildConfig values', () => {
       'cache-upstream-dialer-timeout': '500ms',
       'cache-upstream-response-header-timeout': '1m',
       'cache-upstream-body-timeout': '1500',
+      'cache-upstream-narinfo-timeout': '5s',
+      'cache-upstream-min-rate': '1M',
+      'cache-min-free-space': '500M',
+      'cache-client-stall-timeout': '0',
       'cache-sign-narinfo': 'false',
       'cache-priority': '30',
       'cache-store-dir': '/gnu/store',
@@ -146,7 +158,15 @@ describe('buildConfig values', () => {
       'cache-hostname': 'cache.example-1_a',
     });
     expect(c.lru).toEqual({ maxSize: 10 * 1024 ** 3, schedule: '0 */5 * * * *' });
-    expect(c.upstreamTimeouts).toEqual({ connectMs: 500, headersMs: 60_000, bodyMs: 1_500 });
+    expect(c.upstreamTimeouts).toEqual({
+      connectMs: 500,
+      headersMs: 60_000,
+      bodyMs: 1_500,
+      narinfoMs: 5_000,
+      minRate: 1024 ** 2,
+    });
+    expect(c.minFreeSpace).toBe(500 * 1024 ** 2);
+    expect(c.clientStallTimeoutMs).toBe(0);
     expect(c.signing.signNarInfo).toBe(false);
     expect(c.priority).toBe(30);
     expect(c.storeDir).toBe('/gnu/store');

@@ -125,8 +125,10 @@ export function buildConfig(raw: RawSettings, cwd = process.cwd()): AppConfig {
     return ms;
   };
 
+  const server = parsed('server-addr', parseServerAddr);
+  const advertiseUrl = optional('cache-advertise-url', parseHttpUrl);
   return {
-    server: parsed('server-addr', parseServerAddr),
+    server,
     hostname,
     dataPath,
     storeDir: parsed('cache-store-dir', (s) => {
@@ -140,6 +142,7 @@ export function buildConfig(raw: RawSettings, cwd = process.cwd()): AppConfig {
       path: resolve(dataPath, 'narwhal.sqlite'),
     },
     storage: storageConfig(one, parsed, optional, cwd, dataPath),
+    minFreeSpace: parsed('cache-min-free-space', parseSize),
     upstreams,
     upstreamPublicKeys,
     upstreamHedge: parsed('cache-upstream-hedge', parseBool),
@@ -149,6 +152,8 @@ export function buildConfig(raw: RawSettings, cwd = process.cwd()): AppConfig {
       connectMs: parsed('cache-upstream-dialer-timeout', positiveDuration),
       headersMs: parsed('cache-upstream-response-header-timeout', positiveDuration),
       bodyMs: parsed('cache-upstream-body-timeout', positiveDuration),
+      narinfoMs: parsed('cache-upstream-narinfo-timeout', positiveDuration),
+      minRate: parsed('cache-upstream-min-rate', parseSize),
     },
     signing: {
       secretKeyPath: resolve(cwd, one('cache-secret-key-path') ?? resolve(dataPath, 'secret-key')),
@@ -167,9 +172,11 @@ export function buildConfig(raw: RawSettings, cwd = process.cwd()): AppConfig {
       }),
     },
     lock: lockConfig(one, parsed, positiveDuration),
-    advertiseUrl: optional('cache-advertise-url', parseHttpUrl),
+    advertiseUrl,
+    selfUrl: advertiseUrl ?? derivedSelfUrl(server),
     metrics: { enabled: parsed('prometheus-enabled', parseBool) },
     logLevel,
+    clientStallTimeoutMs: parsed('cache-client-stall-timeout', parseDuration),
     shutdownTimeoutMs: parsed('shutdown-timeout', positiveDuration),
   };
 }
@@ -192,4 +199,10 @@ function upstreamBreaker(
     backoffMs,
     maxBackoffMs,
   };
+}
+
+/** `http://<host>:<port>` of the listen address, the machine's name for a wildcard address. */
+function derivedSelfUrl({ host, port }: { host: string; port: number }): string {
+  const wildcard = host === '0.0.0.0' || host === '::' || host === '';
+  return `http://${wildcard ? osHostname() : host.includes(':') ? `[${host}]` : host}:${port}`;
 }

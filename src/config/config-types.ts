@@ -57,9 +57,19 @@ export interface AppConfig {
   priority: number;
   database: DatabaseConfig;
   storage: StorageConfig;
+  /** Free bytes below which the local disk is reported low. */
+  minFreeSpace: number;
   upstreams: UpstreamConfig[];
   upstreamPublicKeys: PublicKey[];
-  upstreamTimeouts: { connectMs: number; headersMs: number; bodyMs: number };
+  upstreamTimeouts: {
+    connectMs: number;
+    headersMs: number;
+    bodyMs: number;
+    /** Deadline of a whole narinfo fetch. */
+    narinfoMs: number;
+    /** Slowest acceptable NAR transfer (bytes/s, averaged over each bodyMs); 0 = no check. */
+    minRate: number;
+  };
   /** Ask all upstreams for a narinfo at once (otherwise one after another). */
   upstreamHedge: boolean;
   /** Per-upstream circuit breaker: `failures` in a row open it (0: never). */
@@ -71,9 +81,16 @@ export interface AppConfig {
   lock: LockConfig;
   /** How other instances reach this one (for streaming an in-flight download); derived when unset. */
   advertiseUrl?: string;
+  /**
+   * This instance's URL as other instances reach it: `advertiseUrl`, or derived from the listen
+   * address and the host name. Also names this instance's spool files.
+   */
+  selfUrl: string;
   /** `GET /metrics` (Prometheus) when enabled. */
   metrics: { enabled: boolean };
   logLevel: LogLevel;
+  /** A NAR client that takes no waiting byte for this long is cut; 0 = never. */
+  clientStallTimeoutMs: number;
   /** How long in-flight responses may run after SIGTERM/SIGINT before they are cut. */
   shutdownTimeoutMs: number;
 }

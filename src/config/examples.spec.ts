@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { loadConfig } from './load-config';
-import { envName, SETTINGS } from './settings';
+import { defaultShown, envName, SETTINGS } from './settings';
 
 const ROOT = join(__dirname, '..', '..');
 
@@ -30,5 +30,19 @@ describe('shipped examples and documentation', () => {
       (s) => !readme.includes(`\`--${s.name}\``) || !readme.includes(`\`${envName(s.name)}\``),
     ).map((s) => s.name);
     expect(missing).toEqual([]);
+  });
+
+  it("the README's settings table shows each setting's default as the code applies it", () => {
+    const readme = readFileSync(join(ROOT, 'README.md'), 'utf8');
+    const shown = new Map<string, string>();
+    for (const line of readme.split('\n')) {
+      const cells = line.split('|').map((c) => c.trim());
+      const flag = /^`--([a-z0-9-]+)`/.exec(cells[1] ?? '');
+      if (flag && cells.length >= 5) shown.set(flag[1], cells[3].replace(/`/g, ''));
+    }
+    const wrong = SETTINGS.filter((s) => shown.get(s.name) !== defaultShown(s)).map(
+      (s) => `${s.name}: README says ${JSON.stringify(shown.get(s.name))}, code ${defaultShown(s)}`,
+    );
+    expect(wrong).toEqual([]);
   });
 });

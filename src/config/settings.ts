@@ -87,6 +87,12 @@ export const SETTINGS: readonly SettingDef[] = [
     defaultText: 'none',
   },
   {
+    name: 'cache-min-free-space',
+    description:
+      'Free space below which the local disk (spool, filesystem store) is reported low in /readyz, the metrics and the log, before a full disk fails downloads.',
+    default: '1G',
+  },
+  {
     name: 'cache-upstream-url',
     description:
       'Upstream cache URL; repeat for several. `?priority=N` orders them (lower first; default 40, ties keep the given order). `https://user:pass@host` sends basic auth.',
@@ -176,6 +182,24 @@ export const SETTINGS: readonly SettingDef[] = [
     description:
       'How long a narinfo that no upstream has is remembered as missing (no upstream request until then); `0` turns it off.',
     default: '1m',
+  },
+  {
+    name: 'cache-upstream-narinfo-timeout',
+    description:
+      'Deadline for a whole narinfo fetch from one upstream (headers and body); past it the next upstream is asked.',
+    default: '15s',
+  },
+  {
+    name: 'cache-upstream-min-rate',
+    description:
+      'Slowest acceptable NAR transfer from an upstream, in bytes per second averaged over each `--cache-upstream-body-timeout` (`4K`, `1M`); a slower one is abandoned like a broken one. `0` turns the check off.',
+    default: '4K',
+  },
+  {
+    name: 'cache-client-stall-timeout',
+    description:
+      'A NAR client that takes no byte for this long while bytes wait for it is disconnected (what it holds is freed). `0` turns it off.',
+    default: '60s',
   },
   {
     name: 'cache-lock-backend',

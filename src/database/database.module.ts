@@ -1,6 +1,7 @@
 import { Global, Module } from '@nestjs/common';
 import { TypeOrmModule } from '@nestjs/typeorm';
 import { APP_CONFIG, type AppConfig } from '../config/app-config';
+import { DatabaseHealth } from './database-health';
 import { dataSourceOptions, openDataSourceWith } from './data-source';
 import { NarFileRepository } from './nar-file.repository';
 import { NarInfoRepository } from './narinfo.repository';
@@ -19,7 +20,7 @@ import { NarInfoRepository } from './narinfo.repository';
       },
     }),
   ],
-  providers: [NarInfoRepository, NarFileRepository],
-  exports: [NarInfoRepository, NarFileRepository],
+  providers: [NarInfoRepository, NarFileRepository, DatabaseHealth],
+  exports: [NarInfoRepository, NarFileRepository, DatabaseHealth],
 })
 export class DatabaseModule {}

@@ -47,6 +47,11 @@ export class NarFileRepository {
     await this.markStored(key, size, now);
   }
 
+  /** A narinfo now vouches for this NAR: record what it must decompress to. */
+  async setNarHash(key: string, narHash: string, narSize: number): Promise<void> {
+    await this.ds.getRepository(NarFileEntity).update({ key }, { narHash, narSize });
+  }
+
   /** The object vanished from storage: forget that it was stored so that it is fetched again. */
   async markMissing(key: string): Promise<void> {
     await this.ds.getRepository(NarFileEntity).update({ key }, { storedSize: null });

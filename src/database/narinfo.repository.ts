@@ -122,6 +122,15 @@ export class NarInfoRepository {
     });
   }
 
+  /** NarHash and NarSize of a narinfo pointing at NAR `narKey`, or null when none does. */
+  async narHashOf(narKey: string): Promise<{ narHash: string; narSize: number } | null> {
+    const row = await this.ds.getRepository(NarInfoEntity).findOne({
+      select: { hash: true, narHash: true, narSize: true },
+      where: { narKey },
+    });
+    return row ? { narHash: row.narHash, narSize: row.narSize } : null;
+  }
+
   count(): Promise<number> {
     return this.ds.getRepository(NarInfoEntity).count();
   }

@@ -1,4 +1,5 @@
 import { Module } from '@nestjs/common';
+import { VerificationModule } from '../nar/verification/verification.module';
 import { SigningModule } from '../signing/signing.module';
 import { StorageModule } from '../storage/storage.module';
 import { UpstreamModule } from '../upstream/upstream.module';
@@ -13,7 +14,7 @@ import { RealisationService } from './realisation.service';
  * the upstreams (or, for listings, made from stored NARs) and kept in storage (DocumentStore).
  */
 @Module({
-  imports: [SigningModule, StorageModule, UpstreamModule],
+  imports: [SigningModule, StorageModule, UpstreamModule, VerificationModule],
   controllers: [DocumentsController],
   providers: [DocumentStore, ListingService, LogService, RealisationService],
   exports: [DocumentStore, ListingService],

@@ -5,10 +5,11 @@ import { APP_CONFIG, type AppConfig } from '../config/app-config';
 import { NarFileRepository } from '../database/nar-file.repository';
 import { NarInfoRepository } from '../database/narinfo.repository';
 import { MetricsService } from '../metrics/metrics.service';
+import { VerifierPool } from '../nar/verification/verifier-pool';
 import { isCompression } from '../nix/compression';
-import { createNarDecompressor } from '../nix/decompress';
+import { canDecompress } from '../nix/decompress';
 import { InvalidHashError, quoteForError } from '../nix/errors';
-import { isNarListing, listNar, serializeNarListing } from '../nix/nar-listing';
+import { isNarListing } from '../nix/nar-listing';
 import { isStorePathHash } from '../nix/store-path';
 import { NAR_STORE, type NarStore } from '../storage/nar-store';
 import { answerOfError, askUpstreams, type Answer } from '../upstream/ask-upstreams';
@@ -37,6 +38,7 @@ export class ListingService {
     private readonly upstream: UpstreamService,
     private readonly narInfos: NarInfoRepository,
     private readonly narFiles: NarFileRepository,
+    private readonly threads: VerifierPool,
     private readonly metrics: MetricsService,
   ) {}
 
@@ -102,13 +104,15 @@ export class ListingService {
     return { kind: 'absent' };
   }
 
-  /** The listing of the stored NAR of `hash`, or null when its NAR is not stored (or not decodable). */
+  /**
+   * The listing of the stored NAR of `hash`, or null when its NAR is not stored (or not decodable).
+   * The NAR is decompressed and parsed in a verifier thread, never on the event loop.
+   */
   private async generate(hash: string): Promise<Buffer | null> {
     const info = await this.narInfos.find(hash);
     const file = info ? await this.narFiles.find(info.narKey) : null;
     if (!file || file.storedSize === null || !isCompression(file.compression)) return null;
-    const decompressor = createNarDecompressor(file.compression);
-    if (!decompressor) return null; // bzip2, lz4, lzip: not decodable here
+    if (!canDecompress(file.compression)) return null; // bzip2, lz4, lzip: not decodable here
     let source;
     try {
       source = await this.store.read(file.key);
@@ -116,19 +120,23 @@ export class ListingService {
       if (e instanceof NotFoundError) return null;
       throw e;
     }
-    source.once('error', (e) => decompressor.destroy(e));
-    source.pipe(decompressor);
+    const lister = this.threads.listStream(file.compression);
     try {
-      const json = serializeNarListing(await listNar(decompressor));
+      let size = 0;
+      for await (const chunk of source as AsyncIterable<Buffer>) {
+        size += chunk.length;
+        await Promise.race([lister.write(chunk), lister.failed]);
+      }
+      const json = await lister.finish(size);
       if (json.length > MAX_LISTING_BYTES) return null;
       return Buffer.from(json);
     } catch (e) {
       // A stored file that is not a NAR (it matched its hashes all the same), or storage failing.
+      lister.abandon();
       this.logger.warn(`cannot list ${file.key}: ${(e as Error).message}`);
       return null;
     } finally {
       source.destroy();
-      decompressor.destroy();
     }
   }
 }

@@ -5,7 +5,13 @@ import type { ObjectInspector } from './object-info';
 /** What fsck is given, what it reports and what it sums up: shared by its phases and its command. */
 
 export type ProblemKind =
-  'missing' | 'orphan' | 'size-mismatch' | 'hash-mismatch' | 'dangling-narinfo' | 'unreadable';
+  | 'missing'
+  | 'orphan'
+  | 'size-mismatch'
+  | 'hash-mismatch'
+  | 'dangling-narinfo'
+  | 'leftover-spool'
+  | 'unreadable';
 
 export const PROBLEM_KINDS: readonly ProblemKind[] = [
   'missing',
@@ -13,6 +19,7 @@ export const PROBLEM_KINDS: readonly ProblemKind[] = [
   'size-mismatch',
   'hash-mismatch',
   'dangling-narinfo',
+  'leftover-spool',
   'unreadable',
 ];
 
@@ -31,7 +38,7 @@ export interface FsckProblem {
   action: ProblemAction;
 }
 
-export type FsckPhase = 'stored' | 'objects' | 'narinfos';
+export type FsckPhase = 'stored' | 'objects' | 'narinfos' | 'spools';
 
 export type FsckEvent =
   | { type: 'phase'; phase: FsckPhase; total?: number }
@@ -75,6 +82,8 @@ export interface FsckSummary {
   /** Objects without a stored row left alone because they are younger than the grace (or of unknown age). */
   youngObjectsSkipped: number;
   narInfos: number;
+  /** Spool files looked at (the download scratch files of this instance's storage settings). */
+  spools: number;
   found: Record<ProblemKind, number>;
   repaired: Record<ProblemKind, number>;
   /** With --repair --dry-run: what --repair would fix. */

@@ -107,6 +107,7 @@ const KIND_LABELS: Record<ProblemKind, string> = {
   'size-mismatch': 'size mismatches',
   'hash-mismatch': 'hash mismatches',
   'dangling-narinfo': 'dangling narinfos',
+  'leftover-spool': 'leftover spool files',
   unreadable: 'unreadable',
 };
 
@@ -114,6 +115,7 @@ const PHASE_LABELS: Record<FsckPhase, string> = {
   stored: 'stored NARs',
   objects: 'objects in storage',
   narinfos: 'narinfos',
+  spools: 'spool files',
 };
 
 /** A `\r` progress counter on a terminal; plain lines (at most every 10 s) otherwise. */
@@ -237,6 +239,7 @@ const REPAIR_TEXT: Record<ProblemKind, string> = {
   'size-mismatch': 'mark it not stored and delete the object',
   'hash-mismatch': 'mark it not stored and delete the object',
   'dangling-narinfo': 'delete the narinfo',
+  'leftover-spool': 'delete the file',
   unreadable: 'leave it',
 };
 
@@ -246,6 +249,7 @@ const REPAIRED_TEXT: Record<ProblemKind, string> = {
   'size-mismatch': 'marked not stored, object deleted',
   'hash-mismatch': 'marked not stored, object deleted',
   'dangling-narinfo': 'deleted',
+  'leftover-spool': 'deleted',
   unreadable: 'left',
 };
 

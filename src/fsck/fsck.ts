@@ -1,5 +1,6 @@
 import { checkNarInfos } from './check-narinfos';
 import { checkObjects } from './check-objects';
+import { checkSpools } from './check-spools';
 import { checkStoredNars } from './check-stored';
 import { FsckContext } from './context';
 import { PROBLEM_KINDS, type FsckDeps, type FsckSummary, type ProblemKind } from './fsck-types';
@@ -15,6 +16,7 @@ import { PROBLEM_KINDS, type FsckDeps, type FsckSummary, type ProblemKind } from
  * | size-mismatch    | object size ≠ stored_size, or ≠ file_size when known        | mark not stored, delete object  |
  * | hash-mismatch    | (--verify-content) FileHash/FileSize or NarHash/NarSize off | mark not stored, delete object  |
  * | dangling-narinfo | narinfo whose nar_key has no nar_files row                 | delete the narinfo              |
+ * | leftover-spool   | a download's spool file unchanged for longer than the grace | delete the file                 |
  * | unreadable       | could not be checked (I/O, network or query error)         | none: reported, counts as left  |
  *
  * Safe while narwhal serves: it reads in key-ordered pages (no long transaction, bounded memory), looks
@@ -41,6 +43,7 @@ export async function fsck(deps: FsckDeps): Promise<FsckSummary> {
   await checkStoredNars(ctx);
   await checkObjects(ctx);
   await checkNarInfos(ctx);
+  await checkSpools(ctx);
   const s = ctx.summary;
   s.remaining = PROBLEM_KINDS.reduce((n, k) => n + s.found[k] - s.repaired[k], 0);
   return s;
@@ -94,6 +97,7 @@ function emptySummary(): FsckSummary {
     objects: 0,
     youngObjectsSkipped: 0,
     narInfos: 0,
+    spools: 0,
     found: zeroCounts(),
     repaired: zeroCounts(),
     wouldRepair: zeroCounts(),

@@ -8,6 +8,7 @@ import {
 } from '@nestjs/terminus';
 import type { FastifyReply } from 'fastify';
 import { LOCKER, type Locker } from '../locking/locker';
+import { DiskWatch } from '../storage/disk-watch';
 import { NAR_STORE, type NarStore } from '../storage/nar-store';
 import { UpstreamProbe } from '../upstream/upstream-probe';
 
@@ -20,6 +21,7 @@ export class HealthController {
     @Inject(NAR_STORE) private readonly store: NarStore,
     @Inject(LOCKER) private readonly locker: Locker,
     private readonly upstreams: UpstreamProbe,
+    private readonly disk: DiskWatch,
   ) {}
 
   /** Liveness: the process serves requests. */
@@ -68,6 +70,11 @@ export class HealthController {
           ...(s.detail ? { detail: s.detail } : {}),
         };
         return s.healthy ? lock.up(data) : lock.down(data);
+      },
+      async () => {
+        // Shown, never failing: hits are still served from a full disk.
+        const { low, minFreeBytes, disks } = await this.disk.check();
+        return this.indicators.check('disk').up({ low, minFreeBytes, disks });
       },
       () => this.indicators.check('upstream').up({ upstreams: this.upstreams.snapshot() }),
     ]);

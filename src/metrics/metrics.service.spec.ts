@@ -145,6 +145,7 @@ describe('MetricsService', () => {
       const coded = (code: string) => Object.assign(new Error(code), { code });
       expect(upstreamErrorReason(coded('UND_ERR_CONNECT_TIMEOUT'))).toBe('timeout');
       expect(upstreamErrorReason(coded('UND_ERR_BODY_TIMEOUT'))).toBe('timeout');
+      expect(upstreamErrorReason(new DOMException('deadline', 'TimeoutError'))).toBe('timeout');
       expect(upstreamErrorReason(coded('ECONNREFUSED'))).toBe('connection');
       expect(upstreamErrorReason(coded('ENOTFOUND'))).toBe('connection');
       expect(upstreamErrorReason(coded('UND_ERR_SOCKET'))).toBe('connection');

@@ -80,6 +80,7 @@ export class MetricsService {
   private readonly upstreamSkips: Counter<'upstream'>;
   private readonly negativeHits: Counter;
   private readonly documentRequests: Counter<'kind' | 'result'>;
+  private readonly clientsDropped: Counter<'reason'>;
 
   private readonly registers: Registry[];
   private downloadSource: () => Iterable<{ readerCount: number }> = () => [];
@@ -234,6 +235,12 @@ export class MetricsService {
       labelNames: ['kind', 'result'],
       registers,
     });
+    this.clientsDropped = new Counter({
+      name: name('clients_dropped_total'),
+      help: 'NAR clients disconnected by narwhal, by reason: stalled (took no byte for --cache-client-stall-timeout).',
+      labelNames: ['reason'],
+      registers,
+    });
     const storage: Gauge = new Gauge({
       name: name('storage_bytes'),
       help: `Bytes of stored NARs, from the database (re-read at most every ${STORAGE_CACHE_MS / 1000} s).`,
@@ -259,6 +266,7 @@ export class MetricsService {
     for (const o of ['stored', 'discarded']) this.downloads.labels(o).inc(0);
     for (const r of ['ran', 'skipped']) this.lruRuns.labels(r).inc(0);
     this.lruEvicted.inc(0);
+    this.clientsDropped.labels('stalled').inc(0);
     this.lruEvictedBytes.inc(0);
     this.negativeHits.inc(0);
     for (const kind of ['listing', 'log', 'realisation'])
@@ -397,6 +405,30 @@ export class MetricsService {
     this.downloadSource = source;
   }
 
+  /** Where the disk gauges read from: the last look at the local disks (spool, objects). */
+  watchDiskSpace(
+    source: () => readonly { area: string; freeBytes: number; totalBytes: number }[],
+  ): void {
+    const free: Gauge<'area'> = new Gauge({
+      name: `${METRIC_PREFIX}disk_free_bytes`,
+      help: 'Free bytes on the local disk narwhal writes to, by area: spool (downloads in progress), objects (the filesystem store).',
+      labelNames: ['area'],
+      registers: this.registers,
+      collect: () => {
+        for (const d of source()) free.labels(d.area).set(d.freeBytes);
+      },
+    });
+    const total: Gauge<'area'> = new Gauge({
+      name: `${METRIC_PREFIX}disk_size_bytes`,
+      help: 'Size of the local disk narwhal writes to, by area.',
+      labelNames: ['area'],
+      registers: this.registers,
+      collect: () => {
+        for (const d of source()) total.labels(d.area).set(d.totalBytes);
+      },
+    });
+  }
+
   /** Where the stored-size gauge reads from (a database query, cached between scrapes). */
   watchStoredBytes(source: () => Promise<number>): void {
     this.storedSource = source;
@@ -440,6 +472,10 @@ export class MetricsService {
     return () => void end();
   }
 
+  clientDropped(reason: 'stalled'): void {
+    this.clientsDropped.labels(reason).inc();
+  }
+
   lruRun(result: 'ran' | 'skipped'): void {
     this.lruRuns.labels(result).inc();
   }
@@ -477,7 +513,8 @@ export class MetricsService {
 
 /** Classifies a failed upstream request or body by its error code. */
 export function upstreamErrorReason(e: unknown): UpstreamErrorReason {
-  const err = e as { code?: unknown; errors?: unknown[] } | null;
+  const err = e as { code?: unknown; name?: unknown; errors?: unknown[] } | null;
+  if (err?.name === 'TimeoutError') return 'timeout'; // an AbortSignal.timeout deadline
   const code =
     typeof err?.code === 'string'
       ? err.code

@@ -22,8 +22,11 @@ export interface ActiveDownload {
 
 /** How long shutdown waits for aborted downloads to clean up (spool deleted, lock released). */
 const SHUTDOWN_WAIT_MS = 5_000;
-/** Spool files older than this at start are leftovers of a crash. */
-const STALE_SPOOL_MS = 10 * 60_000;
+/**
+ * At start, another instance's spool (a directory shared by several) counts as a leftover once
+ * unchanged this long: a live download writes to it all the time.
+ */
+const FOREIGN_SPOOL_STALE_MS = 60 * 60_000;
 
 /**
  * The NAR downloads this instance is running, one record per NAR name, from the moment a download
@@ -42,11 +45,19 @@ export class ActiveDownloads implements OnModuleInit, BeforeApplicationShutdown 
     metrics.watchDownloads(() => this.spools());
   }
 
-  /** Removes spool files left by a crash (never visible as objects, but they take space). */
+  /**
+   * Removes spool files left by a crash: at start no download of this process runs, so every spool
+   * of this instance is garbage (never visible as objects, but they take space — a crash loop would
+   * fill the disk).
+   */
   async onModuleInit(): Promise<void> {
-    const { files, bytes } = await this.store.spool.sweep(STALE_SPOOL_MS);
-    if (files > 0)
+    const now = Date.now();
+    const { files, bytes } = await this.store.spool.sweep(
+      (f) => f.own || now - f.mtimeMs > FOREIGN_SPOOL_STALE_MS,
+    );
+    if (files > 0) {
       this.logger.log(`removed ${files} spool file(s) left by a crash (${bytes} bytes)`);
+    }
   }
 
   get(name: string): ActiveDownload | undefined {

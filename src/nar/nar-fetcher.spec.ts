@@ -8,13 +8,14 @@ import { eventually } from '../../test/support/wait';
 import { DownloadFailedError, UpstreamUnavailableError } from '../common/errors';
 import type { NarInfo } from '../nix/narinfo';
 import { NarFetcher } from './nar-fetcher';
+import { VERIFIER_POOL_PROVIDER } from './verification/verifier-pool';
 
 /**
  * One upstream download of one NAR, on the real providers: the nar_files row in SQLite, the
  * filesystem NarStore and its spool directory, two real upstream servers.
  */
 
-const t = useServiceModule([NarFetcher]);
+const t = useServiceModule([NarFetcher, VERIFIER_POOL_PROVIDER]);
 const fetcher = () => t.module.get(NarFetcher);
 const narPath = (f: StorePathFixture) => `/nar/${f.narName}`;
 

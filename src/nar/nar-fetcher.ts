@@ -1,13 +1,24 @@
 import { Inject, Injectable, Logger } from '@nestjs/common';
-import { DownloadFailedError, UpstreamUnavailableError } from '../common/errors';
+import {
+  DownloadFailedError,
+  InsufficientStorageError,
+  UpstreamUnavailableError,
+} from '../common/errors';
+import { APP_CONFIG, type AppConfig } from '../config/app-config';
 import type { NarFileEntity } from '../database/entities';
 import { NarFileRepository } from '../database/nar-file.repository';
 import { MetricsService } from '../metrics/metrics.service';
 import { parseNarFileName } from '../nix/compression';
 import { NAR_STORE, type NarStore } from '../storage/nar-store';
 import { UpstreamService } from '../upstream/upstream.service';
-import { NarSpool } from './nar-spool';
-import { expectationsOf, NarVerifier, type NarExpectations } from './nar-verifier';
+import { asDownloadError, NarSpool } from './nar-spool';
+import {
+  checksContent,
+  expectationsOf,
+  NarTooLargeError,
+  type NarExpectations,
+} from './nar-verifier';
+import { VerifierPool } from './verification/verifier-pool';
 
 interface NarSource {
   row?: NarFileEntity;
@@ -16,52 +27,68 @@ interface NarSource {
 }
 
 /**
+ * How long a NAR that decompressed past its NarSize (a bomb) is answered 502 at once instead of
+ * being fetched and decoded again. Other bad bytes are fetched again at the next request (the
+ * upstream may have been fixed).
+ */
+export const FAILED_NAR_MEMORY_MS = 60_000;
+const FAILED_NAR_MAX = 10_000;
+
+/**
  * One upstream download of one NAR: find its source, open it, and — once clients can stream from
- * its spool — receive, verify and commit it in the background. The caller holds the NAR's lock
- * throughout.
+ * its spool — receive, verify (in a verifier thread) and commit it in the background. The caller
+ * holds the NAR's lock throughout.
  */
 @Injectable()
 export class NarFetcher {
   private readonly logger = new Logger('nar');
+  /** NARs that turned out to be bombs lately: a storm of requests does not repeat the work. */
+  private readonly failedLately = new Map<string, { until: number; why: string }>();
 
   constructor(
+    @Inject(APP_CONFIG) private readonly config: AppConfig,
     @Inject(NAR_STORE) private readonly store: NarStore,
     private readonly files: NarFileRepository,
     private readonly upstream: UpstreamService,
+    private readonly verifiers: VerifierPool,
     private readonly metrics: MetricsService,
   ) {}
 
   /**
    * Opens the upstream and returns the spool (clients may attach at once) and a promise that
-   * settles when it is committed or discarded. Rejects if no upstream serves the NAR.
+   * settles when it is committed or discarded. Rejects if no upstream serves the NAR, or at once
+   * (DownloadFailedError) if it turned out to be a decompression bomb within the last minute.
    */
   async start(
     name: string,
   ): Promise<{ spool: NarSpool; finished: Promise<boolean>; abort: (why: string) => void }> {
+    const failed = this.failedLately.get(name);
+    if (failed && failed.until > Date.now()) {
+      throw new DownloadFailedError(`${name} was refused lately: ${failed.why}`);
+    }
     const source = await this.resolveSource(name);
     const { url, body, length: upstreamLength } = await this.openUpstream(name, source.urls);
     const expect = source.expect;
     const spool = new NarSpool(name, this.store.spool, expect.fileSize ?? upstreamLength);
-    const verifier = new NarVerifier(expect);
-    if (!verifier.checksContent) {
+    if (!checksContent(expect)) {
       this.logger.warn(
         `${name}: ${expect.compression} NAR without FileHash cannot be verified; checking its size only`,
       );
     }
     const counted = this.metrics.countUpstreamBody(this.upstream.labelOf(url), body);
-    const finished = this.complete(spool, verifier, counted, source, url);
     // Breaking the upstream body fails the download the normal way: readers break, spool deleted.
     const abort = (why: string) => body.destroy(new DownloadFailedError(why));
+    const finished = this.complete(spool, counted, source, url, abort);
     return { spool, finished, abort };
   }
 
   /** Receives, verifies and commits; on any failure nothing is stored and every reader breaks. */
   private async complete(
     spool: NarSpool,
-    verifier: NarVerifier,
     body: AsyncIterable<Buffer>,
     source: NarSource,
     url: string,
+    abort: (why: string) => void,
   ): Promise<boolean> {
     const name = spool.key;
     const began = Date.now();
@@ -71,8 +98,10 @@ export class NarFetcher {
         ? this.store.put(name, spool.createReader(), spool.length)
         : null;
     upload?.catch(() => undefined); // awaited below; keep an early failure from counting as unhandled
+    const stopWatching = this.watchRate(spool, abort);
     try {
-      await spool.receive(body, verifier);
+      await spool.receive(body, this.verifiers.checkFile(spool.path, source.expect));
+      stopWatching();
       if (upload) await upload;
       else await this.store.putFile(name, spool.path);
       if (source.row) await this.files.markStored(name, spool.written);
@@ -82,13 +111,51 @@ export class NarFetcher {
       this.metrics.downloadFinished('stored');
       return true;
     } catch (e) {
-      this.logger.warn(`discarded ${name}: ${(e as Error).message}`);
-      spool.fail(e instanceof DownloadFailedError ? e : new DownloadFailedError(String(e)));
+      stopWatching();
+      abort('download discarded'); // stop the transfer if it still runs (e.g. bytes found wrong)
+      const error = asDownloadError(e);
+      if (error instanceof InsufficientStorageError) {
+        this.logger.error(`discarded ${name}: ${error.message}`);
+      } else {
+        this.logger.warn(`discarded ${name}: ${error.message}`);
+      }
+      if (error instanceof NarTooLargeError) this.rememberFailure(name, error.message);
+      spool.fail(error);
       await upload?.catch(() => undefined); // let an aborted upload finish cleaning up
       await spool.finishWriting(true);
       this.metrics.downloadFinished('discarded');
       return false;
     }
+  }
+
+  /**
+   * Abandons a transfer slower than --cache-upstream-min-rate, averaged over each window of
+   * --cache-upstream-body-timeout: an upstream dripping a byte a second never pauses long enough for
+   * the body timeout, yet would hold the download, and every client on it, indefinitely.
+   */
+  private watchRate(spool: NarSpool, abort: (why: string) => void): () => void {
+    const { minRate, bodyMs: windowMs } = this.config.upstreamTimeouts;
+    if (minRate <= 0) return () => undefined;
+    let last = spool.written;
+    const timer = setInterval(() => {
+      const rate = ((spool.written - last) * 1000) / windowMs;
+      last = spool.written;
+      if (spool.received || spool.state !== 'streaming') return;
+      if (rate < minRate) {
+        abort(`upstream too slow: ${Math.round(rate)} B/s, below --cache-upstream-min-rate`);
+      }
+    }, windowMs);
+    timer.unref();
+    return () => clearInterval(timer);
+  }
+
+  private rememberFailure(name: string, why: string): void {
+    const now = Date.now();
+    if (this.failedLately.size >= FAILED_NAR_MAX) {
+      for (const [k, v] of this.failedLately) if (v.until <= now) this.failedLately.delete(k);
+      if (this.failedLately.size >= FAILED_NAR_MAX) this.failedLately.clear();
+    }
+    this.failedLately.set(name, { until: now + FAILED_NAR_MEMORY_MS, why });
   }
 
   private async openUpstream(name: string, urls: string[]) {

@@ -10,11 +10,11 @@ import {
   rawSample,
   settle,
   waitFor,
+  checkOf,
 } from '../../test/support/nar-spool-kit';
 import { DownloadFailedError } from '../common/errors';
 import { SpoolArea } from '../storage/spool-area';
 import { NarSpool } from './nar-spool';
-import { NarVerifier } from './nar-verifier';
 
 // What one reader of a download is handed: the upstream's own chunks while it keeps up, the spool
 // when it falls behind, and exactly a byte range when it asks for one.
@@ -36,7 +36,7 @@ describe('NarSpool readers', () => {
     const feed = new Feed();
     const download = new NarSpool(raw.key, new SpoolArea(spoolDir), raw.file.length);
     const reader = consume(download.createReader());
-    const receiving = download.receive(feed, new NarVerifier(raw.expect));
+    const receiving = download.receive(feed, checkOf(download, raw.expect));
     for (const chunk of fed) {
       feed.push(chunk);
       await waitFor(() => reader.bytes === download.written - 1, 'reader keeps up');
@@ -55,7 +55,7 @@ describe('NarSpool readers', () => {
     const fed = chunks(raw.file, 65_536).map(ownCopy);
     const feed = new Feed();
     const download = new NarSpool(raw.key, new SpoolArea(spoolDir), raw.file.length);
-    const receiving = download.receive(feed, new NarVerifier(raw.expect));
+    const receiving = download.receive(feed, checkOf(download, raw.expect));
     for (const chunk of fed.slice(0, -1)) feed.push(chunk);
     await waitFor(() => download.written === raw.file.length - 7, 'all but the last chunk written');
     // Joins 5 MiB late: the start is long gone from memory.
@@ -79,7 +79,7 @@ describe('NarSpool readers', () => {
     const feed = new Feed();
     const download = new NarSpool(raw.key, new SpoolArea(spoolDir), raw.file.length);
     const ranged = consume(download.createReader({ start: 1000, end: 1999 }));
-    const receiving = download.receive(feed, new NarVerifier(raw.expect));
+    const receiving = download.receive(feed, checkOf(download, raw.expect));
     const parts = chunks(raw.file, 4096);
     for (const p of parts.slice(0, -1)) feed.push(p);
     await waitFor(() => ranged.bytes === 999, 'all but the last byte of the range');
@@ -101,7 +101,7 @@ describe('NarSpool readers', () => {
     const feed = new Feed();
     const download = new NarSpool(raw.key, new SpoolArea(spoolDir), raw.file.length);
     const ranged = consume(download.createReader({ start: 0, end: 9 }));
-    const receiving = download.receive(feed, new NarVerifier(raw.expect));
+    const receiving = download.receive(feed, checkOf(download, raw.expect));
     for (const p of chunks(bad, 4096)) feed.push(p);
     feed.end();
     await expect(receiving).rejects.toThrow(DownloadFailedError);

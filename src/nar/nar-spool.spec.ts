@@ -12,12 +12,13 @@ import {
   settle,
   waitFor,
   type Received,
+  checkOf,
 } from '../../test/support/nar-spool-kit';
 import { sha256Hex } from '../../test/support/hash';
 import { DownloadFailedError } from '../common/errors';
 import { SpoolArea } from '../storage/spool-area';
 import { NarSpool } from './nar-spool';
-import { NarVerifier } from './nar-verifier';
+import { checksContent } from './nar-verifier';
 
 const SAMPLE = makeSample(300_000, 5);
 const OTHER = makeSample(300_000, 6);
@@ -38,7 +39,7 @@ describe('NarSpool fan-out', () => {
     const feed = new Feed();
     const download = new NarSpool(KEY, new SpoolArea(spoolDir), SAMPLE.file.length);
     const early = consume(download.createReader());
-    const receiving = download.receive(feed, new NarVerifier(SAMPLE.expect));
+    const receiving = download.receive(feed, checkOf(download, SAMPLE.expect));
 
     const parts = chunks(SAMPLE.file, 4096);
     const readers: Received[] = [early];
@@ -70,7 +71,7 @@ describe('NarSpool fan-out', () => {
     const feed = new Feed();
     const download = new NarSpool(KEY, new SpoolArea(spoolDir), SAMPLE.file.length);
     const before = consume(download.createReader());
-    const receiving = download.receive(feed, new NarVerifier(SAMPLE.expect));
+    const receiving = download.receive(feed, checkOf(download, SAMPLE.expect));
     let settled = false;
     void receiving.then(() => (settled = true));
 
@@ -112,7 +113,7 @@ describe('NarSpool fan-out', () => {
   it('lets a reader created after verification but before finishWriting read everything', async () => {
     const feed = new Feed();
     const download = new NarSpool(KEY, new SpoolArea(spoolDir));
-    const receiving = download.receive(feed, new NarVerifier(SAMPLE.expect));
+    const receiving = download.receive(feed, checkOf(download, SAMPLE.expect));
     for (const p of chunks(SAMPLE.file, 50_000)) feed.push(p);
     feed.end();
     await receiving;
@@ -127,7 +128,7 @@ describe('NarSpool fan-out', () => {
   it('keeps the spool readable for a reader still streaming after finishWriting', async () => {
     const feed = new Feed();
     const download = new NarSpool(KEY, new SpoolArea(spoolDir));
-    const receiving = download.receive(feed, new NarVerifier(SAMPLE.expect));
+    const receiving = download.receive(feed, checkOf(download, SAMPLE.expect));
     for (const p of chunks(SAMPLE.file, 50_000)) feed.push(p);
     feed.end();
     await receiving;
@@ -142,7 +143,7 @@ describe('NarSpool fan-out', () => {
   it('never ends a reader created after the spool is closed cleanly with missing bytes', async () => {
     const feed = new Feed();
     const download = new NarSpool(KEY, new SpoolArea(spoolDir));
-    const receiving = download.receive(feed, new NarVerifier(SAMPLE.expect));
+    const receiving = download.receive(feed, checkOf(download, SAMPLE.expect));
     for (const p of chunks(SAMPLE.file, 50_000)) feed.push(p);
     feed.end();
     await receiving;
@@ -165,7 +166,7 @@ describe('NarSpool fan-out', () => {
     const a = download.createReader();
     const b = consume(download.createReader());
     expect(download.readerCount).toBe(2);
-    const receiving = download.receive(feed, new NarVerifier(SAMPLE.expect));
+    const receiving = download.receive(feed, checkOf(download, SAMPLE.expect));
     a.destroy();
     await waitFor(() => download.readerCount === 1, 'destroyed reader no longer counted');
     for (const p of chunks(SAMPLE.file, 50_000)) feed.push(p);
@@ -185,7 +186,7 @@ describe('NarSpool failures', () => {
     // Expect the hashes of other content: the bytes arrive fine but do not verify.
     const receiving = download.receive(
       feed,
-      new NarVerifier({ ...OTHER.expect, fileSize: SAMPLE.file.length }),
+      checkOf(download, { ...OTHER.expect, fileSize: SAMPLE.file.length }),
     );
     const result = receiving.then(
       () => 'resolved',
@@ -222,7 +223,7 @@ describe('NarSpool failures', () => {
     const feed = new Feed();
     const download = new NarSpool(KEY, new SpoolArea(spoolDir), SAMPLE.file.length);
     const reader = consume(download.createReader());
-    const receiving = download.receive(feed, new NarVerifier(SAMPLE.expect));
+    const receiving = download.receive(feed, checkOf(download, SAMPLE.expect));
     const result = receiving.then(
       () => 'resolved',
       (e: unknown) => e,
@@ -242,9 +243,8 @@ describe('NarSpool failures', () => {
     const feed = new Feed();
     const download = new NarSpool(KEY, new SpoolArea(spoolDir), 1000);
     const reader = consume(download.createReader());
-    const verifier = new NarVerifier({ compression: 'bzip2' });
-    expect(verifier.checksContent).toBe(false);
-    const result = download.receive(feed, verifier).then(
+    expect(checksContent({ compression: 'bzip2' })).toBe(false);
+    const result = download.receive(feed, checkOf(download, { compression: 'bzip2' })).then(
       () => 'resolved',
       (e: unknown) => e,
     );
@@ -276,7 +276,7 @@ describe('NarSpool spool file', () => {
     const download = new NarSpool(KEY, new SpoolArea(spoolDir));
     expect(download.path.startsWith(join(spoolDir, KEY))).toBe(true);
     expect(download.path.endsWith('.part')).toBe(true);
-    const receiving = download.receive(feed, new NarVerifier(SAMPLE.expect));
+    const receiving = download.receive(feed, checkOf(download, SAMPLE.expect));
     feed.push(SAMPLE.file.subarray(0, 100));
     await waitFor(() => download.written === 100, 'first chunk written');
     expect((await stat(download.path)).mode & 0o777).toBe(0o600);
@@ -293,7 +293,7 @@ describe('NarSpool spool file', () => {
     const feed = new Feed();
     const download = new NarSpool(KEY, new SpoolArea(spoolDir));
     const reader = download.createReader();
-    const receiving = download.receive(feed, new NarVerifier(SAMPLE.expect));
+    const receiving = download.receive(feed, checkOf(download, SAMPLE.expect));
     for (const p of chunks(SAMPLE.file, 50_000)) feed.push(p);
     feed.end();
     await receiving;
@@ -315,7 +315,7 @@ describe('NarSpool spool file', () => {
   it('deletes the spool of a failed download', async () => {
     const feed = new Feed();
     const download = new NarSpool(KEY, new SpoolArea(spoolDir));
-    const result = download.receive(feed, new NarVerifier(OTHER.expect)).catch((e: unknown) => e);
+    const result = download.receive(feed, checkOf(download, OTHER.expect)).catch((e: unknown) => e);
     feed.push(SAMPLE.file);
     feed.end();
     expect(await result).toBeInstanceOf(DownloadFailedError);

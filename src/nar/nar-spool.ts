@@ -1,10 +1,10 @@
 import { EventEmitter } from 'node:events';
 import { open, unlink, type FileHandle } from 'node:fs/promises';
 import { Readable } from 'node:stream';
-import { DownloadFailedError } from '../common/errors';
+import { DownloadFailedError, InsufficientStorageError } from '../common/errors';
 import type { SpoolArea } from '../storage/spool-area';
 import type { ByteRange } from './byte-range';
-import type { NarVerifier } from './nar-verifier';
+import type { SpoolCheck } from './verification/verifier-pool';
 
 const READ_CHUNK = 64 * 1024;
 /**
@@ -59,37 +59,42 @@ export class NarSpool extends EventEmitter {
   }
 
   /**
-   * Copies `body` into the spool, feeding `verifier`; resolves once verified (readers may finish),
-   * rejects (and fails every reader) otherwise. The spool file stays for the caller to commit.
+   * Copies `body` into the spool while `check` (a verifier thread reading the spool at its own pace)
+   * verifies it; resolves once verified (readers may finish), rejects (and fails every reader)
+   * otherwise — at once when the check fails mid-way (e.g. a decompression bomb) or the body runs
+   * past the announced length. The spool file stays for the caller to commit.
    */
-  async receive(body: AsyncIterable<Buffer>, verifier: NarVerifier): Promise<void> {
+  async receive(body: AsyncIterable<Buffer>, check: SpoolCheck): Promise<void> {
+    const chunks = body[Symbol.asyncIterator]();
     try {
       this.handle = await open(this.path, 'wx+', 0o600);
-      // NarHash needs decompression, which may be slower than the network: let it read the spool at
-      // its own pace rather than pace the download (clients still wait for it before the last byte).
-      if (verifier.decompresses) verifier.detach(this.createRawReader());
-      for await (const chunk of body) {
-        await verifier.update(chunk);
+      for (;;) {
+        const next = await Promise.race([chunks.next(), check.failed]);
+        if (next.done) break;
+        const chunk = next.value;
+        if (this.length !== undefined && this.written + chunk.length > this.length) {
+          throw new DownloadFailedError(
+            `upstream sent more than the ${this.length} bytes announced`,
+          );
+        }
         await this.writeAll(chunk);
         this.remember(chunk);
         this.written += chunk.length;
+        check.grew(this.written);
         this.emit('progress');
       }
       this.received = true;
       this.emit('progress');
-      await verifier.finish();
       if (this.length !== undefined && this.length !== this.written) {
         throw new DownloadFailedError(`upstream sent ${this.written} of ${this.length} bytes`);
       }
+      await check.finish(this.written);
       this.length = this.written;
       this.state = 'verified';
       this.emit('progress');
     } catch (e) {
-      verifier.destroy();
-      const error =
-        e instanceof DownloadFailedError
-          ? e
-          : new DownloadFailedError(`download failed: ${(e as Error).message}`);
+      check.abandon();
+      const error = asDownloadError(e);
       this.fail(error);
       throw error;
     }
@@ -123,19 +128,12 @@ export class NarSpool extends EventEmitter {
     this.readers++;
     return new SpoolReader(
       this,
-      false,
       () => {
         this.readers--;
         void this.release();
       },
       range,
     );
-  }
-
-  /** Every byte as soon as it is written, ending when the upstream body ends: for the verifier. */
-  private createRawReader(): Readable {
-    this.users++;
-    return new SpoolReader(this, true, () => void this.release());
   }
 
   /** Reads spool bytes at `offset` (only what `readableBytes` allows). */
@@ -223,8 +221,6 @@ class SpoolReader extends Readable {
 
   constructor(
     private readonly spool: NarSpool,
-    /** Raw: no byte held back, ends when the upstream body ends (unverified) — never for clients. */
-    private readonly raw: boolean,
     private readonly onClose: () => void,
     range?: ByteRange,
   ) {
@@ -251,9 +247,9 @@ class SpoolReader extends Readable {
         this.destroy(d.error);
         return;
       }
-      let visible = Math.min(this.limit, this.raw ? d.written : d.readableBytes);
+      let visible = Math.min(this.limit, d.readableBytes);
       // A range that ends before the end of the file keeps its own last byte until verification.
-      if (!this.raw && d.state !== 'verified' && visible === this.limit) visible--;
+      if (d.state !== 'verified' && visible === this.limit) visible--;
       if (this.offset < visible) {
         const recent = d.recentAt(this.offset, Math.min(visible, this.offset + READ_CHUNK));
         if (recent) {
@@ -268,7 +264,7 @@ class SpoolReader extends Readable {
         this.push(n === buf.length ? buf : buf.subarray(0, n));
         return;
       }
-      if (this.raw ? d.received && this.offset >= d.written : d.state === 'verified') {
+      if (d.state === 'verified') {
         this.push(null);
         return;
       }
@@ -282,4 +278,14 @@ class SpoolReader extends Readable {
     this.spool.off('progress', this.onProgress);
     this.onClose();
   }
+}
+
+/** What a failed download reports: a full local disk says so; anything else is a broken download. */
+export function asDownloadError(e: unknown): Error {
+  if (e instanceof DownloadFailedError || e instanceof InsufficientStorageError) return e;
+  const err = e as NodeJS.ErrnoException;
+  if (err?.code === 'ENOSPC' || err?.code === 'EDQUOT') {
+    return new InsufficientStorageError(`no space left on narwhal's disk (${err.code})`);
+  }
+  return new DownloadFailedError(`download failed: ${err?.message ?? String(e)}`);
 }

@@ -1,10 +1,11 @@
 import { execFileSync } from 'node:child_process';
 import { gzipSync } from 'node:zlib';
 import { describe, expect, it } from 'vitest';
+import { xzBomb, zstdBomb } from '../../test/support/bombs';
 import { nixSha256 } from '../../test/support/hash';
 import { DownloadFailedError } from '../common/errors';
 import type { Compression } from '../nix/compression';
-import { NarVerifier, type NarExpectations } from './nar-verifier';
+import { NarMismatchError, NarVerifier, type NarExpectations } from './nar-verifier';
 
 /** Stand-in NAR content: compressible but not trivially (lines of numbers and a pseudo-random tail). */
 function makeNar(size: number, seed = 1): Buffer {
@@ -260,4 +261,33 @@ describe('NarVerifier.checksContent', () => {
     expect(v.checksContent).toBe(true);
     v.destroy();
   });
+});
+
+describe('NarVerifier stops decompression bombs', () => {
+  it.each([
+    ['zstd', () => zstdBomb(256 * 1024 * 1024)],
+    ['xz', () => xzBomb(64 * 1024 * 1024)],
+  ] as const)(
+    'fails a %s NAR once it decodes past NarSize, instead of decoding it to the end',
+    async (compression, make) => {
+      const bomb = make();
+      const v = new NarVerifier({
+        compression,
+        narHash: nixSha256(Buffer.from('small')),
+        narSize: 1024 * 1024,
+      });
+      const error = await failure(
+        (async () => {
+          for (const c of chunks(bomb, 4096)) await v.update(c);
+          await v.finish();
+        })(),
+      );
+      v.destroy();
+      expect(error).toBeInstanceOf(NarMismatchError);
+      expect(error.message).toContain('more than its NarSize 1048576');
+      // Stopped within a decoder slice or two of the limit, not after tens of MiB.
+      expect(v.decodedBytes).toBeGreaterThan(1024 * 1024);
+      expect(v.decodedBytes).toBeLessThan(32 * 1024 * 1024);
+    },
+  );
 });

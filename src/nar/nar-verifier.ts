@@ -1,6 +1,6 @@
 import { createHash, type Hash } from 'node:crypto';
 import { once } from 'node:events';
-import type { Readable, Transform } from 'node:stream';
+import type { Transform } from 'node:stream';
 import { DownloadFailedError } from '../common/errors';
 import type { NarFileEntity } from '../database/entities';
 import { isCompression, type Compression } from '../nix/compression';
@@ -15,6 +15,24 @@ export interface NarExpectations {
   /** `sha256:<nix32>` of the uncompressed NAR (covered by the upstream signature), when known. */
   narHash?: string;
   narSize?: number;
+}
+
+/** The bytes are not what the narinfo (or the NAR's name) says: a bad NAR, not a broken transfer. */
+export class NarMismatchError extends DownloadFailedError {
+  override name = 'NarMismatchError';
+}
+
+/** The NAR decompresses to more than its NarSize (a decompression bomb); decoding stopped there. */
+export class NarTooLargeError extends NarMismatchError {
+  override name = 'NarTooLargeError';
+}
+
+/** True when `expect` lets the content (not only the size) of a NAR be checked. */
+export function checksContent(expect: NarExpectations): boolean {
+  return (
+    expect.fileHash !== undefined ||
+    (expect.narHash !== undefined && canDecompress(expect.compression))
+  );
 }
 
 /**
@@ -42,6 +60,10 @@ export function expectationsOf(
  * Checks a NAR while it streams: size and sha256 of the bytes as served (FileSize/FileHash) and, when the
  * compression can be decoded here, size and sha256 of the decompressed NAR (NarHash/NarSize — the
  * values the upstream signature vouches for). `finish` rejects with DownloadFailedError on any mismatch.
+ *
+ * Bounded: bytes past FileSize, or a decompressed length past NarSize (a "decompression bomb"), fail
+ * at once instead of being decoded to the end. On the server this runs in a worker thread
+ * (VerifierPool), never on the event loop.
  */
 export class NarVerifier {
   private readonly fileHasher: Hash = createHash('sha256');
@@ -50,28 +72,36 @@ export class NarVerifier {
   private readonly narHasher: Hash = createHash('sha256');
   private narBytes = 0;
   private readonly decompressed: Promise<void>;
-  /** Set when the decompressor reads from its own source instead of `update`. */
-  private detached = false;
 
-  constructor(private readonly expect: NarExpectations) {
-    this.decompressor = expect.narHash ? createNarDecompressor(expect.compression) : null;
+  constructor(
+    private readonly expect: NarExpectations,
+    options: { onThisThread?: boolean } = {},
+  ) {
+    this.decompressor = expect.narHash ? createNarDecompressor(expect.compression, options) : null;
     if (this.decompressor) {
       const d = this.decompressor;
+      const limit = expect.narSize;
       d.on('data', (chunk: Buffer) => {
         this.narBytes += chunk.length;
+        if (limit !== undefined && this.narBytes > limit) {
+          d.destroy(new NarSizeExceededError(limit));
+          return;
+        }
         this.narHasher.update(chunk);
       });
       this.decompressed = new Promise<void>((resolve, reject) => {
         d.once('end', resolve);
         d.once('error', (e) =>
           reject(
-            new DownloadFailedError(
-              `NAR does not decompress as ${expect.compression}: ${e.message}`,
-            ),
+            e instanceof NarSizeExceededError
+              ? new NarTooLargeError(e.message)
+              : new NarMismatchError(
+                  `NAR does not decompress as ${expect.compression}: ${e.message}`,
+                ),
           ),
         );
       });
-      // Errors surface through `finish`; keep an early one from counting as unhandled.
+      // Errors surface through `finish` and `failure`; keep an early one from counting as unhandled.
       this.decompressed.catch(() => undefined);
     } else {
       this.decompressed = Promise.resolve();
@@ -80,71 +110,70 @@ export class NarVerifier {
 
   /** True when the content (not only the size) of this NAR is checked. */
   get checksContent(): boolean {
-    return this.expect.fileHash !== undefined || this.decompressor !== null;
+    return checksContent(this.expect);
   }
 
   get bytes(): number {
     return this.fileBytes;
   }
 
-  /** True when NarHash is checked by decompressing (and so `detach` is useful). */
-  get decompresses(): boolean {
-    return this.decompressor !== null;
+  /** Decompressed bytes seen so far (at most a decoder's slice past NarSize). */
+  get decodedBytes(): number {
+    return this.narBytes;
   }
 
-  /**
-   * Feeds the decompressor from `source` (the same bytes, e.g. re-read from the spool file) instead
-   * of from `update`, so that a slow decompressor does not slow the download down; `finish` then
-   * waits for `source` to end. Call before the first `update`.
-   */
-  detach(source: Readable): void {
-    const d = this.decompressor;
-    if (!d) return;
-    this.detached = true;
-    source.once('error', (e) => d.destroy(e));
-    source.pipe(d);
+  /** Rejects as soon as the content is known to be wrong before the end (e.g. past NarSize). */
+  get failure(): Promise<void> {
+    return this.decompressed.then(() => new Promise<void>(() => undefined));
   }
 
   /** Feeds the next chunk as served; resolves when the decompressor can take more. */
   async update(chunk: Buffer): Promise<void> {
     this.fileBytes += chunk.length;
     if (this.expect.fileSize !== undefined && this.fileBytes > this.expect.fileSize) {
-      throw new DownloadFailedError(`NAR is longer than its FileSize ${this.expect.fileSize}`);
+      throw new NarMismatchError(`NAR is longer than its FileSize ${this.expect.fileSize}`);
     }
     this.fileHasher.update(chunk);
-    const d = this.detached ? null : this.decompressor;
+    const d = this.decompressor;
     if (d && !d.destroyed && !d.write(chunk)) {
       await Promise.race([once(d, 'drain'), this.decompressed]);
     }
+    if (d?.destroyed) await this.decompressed; // rejects with the reason (e.g. past NarSize)
   }
 
   /** Call once the last byte arrived. */
   async finish(): Promise<void> {
     const e = this.expect;
     if (e.fileSize !== undefined && this.fileBytes !== e.fileSize) {
-      throw new DownloadFailedError(`NAR has ${this.fileBytes} bytes, FileSize says ${e.fileSize}`);
+      throw new NarMismatchError(`NAR has ${this.fileBytes} bytes, FileSize says ${e.fileSize}`);
     }
     if (e.fileHash !== undefined) {
       const got = `sha256:${sha256Nix32(this.fileHasher.digest())}`;
       if (got !== e.fileHash)
-        throw new DownloadFailedError(`NAR hashes to ${got}, FileHash says ${e.fileHash}`);
+        throw new NarMismatchError(`NAR hashes to ${got}, FileHash says ${e.fileHash}`);
     }
     if (this.decompressor) {
-      if (!this.detached) this.decompressor.end();
+      this.decompressor.end();
       await this.decompressed;
       if (e.narSize !== undefined && this.narBytes !== e.narSize) {
-        throw new DownloadFailedError(
+        throw new NarMismatchError(
           `NAR decompresses to ${this.narBytes} bytes, NarSize says ${e.narSize}`,
         );
       }
       const got = `sha256:${sha256Nix32(this.narHasher.digest())}`;
       if (got !== e.narHash)
-        throw new DownloadFailedError(`NAR content hashes to ${got}, NarHash says ${e.narHash}`);
+        throw new NarMismatchError(`NAR content hashes to ${got}, NarHash says ${e.narHash}`);
     }
   }
 
   /** Abandons verification (download failed). */
   destroy(): void {
     this.decompressor?.destroy();
+  }
+}
+
+class NarSizeExceededError extends Error {
+  constructor(limit: number) {
+    super(`NAR decompresses to more than its NarSize ${limit}; stopped`);
   }
 }

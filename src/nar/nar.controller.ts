@@ -6,7 +6,8 @@ import { InvalidNarNameError } from '../nix/errors';
 import { parseNarFileName } from '../nix/compression';
 import { contentRange, type ByteRange } from './byte-range';
 import { NarService } from './nar.service';
-import { PEER_DOWNLOADS_PATH } from './peer-client';
+import { PEER_DOWNLOADS_PATH, PeerClient } from './peer-client';
+import { StallGuard } from './stall-guard';
 
 const NAR_CONTENT_TYPE = 'application/x-nix-nar';
 
@@ -14,6 +15,8 @@ const NAR_CONTENT_TYPE = 'application/x-nix-nar';
 export class NarController {
   constructor(
     private readonly nars: NarService,
+    private readonly peers: PeerClient,
+    private readonly stalls: StallGuard,
     private readonly metrics: MetricsService,
   ) {}
 
@@ -26,6 +29,7 @@ export class NarController {
     const nar = await this.nars.get(name, range);
     void reply.type(NAR_CONTENT_TYPE).header('x-narwhal-source', nar.source);
     setLength(reply, nar);
+    this.stalls.watch(reply.raw);
     // A stream error after the headers makes Fastify destroy the socket: no clean end for bad bytes.
     await reply.send(this.metrics.countServed(nar.source, nar.body));
   }
@@ -49,18 +53,25 @@ export class NarController {
     throw new InvalidNarNameError('invalid NAR path');
   }
 
-  /** For other narwhal instances: stream a download this instance is running (404 if none). */
+  /**
+   * For other narwhal instances: stream a download this instance is running (404 if none). Anyone
+   * else — and everyone, on a single instance — gets the same 404 as for an unknown path, so the
+   * endpoint says nothing about what is being downloaded.
+   */
   @Get(`${PEER_DOWNLOADS_PATH}/:name`)
   async peer(
     @Param('name') name: string,
     @Headers('range') range: string | undefined,
+    @Headers('authorization') authorization: string | undefined,
     @Res() reply: FastifyReply,
   ): Promise<void> {
+    if (!this.peers.accepts(authorization)) throw new NotFoundError('not found');
     parseNarFileName(name);
     const running = this.nars.streamForPeer(name, range);
     if (!running) throw new NotFoundError(`no download of ${name} is running here`);
     void reply.type(NAR_CONTENT_TYPE);
     setLength(reply, running);
+    this.stalls.watch(reply.raw);
     await reply.send(running.body);
   }
 }

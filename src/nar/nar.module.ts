@@ -1,5 +1,6 @@
 import { Module } from '@nestjs/common';
 import { LockingModule } from '../locking/locking.module';
+import { SigningModule } from '../signing/signing.module';
 import { StorageModule } from '../storage/storage.module';
 import { UpstreamModule } from '../upstream/upstream.module';
 import { ActiveDownloads } from './active-downloads';
@@ -7,11 +8,14 @@ import { NarController } from './nar.controller';
 import { NarFetcher } from './nar-fetcher';
 import { NarService } from './nar.service';
 import { PeerClient } from './peer-client';
+import { StallGuard } from './stall-guard';
+import { StoredNarCheck } from './stored-nar-check';
+import { VerificationModule } from './verification/verification.module';
 
 @Module({
-  imports: [LockingModule, StorageModule, UpstreamModule],
+  imports: [LockingModule, SigningModule, StorageModule, UpstreamModule, VerificationModule],
   controllers: [NarController],
-  providers: [NarService, NarFetcher, ActiveDownloads, PeerClient],
-  exports: [NarService],
+  providers: [NarService, NarFetcher, ActiveDownloads, PeerClient, StoredNarCheck, StallGuard],
+  exports: [NarService, StoredNarCheck],
 })
 export class NarModule {}

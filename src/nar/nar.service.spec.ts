@@ -14,6 +14,7 @@ import { ActiveDownloads } from './active-downloads';
 import { NarFetcher } from './nar-fetcher';
 import { NarService } from './nar.service';
 import { PeerClient } from './peer-client';
+import { VERIFIER_POOL_PROVIDER } from './verification/verifier-pool';
 
 /**
  * The NAR download flow, step by step, on the real providers: SQLite, the filesystem NarStore, the
@@ -21,12 +22,15 @@ import { PeerClient } from './peer-client';
  * download another instance runs, a real HTTP server in that instance's place.
  */
 
-const t = useServiceModule([NarService, NarFetcher, ActiveDownloads, PeerClient], {
-  // Waiting for another instance: retry every 50 ms at most, 40 times.
-  'cache-lock-retry-max-attempts': '40',
-  'cache-lock-retry-initial-delay': '10ms',
-  'cache-lock-retry-max-delay': '50ms',
-});
+const t = useServiceModule(
+  [NarService, NarFetcher, ActiveDownloads, PeerClient, VERIFIER_POOL_PROVIDER],
+  {
+    // Waiting for another instance: retry every 50 ms at most, 40 times.
+    'cache-lock-retry-max-attempts': '40',
+    'cache-lock-retry-initial-delay': '10ms',
+    'cache-lock-retry-max-delay': '50ms',
+  },
+);
 const service = () => t.module.get(NarService);
 const active = () => t.module.get(ActiveDownloads);
 const narPath = (f: StorePathFixture) => `/nar/${f.narName}`;

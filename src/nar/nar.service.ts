@@ -1,10 +1,15 @@
 import { Inject, Injectable, Logger } from '@nestjs/common';
 import type { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { NotFoundError, UpstreamUnavailableError } from '../common/errors';
+import {
+  DatabaseUnavailableError,
+  NotFoundError,
+  UpstreamUnavailableError,
+} from '../common/errors';
 import { SingleFlight } from '../common/single-flight';
 import { APP_CONFIG, type AppConfig } from '../config/app-config';
 import type { NarFileEntity } from '../database/entities';
+import { DatabaseHealth } from '../database/database-health';
 import { NarFileRepository } from '../database/nar-file.repository';
 import { narLockKey } from '../locking/lock-keys';
 import { keepAlive, LOCKER, type Locker } from '../locking/locker';
@@ -28,6 +33,9 @@ export interface NarResponse {
   source: 'storage' | 'download' | 'peer';
 }
 
+/** What a row lookup gives while the database is down. */
+const WITHOUT_DATABASE: unique symbol = Symbol('without database');
+
 /** Who is fetching a NAR that is not stored yet. */
 type Claim =
   { kind: 'local'; download: ActiveDownload } | { kind: 'peer'; url: string } | { kind: 'retry' };
@@ -49,6 +57,7 @@ export class NarService {
     @Inject(NAR_STORE) private readonly store: NarStore,
     @Inject(LOCKER) private readonly locker: Locker,
     private readonly files: NarFileRepository,
+    private readonly db: DatabaseHealth,
     private readonly upstream: UpstreamService,
     private readonly fetcher: NarFetcher,
     private readonly peers: PeerClient,
@@ -66,7 +75,8 @@ export class NarService {
     const { maxAttempts, initialDelayMs, maxDelayMs, jitter } = this.config.lock.retry;
     let delay = initialDelayMs;
     for (let attempt = 0; attempt < maxAttempts; attempt++) {
-      const row = await this.files.find(name);
+      const row = await this.findRow(name);
+      if (row === WITHOUT_DATABASE) return this.openByName(name, rangeHeader);
       const stored = await this.openStored(row, rangeHeader);
       if (stored) {
         this.metrics.narRequest('hit');
@@ -112,7 +122,8 @@ export class NarService {
   /** HEAD: the size if the NAR is stored or can be fetched, without downloading it. */
   async head(name: string): Promise<{ length?: number }> {
     parseNarFileName(name);
-    const row = await this.files.find(name);
+    const row = await this.findRow(name);
+    if (row === WITHOUT_DATABASE) return { length: (await this.openByName(name)).length };
     if (row?.storedSize != null) {
       const s = await this.store.stat(name);
       if (s) return { length: s.size };
@@ -141,6 +152,29 @@ export class NarService {
     return body ? { body, length: spool.length, range } : null;
   }
 
+  /** The NAR's row, or WITHOUT_DATABASE when the database is down. */
+  private async findRow(name: string): Promise<NarFileEntity | null | typeof WITHOUT_DATABASE> {
+    try {
+      return await this.files.find(name);
+    } catch (e) {
+      if (this.db.noteFailure(e)) return WITHOUT_DATABASE;
+      throw e;
+    }
+  }
+
+  /**
+   * While the database is down: a NAR found in storage under its name is served (its name carries
+   * the FileHash it was verified against when stored); anything else waits for the database.
+   */
+  private async openByName(name: string, rangeHeader?: string): Promise<NarResponse> {
+    const found = await this.store.stat(name);
+    if (!found) throw new DatabaseUnavailableError(`${name}: the database is unavailable`);
+    const range = resolveRange(rangeHeader, found.size);
+    const body = await this.store.read(name, range);
+    this.metrics.narRequest('hit');
+    return { body, length: found.size, range, source: 'storage' };
+  }
+
   /** A stream of the stored copy `row` records, or null if it is not stored (or storage lost it). */
   private async openStored(
     row: NarFileEntity | null,
@@ -151,7 +185,9 @@ export class NarService {
     const range = resolveRange(rangeHeader, row.storedSize);
     try {
       const body = await this.store.read(name, range);
-      this.files.touch(name).catch((e: Error) => this.logger.warn(`touch ${name}: ${e.message}`));
+      this.files.touch(name).catch((e: Error) => {
+        if (!this.db.noteFailure(e)) this.logger.warn(`touch ${name}: ${e.message}`);
+      });
       return { body, length: row.storedSize, range, source: 'storage' };
     } catch (e) {
       if (!(e instanceof NotFoundError)) throw e;

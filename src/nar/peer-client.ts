@@ -1,7 +1,8 @@
 import { Inject, Injectable, Logger, type OnApplicationShutdown } from '@nestjs/common';
-import { hostname } from 'node:os';
+import { timingSafeEqual } from 'node:crypto';
 import type { Readable } from 'node:stream';
 import { APP_CONFIG, type AppConfig } from '../config/app-config';
+import { SigningService } from '../signing/signing.service';
 import { discard, HttpClient } from '../upstream/http-client';
 import { contentRange, type ByteRange } from './byte-range';
 
@@ -12,6 +13,9 @@ export const PEER_DOWNLOADS_PATH = '_narwhal/downloads';
  * Streams a NAR that another narwhal instance is downloading right now, from that instance's
  * in-flight download (`GET <peer>/_narwhal/downloads/<name>`), so a client of this instance gets its
  * first byte without waiting for the other instance to finish.
+ *
+ * Only instances of the deployment may use that endpoint: they send a secret derived from the
+ * signing key they all share, and it is off altogether without Redis locks (one instance).
  */
 @Injectable()
 export class PeerClient implements OnApplicationShutdown {
@@ -19,14 +23,22 @@ export class PeerClient implements OnApplicationShutdown {
   private readonly http: HttpClient;
   /** The URL this instance advertises in the locks it holds. */
   readonly selfUrl: string;
+  /** Whether the peer endpoint is served (several instances share locks through Redis). */
+  readonly enabled: boolean;
+  private readonly authorization: Buffer;
 
-  constructor(@Inject(APP_CONFIG) config: AppConfig) {
-    const { host, port } = config.server;
-    const wildcard = host === '0.0.0.0' || host === '::' || host === '';
-    this.selfUrl =
-      config.advertiseUrl ??
-      `http://${wildcard ? hostname() : host.includes(':') ? `[${host}]` : host}:${port}`;
+  constructor(@Inject(APP_CONFIG) config: AppConfig, signing: SigningService) {
+    this.selfUrl = config.selfUrl;
+    this.enabled = config.lock.kind === 'redis';
     this.http = new HttpClient(config.upstreamTimeouts);
+    this.authorization = Buffer.from(`Bearer ${signing.derivedSecret('peer-downloads')}`);
+  }
+
+  /** True when `header` (an Authorization header) is another instance's, compared in constant time. */
+  accepts(header: string | undefined): boolean {
+    if (!this.enabled || header === undefined) return false;
+    const given = Buffer.from(header);
+    return given.length === this.authorization.length && timingSafeEqual(given, this.authorization);
   }
 
   /**
@@ -41,7 +53,10 @@ export class PeerClient implements OnApplicationShutdown {
     if (!/^https?:\/\//.test(peerUrl)) return null;
     try {
       const res = await this.http.request(`${peerUrl}/${PEER_DOWNLOADS_PATH}/${name}`, {
-        headers: ranged ? { range: `bytes=${ranged.range.start}-${ranged.range.end}` } : {},
+        headers: {
+          authorization: this.authorization.toString(),
+          ...(ranged ? { range: `bytes=${ranged.range.start}-${ranged.range.end}` } : {}),
+        },
       });
       const ok = ranged
         ? res.status === 206 &&

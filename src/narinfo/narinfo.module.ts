@@ -1,13 +1,14 @@
 import { Module } from '@nestjs/common';
 import { DocumentsModule } from '../documents/documents.module';
 import { LockingModule } from '../locking/locking.module';
+import { NarModule } from '../nar/nar.module';
 import { SigningModule } from '../signing/signing.module';
 import { UpstreamModule } from '../upstream/upstream.module';
 import { NarInfoController } from './narinfo.controller';
 import { NarInfoService } from './narinfo.service';
 
 @Module({
-  imports: [DocumentsModule, LockingModule, SigningModule, UpstreamModule],
+  imports: [DocumentsModule, LockingModule, NarModule, SigningModule, UpstreamModule],
   controllers: [NarInfoController],
   providers: [NarInfoService],
 })

@@ -15,6 +15,9 @@ import {
   parseSecretKey,
   verifyFingerprint,
 } from '../signing/keys';
+import { PeerClient } from '../nar/peer-client';
+import { StoredNarCheck } from '../nar/stored-nar-check';
+import { VERIFIER_POOL_PROVIDER } from '../nar/verification/verifier-pool';
 import { NarInfoService } from './narinfo.service';
 
 /**
@@ -22,7 +25,8 @@ import { NarInfoService } from './narinfo.service';
  * signing key and two real upstream servers (see test/support/service-module.ts).
  */
 
-const t = useServiceModule([NarInfoService]);
+// NarInfoService checks a NAR stored before its narinfo with StoredNarCheck, from the NAR module.
+const t = useServiceModule([NarInfoService, StoredNarCheck, PeerClient, VERIFIER_POOL_PROVIDER]);
 const service = () => t.module.get(NarInfoService);
 const parse = (text: string) => parseNarInfo(text, { storeDir: STORE_DIR });
 const narInfoPath = (hash: string) => `/${hash}.narinfo`;
@@ -34,7 +38,7 @@ async function ownPublicKey() {
 }
 
 describe('NarInfoService: a miss', () => {
-  it('asks the upstreams in priority order and takes the first validly signed answer', async () => {
+  it('asks the upstreams (at once: hedged) and takes the highest-priority validly signed answer', async () => {
     const f = await makeStorePath([t.keyA, t.keyB]);
     t.primary.publish(f);
     t.secondary.publish(f);
@@ -42,7 +46,7 @@ describe('NarInfoService: a miss', () => {
     await service().get(f.hash);
 
     expect(t.primary.count('GET', narInfoPath(f.hash))).toBe(1);
-    expect(t.secondary.count('GET', narInfoPath(f.hash))).toBe(0);
+    expect(t.secondary.count('GET', narInfoPath(f.hash))).toBeLessThanOrEqual(1);
     expect((await t.module.narInfos.find(f.hash))?.upstreamUrl).toBe(t.primary.url);
   });
 

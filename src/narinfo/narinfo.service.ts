@@ -1,12 +1,14 @@
 import { Inject, Injectable, Logger } from '@nestjs/common';
-import { NotFoundError } from '../common/errors';
+import { DatabaseUnavailableError, NotFoundError } from '../common/errors';
 import { SingleFlight } from '../common/single-flight';
 import { APP_CONFIG, type AppConfig } from '../config/app-config';
+import { DatabaseHealth } from '../database/database-health';
 import type { NarInfoEntity } from '../database/entities';
 import { NarInfoRepository, TOUCH_GRANULARITY_MS } from '../database/narinfo.repository';
 import { narInfoLockKey } from '../locking/lock-keys';
 import { LOCKER, withLock, type Locker } from '../locking/locker';
 import { MetricsService } from '../metrics/metrics.service';
+import { StoredNarCheck } from '../nar/stored-nar-check';
 import { narFileName } from '../nix/compression';
 import { InvalidHashError, quoteForError } from '../nix/errors';
 import { narInfoFingerprint } from '../nix/fingerprint';
@@ -59,8 +61,10 @@ export class NarInfoService {
     @Inject(APP_CONFIG) private readonly config: AppConfig,
     @Inject(LOCKER) private readonly locker: Locker,
     private readonly repo: NarInfoRepository,
+    private readonly db: DatabaseHealth,
     private readonly upstream: UpstreamService,
     private readonly signing: SigningService,
+    private readonly storedNars: StoredNarCheck,
     private readonly metrics: MetricsService,
   ) {
     this.misses = new NegativeCache(config.negativeTtlMs, NEGATIVE_MAX);
@@ -86,7 +90,17 @@ export class NarInfoService {
       this.touchIfStale(hash, cached, now);
       return cached.text;
     }
-    let row = await this.repo.find(hash);
+    let row: NarInfoEntity | null;
+    try {
+      row = await this.repo.find(hash);
+    } catch (e) {
+      // While the database is down, narinfos served lately are still answered from memory.
+      if (!this.db.noteFailure(e)) throw e;
+      if (!cached)
+        throw new DatabaseUnavailableError(`${hash}.narinfo: the database is unavailable`);
+      this.metrics.narInfoRequest('hit');
+      return cached.text;
+    }
     const stored = row !== null;
     if (!row && this.misses.has(hash)) {
       this.metrics.negativeCacheHit();
@@ -111,9 +125,9 @@ export class NarInfoService {
   private touchIfStale(hash: string, entry: RecentNarInfo, now: number): void {
     if (now - entry.touchedAt < TOUCH_GRANULARITY_MS) return;
     entry.touchedAt = now;
-    this.repo
-      .touch(hash, entry.narKey, now)
-      .catch((e: Error) => this.logger.warn(`touch ${hash}: ${e.message}`));
+    this.repo.touch(hash, entry.narKey, now).catch((e: Error) => {
+      if (!this.db.noteFailure(e)) this.logger.warn(`touch ${hash}: ${e.message}`);
+    });
   }
 
   private remember(hash: string, entry: RecentNarInfo): void {
@@ -151,13 +165,16 @@ export class NarInfoService {
     );
     if (!found) return { row: null, definite: allAbsent };
     const { upstream: up, value: narInfo } = found;
+    const narKey = narKeyOf(narInfo);
     await this.repo.save({
       hash,
       narInfo,
-      narKey: narKeyOf(narInfo),
+      narKey,
       upstreamUrl: up.url,
       narUpstreamUrl: up.resolveNarUrl(narInfo.url),
     });
+    // A NAR stored before this narinfo (fetched by name) must match what the narinfo signs.
+    await this.storedNars.adopt(narKey, narInfo.narHash, narInfo.narSize);
     this.logger.log(`cached ${hash}.narinfo from ${up.url}`);
     return { row: await this.repo.find(hash), definite: true };
   }
@@ -235,9 +252,10 @@ export class NarInfoService {
     const prefix = `${this.signing.publicKey}|`;
     if (row.ownSignature?.startsWith(prefix)) return row.ownSignature.slice(prefix.length);
     const sig = this.signing.sign(narInfoFingerprint(narInfo, this.config.storeDir));
-    this.repo
-      .setOwnSignature(row.hash, prefix + sig)
-      .catch((e: Error) => this.logger.warn(`caching signature of ${row.hash}: ${e.message}`));
+    this.repo.setOwnSignature(row.hash, prefix + sig).catch((e: Error) => {
+      if (!this.db.noteFailure(e))
+        this.logger.warn(`caching signature of ${row.hash}: ${e.message}`);
+    });
     return sig;
   }
 }

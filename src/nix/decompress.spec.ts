@@ -11,8 +11,13 @@ import { parseNarInfo } from './narinfo';
 import { sha256Nix32 } from './hash';
 
 /** Feeds `input` in `chunkSize` pieces through a fresh decoder and collects the output. */
-async function decode(c: Compression, input: Buffer, chunkSize = 4096): Promise<Buffer> {
-  const decoder = createNarDecompressor(c);
+async function decode(
+  c: Compression,
+  input: Buffer,
+  chunkSize = 4096,
+  onThisThread = false,
+): Promise<Buffer> {
+  const decoder = createNarDecompressor(c, { onThisThread });
   if (decoder === null) throw new Error(`no decoder for ${c}`);
   const pieces: Buffer[] = [];
   for (let i = 0; i < input.length; i += chunkSize) pieces.push(input.subarray(i, i + chunkSize));
@@ -61,6 +66,12 @@ describe('createNarDecompressor', () => {
         expect(sha256(out)).toBe(info.narHash);
       },
     );
+
+    it('decodes to the NarHash on the calling thread too (as verifier threads do)', async () => {
+      const out = await decode(info.compression, file, 4096, true);
+      expect(out.length).toBe(info.narSize);
+      expect(sha256(out)).toBe(info.narHash);
+    });
   });
 
   describe.each([

@@ -31,11 +31,12 @@ const ZSTD_SLICE = 256;
  * then stops taking input, which holds back our write callback).
  */
 class XzDecompressStream extends Transform {
-  private readonly inner: LzmaStream = createDecompressor();
+  private readonly inner: LzmaStream;
   private onInnerEnd: TransformCallback | undefined;
 
-  constructor() {
+  constructor(synchronous: boolean) {
     super();
+    this.inner = createDecompressor({ synchronous });
     this.inner.on('data', (chunk: Buffer) => {
       if (!this.push(chunk)) this.inner.pause();
     });
@@ -87,7 +88,7 @@ class ZstdDecompressStream extends Transform {
     super();
     this.decoder = new Decompress((chunk) => {
       // fzstd may reuse its window buffer; hand downstream a copy.
-      if (chunk.length > 0) {
+      if (chunk.length > 0 && !this.destroyed) {
         this.pushed = true;
         this.push(Buffer.from(chunk));
       }
@@ -110,6 +111,7 @@ class ZstdDecompressStream extends Transform {
     this.pushed = false;
     try {
       while (job.offset < job.chunk.length) {
+        if (this.destroyed) return; // e.g. by a consumer that saw enough (past NarSize)
         if (this.pushed && this.readableLength >= this.readableHighWaterMark) return; // see _read
         const end = Math.min(job.offset + ZSTD_SLICE, job.chunk.length);
         this.decoder.push(job.chunk.subarray(job.offset, end));
@@ -143,13 +145,20 @@ class ZstdDecompressStream extends Transform {
 /**
  * A fresh streaming decompressor for `c`, or null when narwhal cannot decode it (bzip2, lz4,
  * lzip): such NARs can only be passed through unverified.
+ *
+ * `onThisThread`: decode xz on the calling thread rather than on lzma-native's own threads — what a
+ * worker thread wants (it exists to do that work, and lzma-native aborts the whole process when a
+ * worker is terminated while one of its own threads is still decoding).
  */
-export function createNarDecompressor(c: Compression): Transform | null {
+export function createNarDecompressor(
+  c: Compression,
+  options: { onThisThread?: boolean } = {},
+): Transform | null {
   switch (c) {
     case 'none':
       return new PassThrough();
     case 'xz':
-      return new XzDecompressStream();
+      return new XzDecompressStream(options.onThisThread === true);
     case 'zstd':
       return new ZstdDecompressStream();
     case 'br':

@@ -1,4 +1,5 @@
 import { Inject, Injectable } from '@nestjs/common';
+import { createHmac } from 'node:crypto';
 import { APP_CONFIG, type AppConfig } from '../config/app-config';
 import { formatPublicKey, signFingerprint, verifyFingerprint, type SecretKey } from './keys';
 
@@ -22,6 +23,14 @@ export class SigningService {
 
   get enabled(): boolean {
     return this.config.signing.signNarInfo;
+  }
+
+  /**
+   * A secret derived from the signing key for `purpose` (HMAC-SHA256, hex): every instance of a
+   * deployment shares the key, so they share this secret too, without another setting to keep.
+   */
+  derivedSecret(purpose: string): string {
+    return createHmac('sha256', this.key.secretKey).update(`narwhal:${purpose}`).digest('hex');
   }
 
   sign(fingerprint: string): string {

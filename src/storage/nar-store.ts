@@ -1,5 +1,5 @@
 import type { Readable } from 'node:stream';
-import type { SpoolArea } from './spool-area';
+import type { DiskSpace, SpoolArea } from './spool-area';
 
 /**
  * Where NAR files live. Keys are narwhal's own NAR file names (`<nix32>.nar.xz`), or side documents
@@ -34,6 +34,8 @@ export interface NarStore {
   list(): AsyncIterable<{ key: string; size: number }>;
   /** Throws if the store cannot be written (readiness). */
   checkWritable(): Promise<void>;
+  /** Space of the local disks it writes to: the spool, and the objects of a filesystem store. */
+  localSpace(): Promise<DiskSpace[]>;
   /** Releases connections (S3); the store is not used afterwards. */
   close(): Promise<void>;
 }

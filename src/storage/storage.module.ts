@@ -1,5 +1,6 @@
 import { Inject, Module, type OnApplicationShutdown } from '@nestjs/common';
 import { APP_CONFIG, type AppConfig } from '../config/app-config';
+import { DiskWatch } from './disk-watch';
 import { FilesystemNarStore } from './filesystem/filesystem-nar-store';
 import { NAR_STORE, type NarStore } from './nar-store';
 
@@ -8,14 +9,14 @@ export async function createNarStore(config: AppConfig): Promise<NarStore> {
   const storage = config.storage;
   switch (storage.kind) {
     case 'fs': {
-      const store = new FilesystemNarStore(storage.path);
+      const store = new FilesystemNarStore(storage.path, config.selfUrl);
       await store.init();
       return store;
     }
     case 's3': {
       // Loaded only when used: the AWS SDK costs ~20 MB of memory.
       const { S3NarStore } = await import('./s3/s3-nar-store');
-      const store = new S3NarStore(storage);
+      const store = new S3NarStore(storage, { instance: config.selfUrl });
       await store.init();
       return store;
     }
@@ -27,8 +28,8 @@ export async function createNarStore(config: AppConfig): Promise<NarStore> {
 }
 
 @Module({
-  providers: [{ provide: NAR_STORE, inject: [APP_CONFIG], useFactory: createNarStore }],
-  exports: [NAR_STORE],
+  providers: [{ provide: NAR_STORE, inject: [APP_CONFIG], useFactory: createNarStore }, DiskWatch],
+  exports: [NAR_STORE, DiskWatch],
 })
 export class StorageModule implements OnApplicationShutdown {
   constructor(@Inject(NAR_STORE) private readonly store: NarStore) {}

@@ -37,6 +37,8 @@ export interface TextRequest {
 export class UpstreamService implements OnApplicationShutdown {
   /** Upstreams in priority order (lower first; ties keep the configured order). */
   readonly upstreams: readonly UpstreamClient[];
+  /** Deadline of a whole narinfo fetch (headers and body). */
+  private readonly narinfoMs: number;
   /** For NAR URLs outside every upstream (a CDN named by an absolute URL): no credentials. */
   private readonly elsewhere: HttpClient;
 
@@ -45,6 +47,7 @@ export class UpstreamService implements OnApplicationShutdown {
     private readonly metrics: MetricsService,
   ) {
     const timeouts = config.upstreamTimeouts;
+    this.narinfoMs = timeouts.narinfoMs;
     this.upstreams = config.upstreams
       .map((u) => new UpstreamClient(u, timeouts, config.upstreamBreaker))
       .sort((a, b) => a.priority - b.priority); // stable
@@ -55,14 +58,17 @@ export class UpstreamService implements OnApplicationShutdown {
   }
 
   /**
-   * GETs a small document (a narinfo; `maxBytes` bounds it) as a Buffer. Throws
-   * UpstreamStatusError for answers other than 200 and UpstreamSkippedError while the upstream's
-   * circuit is open.
+   * GETs a small document (a narinfo; `maxBytes` bounds it) as a Buffer, all of it within
+   * --cache-upstream-narinfo-timeout (an upstream dripping a byte at a time cannot hold a lookup).
+   * Throws UpstreamStatusError for answers other than 200 and UpstreamSkippedError while the
+   * upstream's circuit is open.
    */
   async getBytes(upstream: UpstreamClient, path: string, req: TextRequest = {}): Promise<Buffer> {
     const url = upstream.urlFor(path);
     const max = req.maxBytes ?? MAX_NARINFO_BYTES;
-    const { body, headers } = await this.open(url, 'GET', req.kind ?? 'narinfo', req.signal);
+    const deadline = AbortSignal.timeout(this.narinfoMs);
+    const signal = req.signal ? AbortSignal.any([req.signal, deadline]) : deadline;
+    const { body, headers } = await this.open(url, 'GET', req.kind ?? 'narinfo', signal);
     const chunks: Buffer[] = [];
     let size = 0;
     try {
@@ -107,7 +113,7 @@ export class UpstreamService implements OnApplicationShutdown {
       .request(url, { method, signal })
       .catch((e: unknown) => {
         if (e instanceof UpstreamSkippedError) this.metrics.upstreamSkipped(label);
-        else if (signal?.aborted) timing.cancelled();
+        else if (signal?.aborted && !isDeadline(signal.reason)) timing.cancelled();
         else timing.failed(e);
         throw e;
       });
@@ -169,3 +175,8 @@ function decodeSmall(bytes: Buffer, encoding: string | string[]): Buffer {
 
 /** Largest small document after decoding its transport encoding. */
 const MAX_DECODED_BYTES = 64 * 1024 * 1024;
+
+/** True for the reason of an AbortSignal.timeout that fired (a deadline, not a cancellation). */
+function isDeadline(reason: unknown): boolean {
+  return (reason as { name?: unknown } | null)?.name === 'TimeoutError';
+}

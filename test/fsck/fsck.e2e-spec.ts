@@ -1,6 +1,6 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, readdirSync, statSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import type { DataSource } from 'typeorm';
@@ -244,6 +244,7 @@ for (const { dialect, kind } of COMBINATIONS) {
         'size-mismatch': 1,
         'hash-mismatch': 2,
         'dangling-narinfo': 1,
+        'leftover-spool': 0,
         unreadable: 0,
       });
       expect(checked.summary.remaining).toBe(6);
@@ -283,6 +284,37 @@ for (const { dialect, kind } of COMBINATIONS) {
       const again = await run({ verifyContent: true, repair: true });
       expect(again.problems).toEqual([]);
       expect(again.summary).toMatchObject({ storedNars: 2, objects: 2, remaining: 0 });
+    });
+
+    it('checks a NAR stored by name against the NarHash of a narinfo that names it', async () => {
+      const { bare } = await healthyCache();
+      // A narinfo arrives that signs another NarSize for the same file (the bytes hash right).
+      const lying = {
+        ...bare,
+        hash: bare.narInfo.storePath.split('/')[3].slice(0, 32),
+        narInfo: { ...bare.narInfo, narSize: bare.narInfo.narSize + 1 },
+      };
+      await cache.saveNarInfo(lying);
+      const r = await run({ verifyContent: true });
+      expect(found(r)).toEqual([`hash-mismatch ${bare.key}`]);
+      expect(r.problems[0].detail).toMatch(/NarSize/);
+    });
+
+    it('reports spool files left by a crash once older than the grace, and --repair deletes them', async () => {
+      await healthyCache();
+      const spool = sut!.store.spool;
+      await spool.init();
+      const left = join(spool.dir, 'a-left-over.0123abcd.456789abcdef.part');
+      await writeFile(left, Buffer.alloc(1000));
+      const young = await run({ now: () => Date.now() });
+      expect(found(young)).toEqual([]);
+      expect(young.summary.spools).toBe(1);
+
+      const old = await run();
+      expect(found(old)).toEqual(['leftover-spool a-left-over.0123abcd.456789abcdef.part']);
+      const repaired = await run({ repair: true });
+      expect(repaired.problems.map((p) => p.action)).toEqual(['repaired']);
+      expect(existsSync(left)).toBe(false);
     });
 
     it('leaves objects without a stored row alone while they are younger than the grace', async () => {

@@ -38,10 +38,12 @@ export type Behaviour =
       contentType?: string;
       /** Wait before the response headers. */
       delayMs?: number;
-      /** Pause after every 64 KiB chunk (a slow upstream). */
+      /** Pause after every chunk (a slow upstream). */
       chunkDelayMs?: number;
       /** More response headers (e.g. Content-Encoding). */
       headers?: Record<string, string>;
+      /** Bytes per chunk (64 KiB unless given): with chunkDelayMs, a drip. */
+      chunkBytes?: number;
     }
   | { kind: 'status'; status: number; headers?: Record<string, string> }
   | { kind: 'redirect'; location: string }
@@ -64,6 +66,7 @@ interface Reply {
   delayMs?: number;
   chunkDelayMs?: number;
   headers?: Record<string, string>;
+  chunkBytes?: number;
   fault?: Fault;
   /** Settles when the second half may be sent. */
   resume?: Promise<void>;
@@ -279,6 +282,7 @@ export class FakeUpstream {
           delayMs: b.delayMs,
           chunkDelayMs: b.chunkDelayMs,
           headers: b.headers,
+          chunkBytes: b.chunkBytes,
         };
       case 'truncate':
       case 'stall':
@@ -336,7 +340,7 @@ export class FakeUpstream {
     const rate = path.startsWith('/nar/') ? this.bytesPerSecond : null;
     const started = Date.now();
     let sent = 0;
-    for await (const piece of chunksOf(reply.source, limit)) {
+    for await (const piece of chunksOf(reply.source, limit, reply.chunkBytes)) {
       if (res.destroyed) return;
       let chunk = piece;
       if (fault === 'corrupt' && half >= sent && half < sent + piece.length) {
@@ -373,10 +377,14 @@ function notFound(res: ServerResponse): null {
 }
 
 /** The first `limit` bytes of `source`, in chunks of 64 KiB. */
-async function* chunksOf(source: Source, limit: number): AsyncIterable<Buffer> {
+async function* chunksOf(
+  source: Source,
+  limit: number,
+  chunkBytes = CHUNK_BYTES,
+): AsyncIterable<Buffer> {
   if ('bytes' in source) {
-    for (let off = 0; off < limit; off += CHUNK_BYTES) {
-      yield source.bytes.subarray(off, Math.min(off + CHUNK_BYTES, limit));
+    for (let off = 0; off < limit; off += chunkBytes) {
+      yield source.bytes.subarray(off, Math.min(off + chunkBytes, limit));
     }
     return;
   }

@@ -4,7 +4,9 @@ import { readdirSync, readlinkSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import { setImmediate as tick } from 'node:timers/promises';
+import type { NarSpool } from '../../src/nar/nar-spool';
 import type { NarExpectations } from '../../src/nar/nar-verifier';
+import { VerifierPool, type SpoolCheck } from '../../src/nar/verification/verifier-pool';
 import { nixSha256 } from './hash';
 
 // What the NarSpool unit specs share: sample NARs, a hand-fed upstream body and a reader recorder.
@@ -152,4 +154,12 @@ export async function exists(path: string): Promise<boolean> {
     () => true,
     () => false,
   );
+}
+
+let pool: VerifierPool | undefined;
+
+/** A verifier-thread check of `spool` against `expect`, as NarFetcher starts one (one shared pool). */
+export function checkOf(spool: NarSpool, expect: NarExpectations): SpoolCheck {
+  pool ??= new VerifierPool();
+  return pool.checkFile(spool.path, expect);
 }

@@ -6,7 +6,7 @@ import type { Readable } from 'node:stream';
 import { NotFoundError } from '../../common/errors';
 import type { NarStore } from '../nar-store';
 import { isDocumentKey, isNarKey } from '../object-keys';
-import { SpoolArea } from '../spool-area';
+import { diskSpace, SpoolArea, type DiskSpace } from '../spool-area';
 
 /**
  * NARs as files under `<root>/nar/<k0>/<k0k1>/<key>`; side documents (listings, logs,
@@ -18,8 +18,12 @@ export class FilesystemNarStore implements NarStore {
   readonly writeMode = 'spool';
   private readonly objectsDir: string;
 
-  constructor(private readonly root: string) {
-    this.spool = new SpoolArea(join(root, 'tmp'));
+  /** `instance` names this instance's spool files (see SpoolArea). */
+  constructor(
+    private readonly root: string,
+    instance?: string,
+  ) {
+    this.spool = new SpoolArea(join(root, 'tmp'), instance);
     this.objectsDir = join(root, 'nar');
   }
 
@@ -117,6 +121,10 @@ export class FilesystemNarStore implements NarStore {
     const probe = join(this.spool.dir, `.probe-${process.pid}`);
     await writeFile(probe, 'ok');
     await rm(probe, { force: true });
+  }
+
+  async localSpace(): Promise<DiskSpace[]> {
+    return [await diskSpace('spool', this.spool.dir), await diskSpace('objects', this.objectsDir)];
   }
 
   async close(): Promise<void> {}

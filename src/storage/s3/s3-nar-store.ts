@@ -16,7 +16,7 @@ import { NotFoundError } from '../../common/errors';
 import type { S3StorageConfig } from '../../config/app-config';
 import type { NarStore } from '../nar-store';
 import { isDocumentKey, isNarKey, NAR_KEY } from '../object-keys';
-import { SpoolArea } from '../spool-area';
+import { diskSpace, SpoolArea, type DiskSpace } from '../spool-area';
 import { PartBufferPool, uploadObject } from './multipart-upload';
 
 export interface S3NarStoreOptions {
@@ -27,6 +27,8 @@ export interface S3NarStoreOptions {
    * defaults); a download is rarely faster than two parts in flight.
    */
   queueSize?: number;
+  /** Names this instance's spool files (see SpoolArea). */
+  instance?: string;
 }
 
 /**
@@ -48,7 +50,7 @@ export class S3NarStore implements NarStore {
   private readonly logger = new Logger(S3NarStore.name);
 
   constructor(config: S3StorageConfig, options: S3NarStoreOptions = {}) {
-    this.spool = new SpoolArea(config.spoolDir);
+    this.spool = new SpoolArea(config.spoolDir, options.instance);
     this.bucket = config.bucket;
     this.prefix = config.prefix;
     this.objectsPrefix = `${config.prefix}nar/`;
@@ -78,6 +80,10 @@ export class S3NarStore implements NarStore {
 
   async init(): Promise<void> {
     await this.spool.init();
+  }
+
+  async localSpace(): Promise<DiskSpace[]> {
+    return [await diskSpace('spool', this.spool.dir)];
   }
 
   /** Releases the client's sockets. */

@@ -1,0 +1,76 @@
+import { Inject, Injectable, Logger } from '@nestjs/common';
+import { APP_CONFIG, type AppConfig } from '../config/app-config';
+import { NarFileRepository } from '../database/nar-file.repository';
+import { narLockKey } from '../locking/lock-keys';
+import { LOCKER, withLock, type Locker } from '../locking/locker';
+import { NAR_STORE, type NarStore } from '../storage/nar-store';
+import { expectationsOf, NarMismatchError } from './nar-verifier';
+import { PeerClient } from './peer-client';
+import { VerifierPool } from './verification/verifier-pool';
+
+/** What became of a stored NAR checked against a narinfo that arrived after it. */
+export type AdoptResult = 'verified' | 'discarded' | 'unchanged';
+
+/**
+ * A NAR can be stored before any narinfo names it (fetched by name, trusted because it hashes to the
+ * FileHash in its name). When a narinfo for it arrives, its signed NarHash/NarSize are checked
+ * against the stored object — decompressed in a verifier thread — before anyone is served from it
+ * as that narinfo's NAR; an object that does not match is deleted, to be fetched again.
+ */
+@Injectable()
+export class StoredNarCheck {
+  private readonly logger = new Logger('nar');
+
+  constructor(
+    @Inject(APP_CONFIG) private readonly config: AppConfig,
+    @Inject(NAR_STORE) private readonly store: NarStore,
+    @Inject(LOCKER) private readonly locker: Locker,
+    private readonly files: NarFileRepository,
+    private readonly verifiers: VerifierPool,
+    private readonly peers: PeerClient,
+  ) {}
+
+  /**
+   * If `key` is stored without a NarHash, checks it against `narHash`/`narSize` (under the NAR's
+   * lock, so no download of it runs meanwhile) and records them, or deletes the object.
+   */
+  async adopt(key: string, narHash: string, narSize: number): Promise<AdoptResult> {
+    const first = await this.files.find(key);
+    if (first?.storedSize == null || first.narHash !== null) return 'unchanged';
+    const ttl = this.config.lock.downloadTtlMs;
+    return withLock(
+      this.locker,
+      narLockKey(key),
+      ttl,
+      async () => {
+        const row = await this.files.find(key);
+        if (row?.storedSize == null || row.narHash !== null) return 'unchanged';
+        const check = this.verifiers.checkStream(expectationsOf({ ...row, narHash, narSize }));
+        try {
+          const body = await this.store.read(key);
+          let size = 0;
+          for await (const chunk of body as AsyncIterable<Buffer>) {
+            size += chunk.length;
+            await Promise.race([check.write(chunk), check.failed]);
+          }
+          await check.finish(size);
+        } catch (e) {
+          // Unproven bytes are not served as this narinfo's NAR: the next request fetches it again.
+          check.abandon();
+          await this.files.markMissing(key);
+          await this.files.setNarHash(key, narHash, narSize);
+          if (e instanceof NarMismatchError) {
+            await this.store.delete(key);
+            this.logger.warn(`discarded stored ${key}: its narinfo says otherwise (${e.message})`);
+          } else {
+            this.logger.warn(`${key} could not be checked against its narinfo (${String(e)})`);
+          }
+          return 'discarded';
+        }
+        await this.files.setNarHash(key, narHash, narSize);
+        return 'verified';
+      },
+      this.peers.selfUrl,
+    );
+  }
+}
