@@ -17,6 +17,15 @@ export class DownloadFailedError extends Error {
   override name = 'DownloadFailedError';
 }
 
+/**
+ * A download whose bytes arrived but do not match what its narinfo promises (size, FileHash,
+ * NarSize, NarHash, or not decompressible): a failed download like any other, told apart for the
+ * status page's recent failures.
+ */
+export class NarMismatchError extends DownloadFailedError {
+  override name = 'NarMismatchError';
+}
+
 export class MethodNotAllowedError extends Error {
   override name = 'MethodNotAllowedError';
 }

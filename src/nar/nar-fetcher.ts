@@ -1,8 +1,9 @@
 import { Inject, Injectable, Logger } from '@nestjs/common';
-import { DownloadFailedError, UpstreamUnavailableError } from '../common/errors';
+import { DownloadFailedError, NarMismatchError, UpstreamUnavailableError } from '../common/errors';
 import type { NarFileEntity } from '../database/entities';
 import { NarFileRepository } from '../database/nar-file.repository';
 import { MetricsService } from '../metrics/metrics.service';
+import { RecentFailures } from '../metrics/recent-failures';
 import { parseNarFileName } from '../nix/compression';
 import { NAR_STORE, type NarStore } from '../storage/nar-store';
 import { UpstreamService } from '../upstream/upstream.service';
@@ -29,6 +30,7 @@ export class NarFetcher {
     private readonly files: NarFileRepository,
     private readonly upstream: UpstreamService,
     private readonly metrics: MetricsService,
+    private readonly failures: RecentFailures,
   ) {}
 
   /**
@@ -83,6 +85,11 @@ export class NarFetcher {
       return true;
     } catch (e) {
       this.logger.warn(`discarded ${name}: ${(e as Error).message}`);
+      this.failures.record(e instanceof NarMismatchError ? 'hash-mismatch' : 'download-failed', {
+        upstream: this.upstream.upstreamOf(url)?.url ?? null,
+        subject: `nar/${name}`,
+        message: (e as Error).message,
+      });
       spool.fail(e instanceof DownloadFailedError ? e : new DownloadFailedError(String(e)));
       await upload?.catch(() => undefined); // let an aborted upload finish cleaning up
       await spool.finishWriting(true);

@@ -2,7 +2,7 @@ import { execFileSync } from 'node:child_process';
 import { gzipSync } from 'node:zlib';
 import { describe, expect, it } from 'vitest';
 import { nixSha256 } from '../../test/support/hash';
-import { DownloadFailedError } from '../common/errors';
+import { DownloadFailedError, NarMismatchError } from '../common/errors';
 import type { Compression } from '../nix/compression';
 import { NarVerifier, type NarExpectations } from './nar-verifier';
 
@@ -87,6 +87,8 @@ async function failure(p: Promise<unknown>): Promise<DownloadFailedError> {
     (err: unknown) => err,
   );
   expect(e).toBeInstanceOf(DownloadFailedError);
+  // Told apart from a broken transfer, for the status page's recent failures.
+  expect(e).toBeInstanceOf(NarMismatchError);
   return e as DownloadFailedError;
 }
 

@@ -1,7 +1,7 @@
 import { createHash, type Hash } from 'node:crypto';
 import { once } from 'node:events';
 import type { Readable, Transform } from 'node:stream';
-import { DownloadFailedError } from '../common/errors';
+import { NarMismatchError } from '../common/errors';
 import type { NarFileEntity } from '../database/entities';
 import { isCompression, type Compression } from '../nix/compression';
 import { canDecompress, createNarDecompressor } from '../nix/decompress';
@@ -41,7 +41,8 @@ export function expectationsOf(
 /**
  * Checks a NAR while it streams: size and sha256 of the bytes as served (FileSize/FileHash) and, when the
  * compression can be decoded here, size and sha256 of the decompressed NAR (NarHash/NarSize — the
- * values the upstream signature vouches for). `finish` rejects with DownloadFailedError on any mismatch.
+ * values the upstream signature vouches for). `finish` rejects with NarMismatchError (a
+ * DownloadFailedError) on any mismatch.
  */
 export class NarVerifier {
   private readonly fileHasher: Hash = createHash('sha256');
@@ -65,9 +66,7 @@ export class NarVerifier {
         d.once('end', resolve);
         d.once('error', (e) =>
           reject(
-            new DownloadFailedError(
-              `NAR does not decompress as ${expect.compression}: ${e.message}`,
-            ),
+            new NarMismatchError(`NAR does not decompress as ${expect.compression}: ${e.message}`),
           ),
         );
       });
@@ -109,7 +108,7 @@ export class NarVerifier {
   async update(chunk: Buffer): Promise<void> {
     this.fileBytes += chunk.length;
     if (this.expect.fileSize !== undefined && this.fileBytes > this.expect.fileSize) {
-      throw new DownloadFailedError(`NAR is longer than its FileSize ${this.expect.fileSize}`);
+      throw new NarMismatchError(`NAR is longer than its FileSize ${this.expect.fileSize}`);
     }
     this.fileHasher.update(chunk);
     const d = this.detached ? null : this.decompressor;
@@ -122,24 +121,24 @@ export class NarVerifier {
   async finish(): Promise<void> {
     const e = this.expect;
     if (e.fileSize !== undefined && this.fileBytes !== e.fileSize) {
-      throw new DownloadFailedError(`NAR has ${this.fileBytes} bytes, FileSize says ${e.fileSize}`);
+      throw new NarMismatchError(`NAR has ${this.fileBytes} bytes, FileSize says ${e.fileSize}`);
     }
     if (e.fileHash !== undefined) {
       const got = `sha256:${sha256Nix32(this.fileHasher.digest())}`;
       if (got !== e.fileHash)
-        throw new DownloadFailedError(`NAR hashes to ${got}, FileHash says ${e.fileHash}`);
+        throw new NarMismatchError(`NAR hashes to ${got}, FileHash says ${e.fileHash}`);
     }
     if (this.decompressor) {
       if (!this.detached) this.decompressor.end();
       await this.decompressed;
       if (e.narSize !== undefined && this.narBytes !== e.narSize) {
-        throw new DownloadFailedError(
+        throw new NarMismatchError(
           `NAR decompresses to ${this.narBytes} bytes, NarSize says ${e.narSize}`,
         );
       }
       const got = `sha256:${sha256Nix32(this.narHasher.digest())}`;
       if (got !== e.narHash)
-        throw new DownloadFailedError(`NAR content hashes to ${got}, NarHash says ${e.narHash}`);
+        throw new NarMismatchError(`NAR content hashes to ${got}, NarHash says ${e.narHash}`);
     }
   }
 

@@ -12,6 +12,6 @@ import { PeerClient } from './peer-client';
   imports: [LockingModule, StorageModule, UpstreamModule],
   controllers: [NarController],
   providers: [NarService, NarFetcher, ActiveDownloads, PeerClient],
-  exports: [NarService],
+  exports: [NarService, ActiveDownloads, PeerClient],
 })
 export class NarModule {}

@@ -7,6 +7,7 @@ import { NarInfoRepository, TOUCH_GRANULARITY_MS } from '../database/narinfo.rep
 import { narInfoLockKey } from '../locking/lock-keys';
 import { LOCKER, withLock, type Locker } from '../locking/locker';
 import { MetricsService } from '../metrics/metrics.service';
+import { RecentFailures } from '../metrics/recent-failures';
 import { narFileName } from '../nix/compression';
 import { InvalidHashError, quoteForError } from '../nix/errors';
 import { narInfoFingerprint } from '../nix/fingerprint';
@@ -48,6 +49,7 @@ export class NarInfoService {
     private readonly upstream: UpstreamService,
     private readonly signing: SigningService,
     private readonly metrics: MetricsService,
+    private readonly failures: RecentFailures,
   ) {}
 
   /** The narinfo text for a store path hash; NotFoundError when no upstream has a valid one. */
@@ -135,26 +137,34 @@ export class NarInfoService {
     try {
       narInfo = parseNarInfo(text, { storeDir: this.config.storeDir });
     } catch (e) {
-      this.logger.warn(`${hash}.narinfo from ${up.url} is malformed: ${(e as Error).message}`);
-      this.metrics.upstreamInvalid(up.url);
-      return null;
+      return this.rejected(up, hash, 'invalid-narinfo', `malformed: ${(e as Error).message}`);
     }
     if (parseStorePath(narInfo.storePath, this.config.storeDir).hash !== hash) {
-      this.logger.warn(
-        `${hash}.narinfo from ${up.url} describes another path (${narInfo.storePath})`,
+      return this.rejected(
+        up,
+        hash,
+        'invalid-narinfo',
+        `describes another path (${narInfo.storePath})`,
       );
-      this.metrics.upstreamInvalid(up.url);
-      return null;
     }
     const fingerprint = narInfoFingerprint(narInfo, this.config.storeDir);
     if (!this.signing.verifiedByUpstream(fingerprint, narInfo.sigs)) {
-      this.logger.warn(
-        `${hash}.narinfo from ${up.url} has no signature by a trusted upstream key; ignored`,
-      );
-      this.metrics.upstreamInvalid(up.url);
-      return null;
+      return this.rejected(up, hash, 'bad-signature', 'no signature by a trusted upstream key');
     }
     return narInfo;
+  }
+
+  /** An upstream's narinfo is not accepted: logged, counted and shown on the status page. */
+  private rejected(
+    up: UpstreamClient,
+    hash: string,
+    kind: 'invalid-narinfo' | 'bad-signature',
+    why: string,
+  ): null {
+    this.logger.warn(`${hash}.narinfo from ${up.url} ignored: ${why}`);
+    this.metrics.upstreamInvalid(up.url);
+    this.failures.record(kind, { upstream: up.url, subject: `${hash}.narinfo`, message: why });
+    return null;
   }
 
   /** The narinfo as served: narwhal's NAR URL, upstream signatures kept, narwhal's own added. */

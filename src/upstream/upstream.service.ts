@@ -1,6 +1,7 @@
 import { Inject, Injectable, type OnApplicationShutdown } from '@nestjs/common';
 import { APP_CONFIG, type AppConfig } from '../config/app-config';
 import { MetricsService, OTHER_UPSTREAM, type UpstreamKind } from '../metrics/metrics.service';
+import { RecentFailures, type FailureKind } from '../metrics/recent-failures';
 import { HttpClient, discard, redact, type HttpAnswer } from './http-client';
 import { UpstreamClient } from './upstream-client';
 
@@ -18,6 +19,8 @@ export class UpstreamStatusError extends Error {
 export type UpstreamBody = Pick<HttpAnswer, 'body' | 'length'>;
 
 const MAX_NARINFO_BYTES = 1024 * 1024;
+/** Answers that mean "not here": a miss, not a failure. */
+const NOT_FOUND = new Set([404, 410]);
 
 /**
  * The upstream caches, in priority order, and HTTP access to them with metrics: the narinfo and NAR
@@ -33,6 +36,7 @@ export class UpstreamService implements OnApplicationShutdown {
   constructor(
     @Inject(APP_CONFIG) config: AppConfig,
     private readonly metrics: MetricsService,
+    private readonly failures: RecentFailures,
   ) {
     const timeouts = config.upstreamTimeouts;
     this.upstreams = config.upstreams
@@ -53,12 +57,17 @@ export class UpstreamService implements OnApplicationShutdown {
         if (size > MAX_NARINFO_BYTES) {
           await discard(body);
           this.metrics.upstreamInvalid(upstream.url);
-          throw new Error(`${redact(url)}: document larger than ${MAX_NARINFO_BYTES} bytes`);
+          const message = `document larger than ${MAX_NARINFO_BYTES} bytes`;
+          this.reportFailure('invalid-narinfo', url, message);
+          throw new Error(`${redact(url)}: ${message}`);
         }
         chunks.push(chunk);
       }
     } catch (e) {
-      if (size <= MAX_NARINFO_BYTES) this.metrics.upstreamFailed(upstream.url, e); // the body broke
+      if (size <= MAX_NARINFO_BYTES) {
+        this.metrics.upstreamFailed(upstream.url, e); // the body broke
+        this.reportFailure('upstream-error', url, this.describeError(e));
+      }
       throw e;
     }
     return Buffer.concat(chunks).toString('utf8');
@@ -74,10 +83,13 @@ export class UpstreamService implements OnApplicationShutdown {
     const timing = this.metrics.upstreamRequest(upstream?.url ?? OTHER_UPSTREAM, kind);
     const res = await (upstream ?? this.elsewhere).request(url, { method }).catch((e: unknown) => {
       timing.failed(e);
+      this.reportFailure('upstream-error', url, this.describeError(e));
       throw e;
     });
     timing.answered(res.status);
     if (res.status !== 200) {
+      if (!NOT_FOUND.has(res.status))
+        this.reportFailure('upstream-error', url, `HTTP ${res.status}`);
       await discard(res.body);
       throw new UpstreamStatusError(res.status, redact(url));
     }
@@ -93,6 +105,18 @@ export class UpstreamService implements OnApplicationShutdown {
   /** The `upstream` metrics label of a URL: its upstream's base URL (no credentials), or `other`. */
   labelOf(url: string): string {
     return this.upstreamOf(url)?.url ?? OTHER_UPSTREAM;
+  }
+
+  /** Records a failure of a request to `url` for the status page (no credentials, no query). */
+  reportFailure(kind: FailureKind, url: string, message: string): void {
+    const upstream = this.upstreamOf(url);
+    const path = url.split(/[?#]/)[0];
+    this.failures.record(kind, {
+      upstream: upstream?.url ?? null,
+      // Under an upstream: the path below its base URL; elsewhere: the URL without its query.
+      subject: upstream ? path.slice(upstream.url.length + 1) : path,
+      message,
+    });
   }
 
   describeError(e: unknown): string {
