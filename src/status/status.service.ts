@@ -20,16 +20,16 @@ import { CounterHistory, type CounterSample } from './counter-history';
 import { RateMeter } from './rate-meter';
 import type { InFlightDownload, StatusSnapshot, UpstreamStatus } from './status-snapshot';
 
-/** The chart's resolution: one point a minute… */
-export const SAMPLE_INTERVAL_MS = 60_000;
+/** The charts' resolution: one point every 10 s… */
+export const SAMPLE_INTERVAL_MS = 10_000;
 /** …for the last hour. */
-const HISTORY_INTERVALS = 60;
+const HISTORY_INTERVALS = 360;
 
 /**
  * Assembles the status page's snapshot from what the flows already keep: MetricsService's counters,
  * the running downloads and peer streams, the upstream probe, the locker, the LRU job and the recent
  * failures. It adds nothing to the request path: every source is read here, when the page asks (and
- * once a minute for the chart, whose samples are a fixed ring of an hour).
+ * every 10 s for the charts, whose samples are a fixed ring of an hour).
  */
 @Injectable()
 export class StatusService implements OnApplicationBootstrap, OnApplicationShutdown {

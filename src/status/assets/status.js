@@ -59,7 +59,7 @@
     const s = Math.max(0, Math.round(seconds));
     if (s < 60) return `${s} s`;
     const m = Math.floor(s / 60);
-    if (m < 60) return `${m} min ${s % 60} s`;
+    if (m < 60) return s % 60 === 0 ? `${m} min` : `${m} min ${s % 60} s`;
     const h = Math.floor(m / 60);
     if (h < 48) return `${h} h ${m % 60} min`;
     return `${Math.floor(h / 24)} d ${h % 24} h`;
@@ -129,10 +129,20 @@
         : `${count(t.downloads.stored, 'download')} stored, ${t.downloads.discarded} discarded`;
   }
 
-  /** x of a point's middle, in a 600-wide chart of the hour ending `now`. */
-  function xOf(point, now) {
-    const mid = Date.parse(point.from) + (point.seconds * 1000) / 2;
-    return Math.max(0, Math.min(600, 600 - ((now - mid) / HOUR_MS) * 600));
+  /**
+   * The charts' time axis: the last hour, or less while the instance is younger (so a fresh one's
+   * first minutes fill the width). `x` of a point's middle in a 600-wide chart, kept off the edges.
+   */
+  function timeAxis(points, now) {
+    const first = points.length > 0 ? Date.parse(points[0].from) : now - HOUR_MS;
+    const span = Math.max(60 * 1000, Math.min(HOUR_MS, now - first));
+    return {
+      span,
+      x(point) {
+        const mid = Date.parse(point.from) + (point.seconds * 1000) / 2;
+        return 4 + Math.max(0, Math.min(1, 1 - (now - mid) / span)) * 592;
+      },
+    };
   }
 
   /** Path data through [x, y] points; null y breaks the line. */
@@ -150,11 +160,11 @@
     return d;
   }
 
-  function ratioSeries(points, now, key) {
+  function ratioSeries(points, axis, key) {
     return points.map((p) => {
       const r = p[key];
       const all = Object.values(r).reduce((a, b) => a + b, 0);
-      return [xOf(p, now), all === 0 ? null : 150 - (r.hit / all) * 146 - 2];
+      return [axis.x(p), all === 0 ? null : 150 - (r.hit / all) * 146 - 2];
     });
   }
 
@@ -183,10 +193,13 @@
   function renderCharts(s, now) {
     const points = s.history.points;
     const hour = hourTotals(points);
+    const axis = timeAxis(points, now);
+    const since = axis.span >= HOUR_MS ? '1 h ago' : `${duration(axis.span / 1000)} ago`;
+    for (const label of document.querySelectorAll('.axis-since')) label.textContent = since;
     const ratioSvg = $('ratio-chart');
     ratioSvg.replaceChildren();
-    addLine(ratioSvg, ratioSeries(points, now, 'narinfo'), 'narinfo');
-    addLine(ratioSvg, ratioSeries(points, now, 'nar'), 'nar');
+    addLine(ratioSvg, ratioSeries(points, axis, 'narinfo'), 'narinfo');
+    addLine(ratioSvg, ratioSeries(points, axis, 'nar'), 'nar');
     const describe = (k, what) =>
       hour[k].all === 0
         ? `no ${what} yet`
@@ -198,7 +211,9 @@
     );
 
     const perSecond = points.map((p) => ({
-      x: xOf(p, now),
+      x: axis.x(p),
+      // Each point as wide as the time it covers (the running one is narrower).
+      width: Math.max(1, ((p.seconds * 1000) / axis.span) * 592 - 1),
       served: p.seconds > 0 ? p.servedBytes / p.seconds : 0,
       fetched: p.seconds > 0 ? p.upstreamBytes / p.seconds : 0,
     }));
@@ -206,19 +221,24 @@
     const yOf = (v) => 150 - (v / peak) * 146 - 2;
     const bytesSvg = $('bytes-chart');
     bytesSvg.replaceChildren();
-    if (perSecond.length > 0) {
-      const first = perSecond[0].x;
-      const last = perSecond[perSecond.length - 1].x;
-      const top = pathOf(perSecond.map((p) => [p.x, yOf(p.served)]));
+    for (const p of perSecond) {
+      if (p.served <= 0) continue;
+      const y = yOf(p.served);
       bytesSvg.append(
-        svgEl('path', { d: `${top}L${last},150L${first},150Z`, class: 'area served' }),
-      );
-      addLine(
-        bytesSvg,
-        perSecond.map((p) => [p.x, yOf(p.fetched)]),
-        'fetched',
+        svgEl('rect', {
+          x: (p.x - p.width / 2).toFixed(1),
+          y: y.toFixed(1),
+          width: p.width.toFixed(1),
+          height: (150 - y).toFixed(1),
+          class: 'bar served',
+        }),
       );
     }
+    addLine(
+      bytesSvg,
+      perSecond.map((p) => [p.x, yOf(p.fetched)]),
+      'fetched',
+    );
     $('bytes-peak').textContent = `${bytes(peak)}/s`;
     bytesSvg.setAttribute(
       'aria-label',
@@ -334,7 +354,7 @@
         );
       } else if (u.reachable === null) state = pill('not probed yet');
       else state = u.reachable ? pill('reachable', 'ok') : pill('unreachable', 'bad');
-      const figure = (name, value) => [el('dt', {}, name), el('dd', {}, value)];
+      const figure = (name, value) => [el('div', {}, el('dt', {}, name), el('dd', {}, value))];
       return el(
         'li',
         { 'data-upstream': u.url },
