@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { prefersHtml, StatusPage } from './status-page';
+import { acceptsGzip, prefersHtml, StatusPage } from './status-page';
 
 describe('prefersHtml (GET / for a browser or for a program)', () => {
   it.each([
@@ -55,5 +55,20 @@ describe('StatusPage', () => {
     }
     // Bars made by the script get their names there.
     expect(page.js.body.toString()).toMatch(/el\('progress', \{ 'aria-label'/);
+  });
+});
+
+describe('acceptsGzip', () => {
+  it.each([
+    ['gzip, deflate, br, zstd', true],
+    ['br;q=1.0, gzip;q=0.8', true],
+    ['*', true],
+    [undefined, false],
+    ['', false],
+    ['identity', false],
+    ['br', false],
+    ['gzip;q=0', false],
+  ])('%s → %s', (header, gzip) => {
+    expect(acceptsGzip(header)).toBe(gzip);
   });
 });

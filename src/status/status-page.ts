@@ -13,6 +13,8 @@ export const STATUS_PATH = '_narwhal/status';
 export interface Asset {
   body: Buffer;
   type: string;
+  /** `gzip` when `body` is compressed. */
+  encoding?: 'gzip';
 }
 
 /**
@@ -117,5 +119,17 @@ export async function sendAsset(
     .headers(PAGE_HEADERS)
     .header('cache-control', options.cacheControl)
     .header('content-length', asset.body.length);
+  if (asset.encoding) void reply.header('content-encoding', asset.encoding);
   await reply.send(options.head ? undefined : asset.body);
+}
+
+/** Whether an Accept-Encoding header allows gzip (named with a quality above 0, or `*`). */
+export function acceptsGzip(acceptEncoding: string | undefined): boolean {
+  for (const part of (acceptEncoding ?? '').split(',')) {
+    const [coding, ...params] = part.trim().toLowerCase().split(';');
+    if (coding.trim() !== 'gzip' && coding.trim() !== '*') continue;
+    const q = params.map((p) => p.trim()).find((p) => p.startsWith('q='));
+    if (q === undefined || Number(q.slice(2)) > 0) return true;
+  }
+  return false;
 }

@@ -1,10 +1,15 @@
-import { Controller, Get, Head, Res } from '@nestjs/common';
+import { Controller, Get, Head, Headers, Res } from '@nestjs/common';
 import type { FastifyReply } from 'fastify';
-import { sendAsset, StatusPage, STATUS_PATH, type Asset } from './status-page';
+import { promisify } from 'node:util';
+import { gzip } from 'node:zlib';
+import { acceptsGzip, sendAsset, StatusPage, STATUS_PATH, type Asset } from './status-page';
 import { StatusService } from './status.service';
 
 /** The page's files may be cached for good: the page links them with `?v=<content hash>`. */
 const IMMUTABLE = 'public, max-age=31536000, immutable';
+/** The JSON is gzipped from this size on (an hour of chart points is ~75 KB, ~2 KB gzipped). */
+const GZIP_FROM_BYTES = 4096;
+const gzipAsync = promisify(gzip);
 
 /**
  * The status page at a stable path, its data as JSON and its two files. (`GET /` shows the same page
@@ -28,13 +33,20 @@ export class StatusController {
   }
 
   @Get(`${STATUS_PATH}.json`)
-  async json(@Res() reply: FastifyReply): Promise<void> {
-    await sendAsset(reply, await this.jsonAsset(), { cacheControl: 'no-store' });
+  async json(
+    @Headers('accept-encoding') encodings: string | undefined,
+    @Res() reply: FastifyReply,
+  ): Promise<void> {
+    await sendAsset(reply, await this.jsonAsset(encodings, reply), { cacheControl: 'no-store' });
   }
 
   @Head(`${STATUS_PATH}.json`)
-  async jsonHead(@Res() reply: FastifyReply): Promise<void> {
-    await sendAsset(reply, await this.jsonAsset(), { cacheControl: 'no-store', head: true });
+  async jsonHead(
+    @Headers('accept-encoding') encodings: string | undefined,
+    @Res() reply: FastifyReply,
+  ): Promise<void> {
+    const asset = await this.jsonAsset(encodings, reply);
+    await sendAsset(reply, asset, { cacheControl: 'no-store', head: true });
   }
 
   @Get(`${STATUS_PATH}.css`)
@@ -47,8 +59,12 @@ export class StatusController {
     return sendAsset(reply, this.page.js, { cacheControl: IMMUTABLE });
   }
 
-  private async jsonAsset(): Promise<Asset> {
+  /** The snapshot as JSON, gzipped when it is large and the client takes gzip. */
+  private async jsonAsset(encodings: string | undefined, reply: FastifyReply): Promise<Asset> {
     const body = Buffer.from(JSON.stringify(await this.status.snapshot()));
-    return { body, type: 'application/json; charset=utf-8' };
+    const type = 'application/json; charset=utf-8';
+    void reply.header('vary', 'Accept-Encoding');
+    if (body.length < GZIP_FROM_BYTES || !acceptsGzip(encodings)) return { body, type };
+    return { body: await gzipAsync(body), type, encoding: 'gzip' };
   }
 }

@@ -1,3 +1,4 @@
+import { gunzipSync } from 'node:zlib';
 import { beforeAll, describe, expect, it } from 'vitest';
 import type { StatusSnapshot } from '../../src/status/status-snapshot';
 import { VERSION } from '../../src/version';
@@ -271,6 +272,31 @@ describe('the status snapshot (/_narwhal/status.json)', () => {
     expect(text).not.toContain(SECRET_PASSWORD);
     expect(text).not.toContain(SECRET_TOKEN);
     expect(text).not.toContain('token=');
+  });
+
+  it('gzips a large snapshot for clients that take gzip (every browser)', async () => {
+    // Twenty upstream errors of different statuses: twenty entries, a snapshot of several KB.
+    for (let status = 500; status < 520; status++) {
+      const f = await makeStorePath([key]);
+      upstream.set(`/${f.hash}.narinfo`, { kind: 'status', status });
+      expect((await get(`/${f.hash}.narinfo`)).statusCode).toBe(404);
+    }
+    const plain = await get('/_narwhal/status.json');
+    expect(plain.headers['content-encoding']).toBeUndefined();
+    expect(plain.rawPayload.length).toBeGreaterThan(4096);
+    const zipped = await nw.app.inject({
+      method: 'GET',
+      url: '/_narwhal/status.json',
+      headers: { 'accept-encoding': 'gzip, deflate, br' },
+    });
+    expect(zipped.headers['content-encoding']).toBe('gzip');
+    expect(zipped.headers.vary).toContain('Accept-Encoding');
+    expect(Number(zipped.headers['content-length'])).toBe(zipped.rawPayload.length);
+    expect(zipped.rawPayload.length).toBeLessThan(plain.rawPayload.length / 2);
+    const snapshot = JSON.parse(gunzipSync(zipped.rawPayload).toString()) as StatusSnapshot;
+    expect(
+      snapshot.failures.filter((f) => /^HTTP 5\d\d$/.test(f.message)).length,
+    ).toBeGreaterThanOrEqual(20);
   });
 
   it('polling the page changes none of the figures it shows', async () => {
