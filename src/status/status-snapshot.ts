@@ -74,8 +74,9 @@ export interface PeerDownload {
 }
 
 /**
- * One upstream: the background probe's last result and what the flows counted. Room is left for
- * more state (a circuit breaker's `skipped`/`skippedUntil`): the page shows such fields when present.
+ * One upstream: the background probe's last result (every field of UpstreamProbe's snapshot, so
+ * state added there — a circuit breaker's `circuit` and `retryAt` — reaches the page, which shows
+ * an upstream being skipped and until when) and what the flows counted.
  */
 export interface UpstreamStatus {
   /** Base URL without credentials or query string. */

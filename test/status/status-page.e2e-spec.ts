@@ -176,8 +176,8 @@ describe.skipIf(!requireChromium())('the status page in a real browser', () => {
 
     const up = page.locator(`li[data-upstream="${upstream.url}"]`);
     const down = page.locator(`li[data-upstream="${sick.url}"]`);
-    await expect.poll(() => up.locator('.pill').textContent(), SOON).toBe('reachable');
-    await expect.poll(() => down.locator('.pill').textContent(), SOON).toBe('unreachable');
+    await expect.poll(() => up.locator('.pill').first().textContent(), SOON).toBe('reachable');
+    await expect.poll(() => down.locator('.pill').first().textContent(), SOON).toBe('unreachable');
     expect(await down.textContent()).toContain('HTTP 503');
 
     const kinds = await inPage<string[]>(

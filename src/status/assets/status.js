@@ -344,16 +344,16 @@
 
   function renderUpstreams(s, now) {
     const items = s.upstreams.map((u) => {
-      let state;
-      if (u.skipped) {
-        state = pill(
-          u.skippedUntil
-            ? `skipped until ${new Date(u.skippedUntil).toLocaleTimeString()}`
-            : 'skipped',
-          'warn',
-        );
-      } else if (u.reachable === null) state = pill('not probed yet');
-      else state = u.reachable ? pill('reachable', 'ok') : pill('unreachable', 'bad');
+      // Reachability from the probe; with a circuit breaker (fields `circuit`, `retryAt` in the
+      // snapshot) an upstream narwhal skips after repeated failures says so, and until when.
+      const states = [];
+      if (u.reachable === null) states.push(pill('not probed yet'));
+      else states.push(u.reachable ? pill('reachable', 'ok') : pill('unreachable', 'bad'));
+      if (u.circuit === 'open') {
+        const until = u.retryAt ? ` until ${new Date(u.retryAt).toLocaleTimeString()}` : '';
+        states.push(pill(`skipped${until}`, 'warn'));
+      } else if (u.circuit === 'half-open') states.push(pill('trying again', 'warn'));
+      const state = el('span', { class: 'states' }, ...states);
       const figure = (name, value) => [el('div', {}, el('dt', {}, name), el('dd', {}, value))];
       return el(
         'li',
