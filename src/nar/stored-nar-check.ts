@@ -4,7 +4,8 @@ import { NarFileRepository } from '../database/nar-file.repository';
 import { narLockKey } from '../locking/lock-keys';
 import { LOCKER, withLock, type Locker } from '../locking/locker';
 import { NAR_STORE, type NarStore } from '../storage/nar-store';
-import { expectationsOf, NarMismatchError } from './nar-verifier';
+import { NarMismatchError } from '../common/errors';
+import { expectationsOf } from './nar-verifier';
 import { PeerClient } from './peer-client';
 import { VerifierPool } from './verification/verifier-pool';
 
