@@ -1,18 +1,21 @@
-import { Controller, Get, Head, Header, Inject, Res } from '@nestjs/common';
+import { Controller, Get, Head, Header, Headers, Inject, Res } from '@nestjs/common';
 import type { FastifyReply } from 'fastify';
 import { APP_CONFIG, type AppConfig } from '../config/app-config';
 import { SigningService } from '../signing/signing.service';
+import { prefersHtml, sendAsset, StatusPage } from '../status/status-page';
 import { VERSION } from '../version';
 
 /**
  * What a client learns about the cache itself. HEAD answers like GET without the body (tools probe
  * `nix-cache-info` that way); without its own routes it would fall through to the narinfo route.
+ * `/` is JSON for programs and the status page for a browser (an Accept header that asks for HTML).
  */
 @Controller()
 export class CacheInfoController {
   constructor(
     @Inject(APP_CONFIG) private readonly config: AppConfig,
     private readonly signing: SigningService,
+    private readonly statusPage: StatusPage,
   ) {}
 
   @Get('nix-cache-info')
@@ -28,6 +31,13 @@ export class CacheInfoController {
   }
 
   @Get()
+  async root(
+    @Headers('accept') accept: string | undefined,
+    @Res() reply: FastifyReply,
+  ): Promise<void> {
+    await this.answerRoot(reply, accept, false);
+  }
+
   about(): { hostname: string; publicKey: string; version: string } {
     return { hostname: this.config.hostname, publicKey: this.signing.publicKey, version: VERSION };
   }
@@ -44,8 +54,26 @@ export class CacheInfoController {
   }
 
   @Head()
-  async aboutHead(@Res() reply: FastifyReply): Promise<void> {
-    await headOf(reply, 'application/json; charset=utf-8', JSON.stringify(this.about()));
+  async rootHead(
+    @Headers('accept') accept: string | undefined,
+    @Res() reply: FastifyReply,
+  ): Promise<void> {
+    await this.answerRoot(reply, accept, true);
+  }
+
+  private async answerRoot(
+    reply: FastifyReply,
+    accept: string | undefined,
+    head: boolean,
+  ): Promise<void> {
+    void reply.header('vary', 'Accept');
+    if (prefersHtml(accept)) {
+      await sendAsset(reply, this.statusPage.root, { head, cacheControl: 'no-cache' });
+      return;
+    }
+    const json = JSON.stringify(this.about());
+    if (head) await headOf(reply, 'application/json; charset=utf-8', json);
+    else await reply.type('application/json; charset=utf-8').send(json);
   }
 }
 

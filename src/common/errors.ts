@@ -17,6 +17,20 @@ export class DownloadFailedError extends Error {
   override name = 'DownloadFailedError';
 }
 
+/**
+ * A download whose bytes arrived but do not match what its narinfo promises (size, FileHash,
+ * NarSize, NarHash, or not decompressible): a failed download like any other, told apart for the
+ * status page's recent failures.
+ */
+export class NarMismatchError extends DownloadFailedError {
+  override name = 'NarMismatchError';
+}
+
+/** The NAR decompresses to more than its NarSize (a decompression bomb); decoding stopped there. */
+export class NarTooLargeError extends NarMismatchError {
+  override name = 'NarTooLargeError';
+}
+
 export class MethodNotAllowedError extends Error {
   override name = 'MethodNotAllowedError';
 }

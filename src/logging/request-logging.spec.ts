@@ -58,6 +58,7 @@ describe('installRequestLogging', () => {
       setTimeout(() => reply.raw.destroy(), 10);
     });
     server.get('/healthz', () => Promise.resolve('ok'));
+    server.get('/_narwhal/status.json', () => Promise.resolve('{}'));
     await server.listen({ port: 0, host: '127.0.0.1' });
     base = `http://127.0.0.1:${(server.server.address() as AddressInfo).port}`;
     app = server;
@@ -117,10 +118,13 @@ describe('installRequestLogging', () => {
     ]);
   });
 
-  it('writes the access lines of probes at debug', async () => {
-    await (await fetch(`${base}/healthz`, { headers: { 'x-request-id': 'unit-4' } })).text();
-    await accessLine('unit-4');
-    expect(byReq('unit-4')).toEqual([
+  it.each([
+    ['/healthz', 'unit-4'],
+    ['/_narwhal/status.json?x=1', 'unit-5'],
+  ])('writes the access lines of what is polled (%s) at debug', async (path, id) => {
+    await (await fetch(`${base}${path}`, { headers: { 'x-request-id': id } })).text();
+    await accessLine(id);
+    expect(byReq(id)).toEqual([
       expect.objectContaining({ msg: 'request completed', level: 'debug' }),
     ]);
   });

@@ -6,8 +6,11 @@ import { runInRequestContext } from './request-context';
 
 export const REQUEST_ID_HEADER = 'x-request-id';
 
-/** Probes are polled every few seconds: their access lines are debug output. */
-const PROBE_PATHS = new Set(['/healthz', '/readyz']);
+/**
+ * Probes and the status page's data are polled every few seconds (an open status page asks every
+ * 2 s): their access lines are debug output.
+ */
+const PROBE_PATHS = new Set(['/healthz', '/readyz', '/_narwhal/status.json']);
 
 /** What an incoming `x-request-id` may look like to be kept (else a fresh id is made). */
 const ACCEPTED_ID = /^[A-Za-z0-9._:/+=@-]{1,128}$/;

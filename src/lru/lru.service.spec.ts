@@ -343,10 +343,51 @@ describe('LruService.run', () => {
     const path = store.pathOf(item.narKey);
     await rm(path);
     await mkdir(path);
-    await expect(lru(10).run()).rejects.toThrow();
+    const service = lru(10);
+    await expect(service.run()).rejects.toThrow();
     const lease = await locker.tryAcquire('lru', 1000);
     expect(lease).not.toBeNull();
     await lease!.release();
+    expect(service.status().lastRun).toMatchObject({
+      result: 'failed',
+      sizeAfter: null,
+      error: expect.any(String) as string,
+    });
+  });
+});
+
+describe('LruService.status (for the status page)', () => {
+  it('shows the last run on this instance: evicted, freed, size after, or skipped', async () => {
+    await addCached('s1', 300, 1);
+    await addCached('s2', 300, 2);
+    const service = lru(400);
+    expect(service.status().lastRun).toBeNull();
+    const before = Date.now();
+    await service.run();
+    const ran = service.status().lastRun;
+    expect(ran).toMatchObject({ result: 'ran', evicted: 1, evictedBytes: 300, sizeAfter: 300 });
+    expect(Date.parse(ran!.at)).toBeGreaterThanOrEqual(before - 1000);
+    expect(ran!.durationMs).toBeGreaterThanOrEqual(0);
+
+    const lease = await locker.tryAcquire('lru', 60_000);
+    await service.run();
+    expect(service.status().lastRun).toMatchObject({ result: 'skipped', evicted: 0 });
+    await lease!.release();
+  });
+
+  it('gives the limit, the schedule and the next run once scheduled; nothing without a limit', () => {
+    const service = lru(1000, '0 0 3 * * *');
+    expect(service.status().nextRunAt).toBeNull(); // not scheduled before onModuleInit
+    service.onModuleInit();
+    const status = service.status();
+    expect(status).toMatchObject({ maxBytes: 1000, schedule: '0 0 3 * * *', lastRun: null });
+    const next = new Date(status.nextRunAt!);
+    expect(next.getTime()).toBeGreaterThan(Date.now());
+    expect([next.getHours(), next.getMinutes(), next.getSeconds()]).toEqual([3, 0, 0]);
+
+    const unlimited = lru(undefined);
+    unlimited.onModuleInit();
+    expect(unlimited.status()).toMatchObject({ maxBytes: null, nextRunAt: null, lastRun: null });
   });
 });
 

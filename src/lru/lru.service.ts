@@ -18,12 +18,37 @@ export interface LruReport {
   evictedBytes: number;
 }
 
+/** The LRU job as the status page shows it. */
+export interface LruStatus {
+  /** --cache-max-size, or null when there is no limit (and so no job). */
+  maxBytes: number | null;
+  schedule: string;
+  /** When the job runs next on this instance (ISO 8601), or null without a limit. */
+  nextRunAt: string | null;
+  /** The last run on this instance since it started, or null. */
+  lastRun: LruRun | null;
+}
+
+export interface LruRun {
+  at: string;
+  durationMs: number;
+  /** ran: evicted what was needed; skipped: another run held the LRU lock; failed: see `error`. */
+  result: 'ran' | 'skipped' | 'failed';
+  evicted: number;
+  evictedBytes: number;
+  /** Stored bytes after the run (null when it failed). */
+  sizeAfter: number | null;
+  error?: string;
+}
+
 const BATCH = 200;
 
 /** Keeps stored NARs under --cache-max-size by evicting the least recently used ones. */
 @Injectable()
 export class LruService implements OnModuleInit {
   private readonly logger = new Logger('lru');
+  private job?: CronJob;
+  private lastRun: LruRun | null = null;
 
   constructor(
     @Inject(APP_CONFIG) private readonly config: AppConfig,
@@ -46,12 +71,47 @@ export class LruService implements OnModuleInit {
       },
       start: true,
     });
+    this.job = job;
     this.scheduler.addCronJob('lru', job);
     this.logger.log(`LRU keeps the cache under ${formatSize(maxSize)} (schedule "${schedule}")`);
   }
 
+  status(): LruStatus {
+    const next = this.job?.nextDate();
+    return {
+      maxBytes: this.config.lru.maxSize ?? null,
+      schedule: this.config.lru.schedule,
+      nextRunAt: next?.isValid ? next.toJSDate().toISOString() : null,
+      lastRun: this.lastRun && { ...this.lastRun },
+    };
+  }
+
   /** One eviction pass; a no-op when another run holds the LRU lock or no limit is set. */
   async run(maxSize = this.config.lru.maxSize): Promise<LruReport> {
+    if (maxSize === undefined) return this.evict(maxSize);
+    const began = Date.now();
+    const record = (result: LruRun['result'], report?: LruReport, error?: Error) => {
+      this.lastRun = {
+        at: new Date(began).toISOString(),
+        durationMs: Date.now() - began,
+        result,
+        evicted: report?.evicted ?? 0,
+        evictedBytes: report?.evictedBytes ?? 0,
+        sizeAfter: report?.sizeAfter ?? null,
+        ...(error ? { error: error.message } : {}),
+      };
+    };
+    try {
+      const report = await this.evict(maxSize);
+      record(report.ran ? 'ran' : 'skipped', report);
+      return report;
+    } catch (e) {
+      record('failed', undefined, e as Error);
+      throw e;
+    }
+  }
+
+  private async evict(maxSize: number | undefined): Promise<LruReport> {
     const sizeBefore = await this.files.storedBytes();
     const report: LruReport = {
       ran: false,

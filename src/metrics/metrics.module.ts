@@ -3,10 +3,11 @@ import type { AppConfig } from '../config/app-config';
 import { HttpMetrics } from './http-metrics';
 import { MetricsController } from './metrics.controller';
 import { MetricsService } from './metrics.service';
+import { RecentFailures } from './recent-failures';
 
 /**
- * MetricsService for every flow (global: the flows report to it whether or not metrics are served);
- * with --prometheus-enabled also `GET /metrics` and the per-route HTTP counters.
+ * MetricsService and RecentFailures for every flow (global: the flows report to them whether or not
+ * metrics are served); with --prometheus-enabled also `GET /metrics` and the per-route HTTP counters.
  */
 @Module({})
 export class MetricsModule {
@@ -15,8 +16,8 @@ export class MetricsModule {
       module: MetricsModule,
       global: true,
       controllers: config.enabled ? [MetricsController] : [],
-      providers: [MetricsService, ...(config.enabled ? [HttpMetrics] : [])],
-      exports: [MetricsService],
+      providers: [MetricsService, RecentFailures, ...(config.enabled ? [HttpMetrics] : [])],
+      exports: [MetricsService, RecentFailures],
     };
   }
 }

@@ -290,6 +290,39 @@ describe('MetricsService', () => {
     });
   });
 
+  it('sums its counters for the status page', async () => {
+    const m = metrics();
+    m.narInfoRequest('hit');
+    m.narInfoRequest('hit');
+    m.narInfoRequest('not_found');
+    m.narRequest('joined');
+    m.upstreamRequest(UPSTREAM, 'narinfo').answered(200);
+    m.upstreamRequest(UPSTREAM, 'nar').answered(503);
+    m.upstreamInvalid(UPSTREAM);
+    m.upstreamRequest('other', 'nar').answered(200);
+    for await (const _ of m.countUpstreamBody(UPSTREAM, Readable.from(chunks(2, 100)))) void _;
+    await drain(m.countServed('storage', Readable.from(chunks(3, 10))));
+    m.downloadFinished('discarded');
+    const t = await m.counterTotals();
+    expect(t.narinfo).toEqual({ hit: 2, miss: 0, not_found: 1 });
+    expect(t.nar).toEqual({ hit: 0, download: 0, joined: 1, peer: 0 });
+    expect(t.servedBytes).toEqual({ storage: 30, download: 0, peer: 0 });
+    expect(t.upstreamBytes).toBe(200);
+    expect(t.downloads).toEqual({ stored: 0, discarded: 1 });
+    expect(t.upstreams[UPSTREAM]).toMatchObject({ requests: 2, errors: 2 });
+    expect(t.upstreams[UPSTREAM].seconds).toBeGreaterThanOrEqual(0);
+    expect(t.upstreams.other).toMatchObject({ requests: 1, errors: 0 });
+  });
+
+  it('gives the stored size to the status page, and the last one read when the database fails', async () => {
+    const m = metrics();
+    await storeNar('a.nar', 77);
+    expect(await m.storedBytes()).toBe(77);
+    await ds.destroy();
+    m.downloadFinished('stored');
+    expect(await m.storedBytes()).toBe(77);
+  });
+
   it('times lock acquisitions by kind and counts LRU runs', async () => {
     const m = metrics();
     const lease = await m.timeLock('nar', () => locker.tryAcquire('nar:x', 60_000));

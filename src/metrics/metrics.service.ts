@@ -30,6 +30,18 @@ export type UpstreamErrorReason =
   'timeout' | 'connection' | 'http_4xx' | 'http_5xx' | 'http_other' | 'invalid' | 'other';
 export type LockKind = 'narinfo' | 'nar' | 'lru';
 
+/** Every counter the status page reads, summed over the labels it does not show (since start). */
+export interface CounterTotals {
+  narinfo: Record<NarInfoResult, number>;
+  nar: Record<NarResult, number>;
+  servedBytes: Record<ServedSource, number>;
+  /** NAR body bytes received from upstreams (all of them, `other` too). */
+  upstreamBytes: number;
+  downloads: { stored: number; discarded: number };
+  /** By upstream label: requests (every kind and outcome), errors (every reason), seconds waited for headers. */
+  upstreams: Record<string, { requests: number; errors: number; seconds: number }>;
+}
+
 /** `upstream` label of a URL that belongs to no configured upstream (an absolute NAR URL elsewhere). */
 export const OTHER_UPSTREAM = 'other';
 
@@ -91,6 +103,8 @@ export class MetricsService {
   private negativeSize: () => number = () => 0;
   private storedSource: () => Promise<number> = () => Promise.resolve(0);
   private stored?: { bytes: number; at: number };
+  /** The last stored size read, kept when a later read fails. */
+  private lastStoredBytes: number | null = null;
   private storedQuery?: Promise<void>;
   /** Bumped whenever the stored size changes here, so that a query begun before is not cached. */
   private storedGeneration = 0;
@@ -261,7 +275,7 @@ export class MetricsService {
       registers,
       collect: async () => {
         await this.refreshStoredBytes();
-        if (this.stored) storage.set(this.stored.bytes);
+        if (this.lastStoredBytes !== null) storage.set(this.lastStoredBytes);
       },
     });
     const maxSize = config.lru.maxSize;
@@ -299,6 +313,60 @@ export class MetricsService {
         for (const outcome of UPSTREAM_OUTCOMES)
           this.upstreamRequests.labels(url, kind, outcome).inc(0);
     }
+  }
+
+  /**
+   * The counters' values, read from the registry (a walk over a few dozen series; never on a
+   * request path — the status page reads it when sampling and when its JSON is asked for).
+   */
+  async counterTotals(): Promise<CounterTotals> {
+    const [narinfo, nar, served, upBytes, downloads, upRequests, upErrors, upDuration] =
+      await Promise.all([
+        this.narInfoRequests.get(),
+        this.narRequests.get(),
+        this.servedBytes.get(),
+        this.upstreamBytes.get(),
+        this.downloads.get(),
+        this.upstreamRequests.get(),
+        this.upstreamErrors.get(),
+        this.upstreamDuration.get(),
+      ]);
+    const by = (m: { values: { labels: object; value: number }[] }, label: string) => {
+      const out: Record<string, number> = {};
+      for (const v of m.values) {
+        const key = String((v.labels as Record<string, unknown>)[label]);
+        out[key] = (out[key] ?? 0) + v.value;
+      }
+      return out;
+    };
+    const upstreams: CounterTotals['upstreams'] = {};
+    const upstream = (url: string) => (upstreams[url] ??= { requests: 0, errors: 0, seconds: 0 });
+    for (const [url, n] of Object.entries(by(upRequests, 'upstream'))) upstream(url).requests = n;
+    for (const [url, n] of Object.entries(by(upErrors, 'upstream'))) upstream(url).errors = n;
+    const sums = upDuration.values.filter((v) => v.metricName?.endsWith('_sum'));
+    for (const [url, n] of Object.entries(by({ values: sums }, 'upstream'))) {
+      upstream(url).seconds = n;
+    }
+    const pick = <K extends string>(values: Record<string, number>, keys: readonly K[]) =>
+      Object.fromEntries(keys.map((k) => [k, values[k] ?? 0])) as Record<K, number>;
+    return {
+      narinfo: pick(by(narinfo, 'result'), ['hit', 'miss', 'not_found']),
+      nar: pick(by(nar, 'result'), ['hit', 'download', 'joined', 'peer']),
+      servedBytes: pick(by(served, 'source'), ['storage', 'download', 'peer']),
+      upstreamBytes: upBytes.values.reduce((sum, v) => sum + v.value, 0),
+      downloads: pick(by(downloads, 'outcome'), ['stored', 'discarded']),
+      upstreams,
+    };
+  }
+
+  /**
+   * Bytes of stored NARs, from the database, cached like the `storage_bytes` gauge (so page views
+   * and scrapes together query at most every few seconds); the last value read when the database
+   * does not answer, null until it could be read once.
+   */
+  async storedBytes(): Promise<number | null> {
+    await this.refreshStoredBytes();
+    return this.lastStoredBytes;
   }
 
   /** The registry in the Prometheus text format. */
@@ -528,6 +596,7 @@ export class MetricsService {
     this.storedQuery ??= this.storedSource()
       .then(
         (bytes) => {
+          this.lastStoredBytes = bytes;
           if (generation === this.storedGeneration) this.stored = { bytes, at: Date.now() };
         },
         (e: Error) => this.logger.warn(`reading the stored size: ${e.message}`),

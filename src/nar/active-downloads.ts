@@ -14,6 +14,8 @@ import type { NarSpool } from './nar-spool';
 export interface ActiveDownload {
   /** What clients (and peers, and an S3 upload) read while it runs. */
   readonly spool: NarSpool;
+  /** When it started (epoch ms). */
+  readonly startedAt: number;
   /** Settles once the download is committed or discarded and its lock released. */
   readonly settled: Promise<void>;
   /** Breaks the upstream transfer; the download then fails the normal way. */
@@ -73,6 +75,11 @@ export class ActiveDownloads implements OnModuleInit, BeforeApplicationShutdown 
     for (const d of this.byName.values()) yield d.spool;
   }
 
+  /** Every running download (for the status page). */
+  all(): ActiveDownload[] {
+    return [...this.byName.values()];
+  }
+
   /**
    * Registers a started download under its spool's name. Once `finished` settles, `cleanup` runs
    * (the lock is released) and only then is the record removed and `settled` resolved.
@@ -90,7 +97,12 @@ export class ActiveDownloads implements OnModuleInit, BeforeApplicationShutdown 
       )
       .then(cleanup)
       .finally(() => this.byName.delete(name));
-    const record: ActiveDownload = { spool: started.spool, settled, abort: started.abort };
+    const record: ActiveDownload = {
+      spool: started.spool,
+      startedAt: Date.now(),
+      settled,
+      abort: started.abort,
+    };
     this.byName.set(name, record);
     return record;
   }

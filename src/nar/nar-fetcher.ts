@@ -2,22 +2,20 @@ import { Inject, Injectable, Logger } from '@nestjs/common';
 import {
   DownloadFailedError,
   InsufficientStorageError,
+  NarMismatchError,
+  NarTooLargeError,
   UpstreamUnavailableError,
 } from '../common/errors';
 import { APP_CONFIG, type AppConfig } from '../config/app-config';
 import type { NarFileEntity } from '../database/entities';
 import { NarFileRepository } from '../database/nar-file.repository';
 import { MetricsService } from '../metrics/metrics.service';
+import { RecentFailures } from '../metrics/recent-failures';
 import { parseNarFileName } from '../nix/compression';
 import { NAR_STORE, type NarStore } from '../storage/nar-store';
 import { UpstreamService } from '../upstream/upstream.service';
 import { asDownloadError, NarSpool } from './nar-spool';
-import {
-  checksContent,
-  expectationsOf,
-  NarTooLargeError,
-  type NarExpectations,
-} from './nar-verifier';
+import { checksContent, expectationsOf, type NarExpectations } from './nar-verifier';
 import { VerifierPool } from './verification/verifier-pool';
 
 interface NarSource {
@@ -52,6 +50,7 @@ export class NarFetcher {
     private readonly upstream: UpstreamService,
     private readonly verifiers: VerifierPool,
     private readonly metrics: MetricsService,
+    private readonly failures: RecentFailures,
   ) {}
 
   /**
@@ -126,6 +125,14 @@ export class NarFetcher {
       }
       if (error instanceof NarTooLargeError) this.rememberFailure(name, error.message);
       spool.fail(error);
+      this.failures.record(
+        error instanceof NarMismatchError ? 'hash-mismatch' : 'download-failed',
+        {
+          upstream: this.upstream.upstreamOf(url)?.url ?? null,
+          subject: `nar/${name}`,
+          message: error.message,
+        },
+      );
       await upload?.catch(() => undefined); // let an aborted upload finish cleaning up
       await spool.finishWriting(true);
       this.metrics.downloadFinished('discarded');

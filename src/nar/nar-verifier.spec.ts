@@ -3,9 +3,9 @@ import { gzipSync } from 'node:zlib';
 import { describe, expect, it } from 'vitest';
 import { xzBomb, zstdBomb } from '../../test/support/bombs';
 import { nixSha256 } from '../../test/support/hash';
-import { DownloadFailedError } from '../common/errors';
+import { DownloadFailedError, NarMismatchError } from '../common/errors';
 import type { Compression } from '../nix/compression';
-import { NarMismatchError, NarVerifier, type NarExpectations } from './nar-verifier';
+import { NarVerifier, type NarExpectations } from './nar-verifier';
 
 /** Stand-in NAR content: compressible but not trivially (lines of numbers and a pseudo-random tail). */
 function makeNar(size: number, seed = 1): Buffer {
@@ -88,6 +88,8 @@ async function failure(p: Promise<unknown>): Promise<DownloadFailedError> {
     (err: unknown) => err,
   );
   expect(e).toBeInstanceOf(DownloadFailedError);
+  // Told apart from a broken transfer, for the status page's recent failures.
+  expect(e).toBeInstanceOf(NarMismatchError);
   return e as DownloadFailedError;
 }
 

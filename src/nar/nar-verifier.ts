@@ -1,7 +1,7 @@
 import { createHash, type Hash } from 'node:crypto';
 import { once } from 'node:events';
 import type { Transform } from 'node:stream';
-import { DownloadFailedError } from '../common/errors';
+import { NarMismatchError, NarTooLargeError } from '../common/errors';
 import type { NarFileEntity } from '../database/entities';
 import { isCompression, type Compression } from '../nix/compression';
 import { canDecompress, createNarDecompressor } from '../nix/decompress';
@@ -15,16 +15,6 @@ export interface NarExpectations {
   /** `sha256:<nix32>` of the uncompressed NAR (covered by the upstream signature), when known. */
   narHash?: string;
   narSize?: number;
-}
-
-/** The bytes are not what the narinfo (or the NAR's name) says: a bad NAR, not a broken transfer. */
-export class NarMismatchError extends DownloadFailedError {
-  override name = 'NarMismatchError';
-}
-
-/** The NAR decompresses to more than its NarSize (a decompression bomb); decoding stopped there. */
-export class NarTooLargeError extends NarMismatchError {
-  override name = 'NarTooLargeError';
 }
 
 /** True when `expect` lets the content (not only the size) of a NAR be checked. */

@@ -16,6 +16,6 @@ import { VerificationModule } from './verification/verification.module';
   imports: [LockingModule, SigningModule, StorageModule, UpstreamModule, VerificationModule],
   controllers: [NarController],
   providers: [NarService, NarFetcher, ActiveDownloads, PeerClient, StoredNarCheck, StallGuard],
-  exports: [NarService, StoredNarCheck],
+  exports: [NarService, StoredNarCheck, ActiveDownloads, PeerClient],
 })
 export class NarModule {}

@@ -6,6 +6,17 @@ import { SigningService } from '../signing/signing.service';
 import { discard, HttpClient } from '../upstream/http-client';
 import { contentRange, type ByteRange } from './byte-range';
 
+/** A download another instance runs that this one streams to its own clients right now. */
+export interface PeerStream {
+  name: string;
+  /** The URL the other instance advertises in the NAR's lock. */
+  peerUrl: string;
+  /** When this stream began (epoch ms). */
+  startedAt: number;
+  /** Length of the NAR file, when known. */
+  length?: number;
+}
+
 /** Path under which an instance serves the downloads it is running to its peers. */
 export const PEER_DOWNLOADS_PATH = '_narwhal/downloads';
 
@@ -24,6 +35,8 @@ export class PeerClient implements OnApplicationShutdown {
   /** Whether the peer endpoint is served (several instances share locks through Redis). */
   readonly enabled: boolean;
   private readonly authorization: Buffer;
+  /** Peer streams open now (for the status page). */
+  private readonly streaming = new Set<PeerStream>();
 
   constructor(@Inject(APP_CONFIG) config: AppConfig, signing: SigningService) {
     this.enabled = config.lock.kind === 'redis';
@@ -68,12 +81,29 @@ export class PeerClient implements OnApplicationShutdown {
         await discard(res.body);
         return null;
       }
+      this.track(res.body, {
+        name,
+        peerUrl,
+        startedAt: Date.now(),
+        length: ranged?.length ?? res.length,
+      });
       if (ranged) return { body: res.body, ...ranged };
       return { body: res.body, length: res.length };
     } catch (e) {
       this.logger.debug(`peer ${peerUrl} unreachable for ${name}: ${(e as Error).message}`);
       return null;
     }
+  }
+
+  /** The peer streams open now, oldest first (copies). */
+  streams(): PeerStream[] {
+    return [...this.streaming].map((s) => ({ ...s }));
+  }
+
+  /** Keeps `stream` listed until its body closes (ends, breaks or is abandoned). */
+  private track(body: Readable, stream: PeerStream): void {
+    this.streaming.add(stream);
+    body.once('close', () => this.streaming.delete(stream));
   }
 
   async onApplicationShutdown(): Promise<void> {

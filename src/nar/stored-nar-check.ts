@@ -4,7 +4,8 @@ import { NarFileRepository } from '../database/nar-file.repository';
 import { narLockKey } from '../locking/lock-keys';
 import { TakeoverLocks } from '../instances/takeover-locks';
 import { NAR_STORE, type NarStore } from '../storage/nar-store';
-import { expectationsOf, NarMismatchError } from './nar-verifier';
+import { NarMismatchError } from '../common/errors';
+import { expectationsOf } from './nar-verifier';
 import { VerifierPool } from './verification/verifier-pool';
 
 /** What became of a stored NAR checked against a narinfo that arrived after it. */

@@ -9,6 +9,7 @@ import { narInfoLockKey } from '../locking/lock-keys';
 import { TakeoverLocks } from '../instances/takeover-locks';
 import { MetricsService } from '../metrics/metrics.service';
 import { StoredNarCheck } from '../nar/stored-nar-check';
+import { RecentFailures } from '../metrics/recent-failures';
 import { narFileName } from '../nix/compression';
 import { InvalidHashError, quoteForError } from '../nix/errors';
 import { narInfoFingerprint } from '../nix/fingerprint';
@@ -66,6 +67,7 @@ export class NarInfoService {
     private readonly signing: SigningService,
     private readonly storedNars: StoredNarCheck,
     private readonly metrics: MetricsService,
+    private readonly failures: RecentFailures,
   ) {
     this.misses = new NegativeCache(config.negativeTtlMs, NEGATIVE_MAX);
     metrics.watchNegativeCache(() => this.misses.size);
@@ -197,26 +199,34 @@ export class NarInfoService {
     try {
       narInfo = parseNarInfo(text, { storeDir: this.config.storeDir });
     } catch (e) {
-      this.logger.warn(`${hash}.narinfo from ${up.url} is malformed: ${(e as Error).message}`);
-      this.metrics.upstreamInvalid(up.url);
-      return { kind: 'absent' };
+      return this.rejected(up, hash, 'invalid-narinfo', `malformed: ${(e as Error).message}`);
     }
     if (parseStorePath(narInfo.storePath, this.config.storeDir).hash !== hash) {
-      this.logger.warn(
-        `${hash}.narinfo from ${up.url} describes another path (${narInfo.storePath})`,
+      return this.rejected(
+        up,
+        hash,
+        'invalid-narinfo',
+        `describes another path (${narInfo.storePath})`,
       );
-      this.metrics.upstreamInvalid(up.url);
-      return { kind: 'absent' };
     }
     const fingerprint = narInfoFingerprint(narInfo, this.config.storeDir);
     if (!this.signing.verifiedByUpstream(fingerprint, narInfo.sigs)) {
-      this.logger.warn(
-        `${hash}.narinfo from ${up.url} has no signature by a trusted upstream key; ignored`,
-      );
-      this.metrics.upstreamInvalid(up.url);
-      return { kind: 'absent' };
+      return this.rejected(up, hash, 'bad-signature', 'no signature by a trusted upstream key');
     }
     return { kind: 'found', value: narInfo };
+  }
+
+  /** An upstream's narinfo is not accepted: logged, counted and shown on the status page. */
+  private rejected(
+    up: UpstreamClient,
+    hash: string,
+    kind: 'invalid-narinfo' | 'bad-signature',
+    why: string,
+  ): Answer<NarInfo> {
+    this.logger.warn(`${hash}.narinfo from ${up.url} ignored: ${why}`);
+    this.metrics.upstreamInvalid(up.url);
+    this.failures.record(kind, { upstream: up.url, subject: `${hash}.narinfo`, message: why });
+    return { kind: 'absent' };
   }
 
   /** The narinfo as served: narwhal's NAR URL, upstream signatures kept, narwhal's own added. */

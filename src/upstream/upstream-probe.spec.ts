@@ -3,6 +3,7 @@ import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildConfig } from '../config/app-config';
 import { MetricsService } from '../metrics/metrics.service';
+import { RecentFailures } from '../metrics/recent-failures';
 import { UpstreamService } from './upstream.service';
 import { UpstreamProbe } from './upstream-probe';
 
@@ -37,7 +38,7 @@ describe('UpstreamProbe', () => {
       },
       '/tmp',
     );
-    const upstreams = new UpstreamService(config, new MetricsService(config));
+    const upstreams = new UpstreamService(config, new MetricsService(config), new RecentFailures());
     return { probe: new UpstreamProbe(upstreams), upstreams };
   }
 

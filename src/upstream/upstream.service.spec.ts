@@ -3,6 +3,7 @@ import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildConfig, type RawSettings } from '../config/app-config';
 import { MetricsService } from '../metrics/metrics.service';
+import { RecentFailures } from '../metrics/recent-failures';
 import { UpstreamService, UpstreamStatusError } from './upstream.service';
 
 /** A text document over the 1 MiB narwhal reads of a narinfo. */
@@ -12,7 +13,7 @@ const TEST_KEY = 'test-1:d8+pFuppcWDFjG1rF7876FZr+FwLvafi4PhlsZuFrUM=';
 
 function service(raw: RawSettings): UpstreamService {
   const config = buildConfig({ 'cache-upstream-public-key': TEST_KEY, ...raw }, '/tmp');
-  return new UpstreamService(config, new MetricsService(config));
+  return new UpstreamService(config, new MetricsService(config), new RecentFailures());
 }
 
 describe('upstream ordering', () => {

@@ -2,6 +2,7 @@ import { brotliDecompressSync, gunzipSync, inflateSync } from 'node:zlib';
 import { Inject, Injectable, type OnApplicationShutdown } from '@nestjs/common';
 import { APP_CONFIG, type AppConfig } from '../config/app-config';
 import { MetricsService, OTHER_UPSTREAM, type UpstreamKind } from '../metrics/metrics.service';
+import { RecentFailures, type FailureKind } from '../metrics/recent-failures';
 import { HttpClient, discard, redact, type HttpAnswer } from './http-client';
 import { UpstreamClient, UpstreamSkippedError } from './upstream-client';
 
@@ -20,6 +21,8 @@ export type UpstreamBody = Pick<HttpAnswer, 'body' | 'length'> &
   Partial<Pick<HttpAnswer, 'headers'>>;
 
 const MAX_NARINFO_BYTES = 1024 * 1024;
+/** Answers that mean "not here": a miss, not a failure. */
+const NOT_FOUND = new Set([404, 410]);
 
 export interface TextRequest {
   kind?: UpstreamKind;
@@ -45,6 +48,7 @@ export class UpstreamService implements OnApplicationShutdown {
   constructor(
     @Inject(APP_CONFIG) config: AppConfig,
     private readonly metrics: MetricsService,
+    private readonly failures: RecentFailures,
   ) {
     const timeouts = config.upstreamTimeouts;
     this.narinfoMs = timeouts.narinfoMs;
@@ -77,13 +81,18 @@ export class UpstreamService implements OnApplicationShutdown {
         if (size > max) {
           await discard(body);
           this.metrics.upstreamInvalid(upstream.url);
-          throw new Error(`${redact(url)}: document larger than ${max} bytes`);
+          const message = `document larger than ${max} bytes`;
+          this.reportFailure('invalid-narinfo', url, message);
+          throw new Error(`${redact(url)}: ${message}`);
         }
         chunks.push(chunk);
       }
     } catch (e) {
       // The body broke (not cancelled by us, not too large).
-      if (size <= max && !req.signal?.aborted) this.metrics.upstreamFailed(upstream.url, e);
+      if (size <= max && !req.signal?.aborted) {
+        this.metrics.upstreamFailed(upstream.url, e);
+        this.reportFailure('upstream-error', url, this.describeError(e));
+      }
       throw e;
     }
     const bytes = Buffer.concat(chunks);
@@ -114,11 +123,16 @@ export class UpstreamService implements OnApplicationShutdown {
       .catch((e: unknown) => {
         if (e instanceof UpstreamSkippedError) this.metrics.upstreamSkipped(label);
         else if (signal?.aborted && !isDeadline(signal.reason)) timing.cancelled();
-        else timing.failed(e);
+        else {
+          timing.failed(e);
+          this.reportFailure('upstream-error', url, this.describeError(e));
+        }
         throw e;
       });
     timing.answered(res.status);
     if (res.status !== 200) {
+      if (!NOT_FOUND.has(res.status))
+        this.reportFailure('upstream-error', url, `HTTP ${res.status}`);
       await discard(res.body);
       throw new UpstreamStatusError(res.status, redact(url));
     }
@@ -134,6 +148,18 @@ export class UpstreamService implements OnApplicationShutdown {
   /** The `upstream` metrics label of a URL: its upstream's base URL (no credentials), or `other`. */
   labelOf(url: string): string {
     return this.upstreamOf(url)?.url ?? OTHER_UPSTREAM;
+  }
+
+  /** Records a failure of a request to `url` for the status page (no credentials, no query). */
+  reportFailure(kind: FailureKind, url: string, message: string): void {
+    const upstream = this.upstreamOf(url);
+    const path = url.split(/[?#]/)[0];
+    this.failures.record(kind, {
+      upstream: upstream?.url ?? null,
+      // Under an upstream: the path below its base URL; elsewhere: the URL without its query.
+      subject: upstream ? path.slice(upstream.url.length + 1) : path,
+      message,
+    });
   }
 
   describeError(e: unknown): string {

@@ -7,6 +7,7 @@ import { redisServerOrSkip, type RedisServerProcess } from '../locking/redis-ser
 import { S3rverFixture } from '../storage/s3rver';
 import { FakeUpstream } from '../support/fake-upstream';
 import { sha256Nix32 } from '../support/hash';
+import type { StatusSnapshot } from '../../src/status/status-snapshot';
 import { download, httpGet, httpGetText as fetchText } from '../support/http-client';
 import { NarwhalProcess } from '../support/narwhal-process';
 import { makeKey } from '../support/signing-keys';
@@ -197,6 +198,69 @@ describe('several instances share one download (PostgreSQL + S3 + Redis)', () =>
     });
     expect(part.sha256).toBe(sha256Nix32(blob.file.subarray(start)));
     expect(await whole).toMatchObject({ status: 200, clean: true, sha256: blob.fileHash });
+    expect(narGets(blob)).toBe(1);
+  });
+
+  it('the status pages tell which instance holds a running download', async () => {
+    const blob = await makeStorePath([key], {
+      name: 'ha-status',
+      size: 24 * MiB,
+      compression: 'none',
+    });
+    upstream.publish(blob);
+    // About 3 MiB/s: several seconds to look at both instances' status while it runs.
+    upstream.set(`/${blob.narInfo.url}`, { kind: 'serve', body: blob.file, chunkDelayMs: 20 });
+    const narinfo = await fetchText(`${a.url}/${blob.hash}.narinfo`);
+    const url = /^URL: (.*)$/m.exec(narinfo.body)![1];
+    const status = async (n: NarwhalProcess) =>
+      JSON.parse((await fetchText(`${n.url}/_narwhal/status.json`)).body) as StatusSnapshot;
+    const t0 = Date.now();
+
+    const onA = fetchBody(`${a.url}/${url}`, t0); // a takes the lock and downloads
+    const seenOnA = await pollUntil(
+      () => status(a),
+      (s) => s.downloads.here.some((d) => d.name === blob.narName && d.written > 0),
+      { timeoutMs: 15_000, intervalMs: 100 },
+    );
+    expect(seenOnA.downloads.here.find((d) => d.name === blob.narName)).toMatchObject({
+      holder: a.url,
+      length: blob.file.length,
+    });
+
+    const onB = fetchBody(`${b.url}/${url}`, t0); // b streams it from a
+    const seenOnB = await pollUntil(
+      () => status(b),
+      (s) => s.downloads.fromPeers.some((d) => d.name === blob.narName),
+      { timeoutMs: 15_000, intervalMs: 100 },
+    );
+    expect(seenOnB.downloads.fromPeers).toEqual([
+      {
+        name: blob.narName,
+        holder: a.url,
+        startedAt: expect.any(String) as string,
+        length: blob.file.length,
+      },
+    ]);
+    expect(seenOnB.downloads.here).toEqual([]);
+    expect(seenOnB.instance.url).toBe(b.url);
+    expect(seenOnB.backends.lock).toMatchObject({
+      backend: 'redis',
+      healthy: true,
+      degraded: false,
+    });
+
+    expect(await onA).toMatchObject({ status: 200, clean: true, sha256: blob.fileHash });
+    expect(await onB).toMatchObject({
+      status: 200,
+      clean: true,
+      source: 'peer',
+      sha256: blob.fileHash,
+    });
+    const after = await pollUntil(
+      () => status(b),
+      (s) => s.downloads.fromPeers.length === 0,
+    );
+    expect(after.downloads.fromPeers).toEqual([]);
     expect(narGets(blob)).toBe(1);
   });
 

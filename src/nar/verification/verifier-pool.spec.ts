@@ -8,7 +8,7 @@ import { zstdBomb } from '../../../test/support/bombs';
 import { nixSha256 } from '../../../test/support/hash';
 import { makeSample } from '../../../test/support/nar-spool-kit';
 import { DownloadFailedError } from '../../common/errors';
-import { NarMismatchError } from '../nar-verifier';
+import { NarMismatchError } from '../../common/errors';
 import { VerifierPool } from './verifier-pool';
 
 // Checks run in real worker threads (the build's dist/nar/verification/verifier-worker.js).

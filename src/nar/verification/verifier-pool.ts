@@ -5,7 +5,8 @@ import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { DownloadFailedError } from '../../common/errors';
 import type { Compression } from '../../nix/compression';
-import { NarMismatchError, NarTooLargeError, type NarExpectations } from '../nar-verifier';
+import { NarMismatchError, NarTooLargeError } from '../../common/errors';
+import type { NarExpectations } from '../nar-verifier';
 import type { FromWorker, ToWorker } from './protocol';
 
 /** A running check of one NAR in a verifier thread. */

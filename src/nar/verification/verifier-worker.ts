@@ -1,11 +1,7 @@
 import { open, type FileHandle } from 'node:fs/promises';
 import { parentPort } from 'node:worker_threads';
-import {
-  NarMismatchError,
-  NarTooLargeError,
-  NarVerifier,
-  type NarExpectations,
-} from '../nar-verifier';
+import { NarMismatchError, NarTooLargeError } from '../../common/errors';
+import { NarVerifier, type NarExpectations } from '../nar-verifier';
 import { NarLister } from './nar-lister';
 import type { FromWorker, ToWorker } from './protocol';
 
