@@ -7,6 +7,7 @@ import type { AppConfig } from './config/app-config';
 import { ConfigModule } from './config/config.module';
 import { DatabaseModule } from './database/database.module';
 import { HealthModule } from './health/health.module';
+import { InstancesModule } from './instances/instances.module';
 import { LruModule } from './lru/lru.module';
 import { MetricsModule } from './metrics/metrics.module';
 import { NarModule } from './nar/nar.module';
@@ -23,6 +24,7 @@ export class AppModule {
         ScheduleModule.forRoot(),
         DatabaseModule,
         MetricsModule.forRoot(config.metrics),
+        InstancesModule,
         CacheInfoModule,
         NarInfoModule,
         NarModule,

@@ -35,11 +35,6 @@ export class MethodNotAllowedError extends Error {
   override name = 'MethodNotAllowedError';
 }
 
-/** A lock waiter gave up: the lock stayed held for all its retries. */
-export class LockTimeoutError extends Error {
-  override name = 'LockTimeoutError';
-}
-
 /** A Range that lies wholly past the end of the file: 416 with `Content-Range: bytes *\/length`. */
 export class RangeNotSatisfiableError extends Error {
   override name = 'RangeNotSatisfiableError';
@@ -65,6 +60,14 @@ export class ServiceUnavailableError extends Error {
   ) {
     super(message);
   }
+}
+
+/**
+ * A lock waiter gave up: the lock stayed held (by a live instance) for all its retries. The client
+ * is told to come back (503 with Retry-After) rather than kept waiting.
+ */
+export class LockTimeoutError extends ServiceUnavailableError {
+  override name = 'LockTimeoutError';
 }
 
 /** The database cannot be reached. */

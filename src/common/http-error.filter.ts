@@ -6,7 +6,6 @@ import {
   DatabaseUnavailableError,
   DownloadFailedError,
   InsufficientStorageError,
-  LockTimeoutError,
   MethodNotAllowedError,
   NotFoundError,
   RangeNotSatisfiableError,
@@ -51,8 +50,7 @@ function statusOf(error: unknown): [number, string] {
   if (error instanceof NixFormatError) return [400, error.message];
   if (error instanceof NotFoundError) return [404, error.message || 'not found'];
   // Nix reads 404 as "not here" and falls back; a 5xx would make it retry and then give up on us.
-  if (error instanceof UpstreamUnavailableError || error instanceof LockTimeoutError)
-    return [404, 'not found'];
+  if (error instanceof UpstreamUnavailableError) return [404, 'not found'];
   if (error instanceof MethodNotAllowedError) return [405, 'method not allowed'];
   if (error instanceof RangeNotSatisfiableError) return [416, error.message];
   // The upstream's bytes were bad before the first one reached the client: a retry fetches them again.

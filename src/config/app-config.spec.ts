@@ -74,9 +74,9 @@ describe('buildConfig defaults', () => {
     expect(c.lru).toEqual({ maxSize: undefined, schedule: '0 2 * * *' });
     expect(c.lock).toEqual({
       kind: 'local',
-      downloadTtlMs: 300_000,
-      lruTtlMs: 1_800_000,
-      retry: { maxAttempts: 600, initialDelayMs: 50, maxDelayMs: 2000, jitter: 0.2 },
+      downloadTtlMs: 10_000,
+      lruTtlMs: 30_000,
+      retry: { maxAttempts: 60, initialDelayMs: 50, maxDelayMs: 2000, jitter: 0.2 },
     });
     expect(c.logLevel).toBe('info');
     expect(c.storeDir).toBe('/nix/store');
@@ -404,8 +404,8 @@ describe('bad values stop startup with a ConfigError naming the setting', () => 
       keyPrefix: 'narwhal:lock:',
       allowDegraded: true,
       password: 'hunter2',
-      downloadTtlMs: 300_000,
-      lruTtlMs: 1_800_000,
+      downloadTtlMs: 10_000,
+      lruTtlMs: 30_000,
     });
   });
 

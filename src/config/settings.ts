@@ -235,14 +235,19 @@ export const SETTINGS: readonly SettingDef[] = [
   {
     name: 'cache-lock-download-ttl',
     description:
-      'Lease of a download or lookup lock; the holder renews it while it works, so it only matters when a holder dies.',
-    default: '5m',
+      'Lease of a download or lookup lock; the holder renews it every third of it while it works, so it only matters when a holder dies and cannot be asked (a lost host): then another instance takes over after at most this long.',
+    default: '10s',
   },
-  { name: 'cache-lock-lru-ttl', description: 'Lease of the LRU job lock.', default: '30m' },
+  {
+    name: 'cache-lock-lru-ttl',
+    description: 'Lease of the LRU job lock, renewed while the job runs.',
+    default: '30s',
+  },
   {
     name: 'cache-lock-retry-max-attempts',
-    description: 'How often a waiter retries a held Redis lock before giving up.',
-    default: '600',
+    description:
+      'How often a waiter retries a lock held by a live instance before giving up with 503 and `Retry-After` (about 1.5 min with the default delays).',
+    default: '60',
   },
   {
     name: 'cache-lock-retry-initial-delay',

@@ -7,6 +7,7 @@ import {
   type HealthCheckResult,
 } from '@nestjs/terminus';
 import type { FastifyReply } from 'fastify';
+import { BOOT_HEADER, INSTANCE, type Instance } from '../instances/instance';
 import { LOCKER, type Locker } from '../locking/locker';
 import { DiskWatch } from '../storage/disk-watch';
 import { NAR_STORE, type NarStore } from '../storage/nar-store';
@@ -22,6 +23,7 @@ export class HealthController {
     @Inject(LOCKER) private readonly locker: Locker,
     private readonly upstreams: UpstreamProbe,
     private readonly disk: DiskWatch,
+    @Inject(INSTANCE) private readonly instance: Instance,
   ) {}
 
   /** Liveness: the process serves requests. */
@@ -103,6 +105,8 @@ export class HealthController {
       .status(status)
       .type('application/json; charset=utf-8')
       .header('cache-control', 'no-store')
+      // Lets another instance tell this process from one restarted at the same URL.
+      .header(BOOT_HEADER, this.instance.boot)
       .header('content-length', Buffer.byteLength(json));
     await reply.send(head ? undefined : json);
   }

@@ -7,6 +7,12 @@ export interface Lease {
   extend(ttlMs: number): Promise<boolean>;
 }
 
+/** Who holds a lock: the lease's token (opaque) and the info the holder gave. */
+export interface LockHolder {
+  token: string;
+  info: string;
+}
+
 export interface LockerStatus {
   backend: 'local' | 'redis';
   /** False when the backend cannot be reached (and degraded mode is off, or not possible). */
@@ -26,6 +32,13 @@ export interface Locker {
   tryAcquire(key: string, ttlMs: number, info?: string): Promise<Lease | null>;
   /** The `info` of the current holder of `key` ('' if it gave none), or null if the lock is free. */
   holderInfo(key: string): Promise<string | null>;
+  /** The current holder of `key`, or null if the lock is free. */
+  holder(key: string): Promise<LockHolder | null>;
+  /**
+   * Takes the lock away from the holder whose lease has `token`, if it still holds it (for a holder
+   * known to be gone); resolves whether it did. The lock is then free for anyone.
+   */
+  breakLease(key: string, token: string): Promise<boolean>;
   status(): LockerStatus;
   close(): Promise<void>;
 }

@@ -10,6 +10,9 @@ import { openDataSource } from '../database/data-source';
 import { NarFileRepository } from '../database/nar-file.repository';
 import { NarInfoRepository } from '../database/narinfo.repository';
 import { LocalLocker } from '../locking/local/local-locker';
+import { makeInstance } from '../instances/instance';
+import { InstanceLiveness } from '../instances/instance-liveness';
+import { TakeoverLocks } from '../instances/takeover-locks';
 import { MetricsService } from '../metrics/metrics.service';
 import { encodeNix32 } from '../nix/base32';
 import type { NarInfo } from '../nix/narinfo';
@@ -53,12 +56,21 @@ afterEach(async () => {
 function lru(maxSize: number | undefined, schedule = '0 2 * * *'): LruService {
   const config = {
     lru: { maxSize, schedule },
-    lock: { lruTtlMs: 60_000 },
+    lock: { kind: 'local', lruTtlMs: 60_000 },
     upstreams: [],
+    upstreamTimeouts: { connectMs: 1000 },
     metrics: { enabled: false },
   } as unknown as AppConfig;
   const metrics = new MetricsService(config);
-  return new LruService(config, locker, store, files, scheduler, metrics);
+  const self = makeInstance('http://lru-test.invalid:8501');
+  const locks = new TakeoverLocks(
+    config,
+    locker,
+    self,
+    new InstanceLiveness(config, self),
+    metrics,
+  );
+  return new LruService(config, locks, store, files, scheduler, metrics);
 }
 
 interface Cached {

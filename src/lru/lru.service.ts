@@ -5,7 +5,7 @@ import { APP_CONFIG, type AppConfig } from '../config/app-config';
 import { formatSize } from '../config/units';
 import { NarFileRepository } from '../database/nar-file.repository';
 import { LRU_LOCK_KEY } from '../locking/lock-keys';
-import { LOCKER, type Locker } from '../locking/locker';
+import { TakeoverLocks } from '../instances/takeover-locks';
 import { MetricsService } from '../metrics/metrics.service';
 import { NAR_STORE, type NarStore } from '../storage/nar-store';
 
@@ -52,7 +52,7 @@ export class LruService implements OnModuleInit {
 
   constructor(
     @Inject(APP_CONFIG) private readonly config: AppConfig,
-    @Inject(LOCKER) private readonly locker: Locker,
+    private readonly locks: TakeoverLocks,
     @Inject(NAR_STORE) private readonly store: NarStore,
     private readonly files: NarFileRepository,
     private readonly scheduler: SchedulerRegistry,
@@ -121,14 +121,14 @@ export class LruService implements OnModuleInit {
       evictedBytes: 0,
     };
     if (maxSize === undefined) return report;
-    const lease = await this.metrics.timeLock('lru', () =>
-      this.locker.tryAcquire(LRU_LOCK_KEY, this.config.lock.lruTtlMs),
-    );
+    const ttl = this.config.lock.lruTtlMs;
+    const lease = await this.locks.tryAcquire(LRU_LOCK_KEY, ttl, 'lru');
     if (!lease) {
       this.metrics.lruRun('skipped');
       this.logger.log('another LRU run is in progress; skipping');
       return report;
     }
+    const stopRenewing = this.locks.keepAlive(lease, ttl, 'lru');
     try {
       report.ran = true;
       this.metrics.lruRun('ran');
@@ -155,6 +155,7 @@ export class LruService implements OnModuleInit {
       }
       return report;
     } finally {
+      stopRenewing();
       await lease.release();
     }
   }

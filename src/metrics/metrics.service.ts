@@ -93,6 +93,8 @@ export class MetricsService {
   private readonly negativeHits: Counter;
   private readonly documentRequests: Counter<'kind' | 'result'>;
   private readonly clientsDropped: Counter<'reason'>;
+  private readonly lockTakeovers: Counter<'kind'>;
+  private readonly locksLost: Counter<'kind'>;
 
   private readonly registers: Registry[];
   private downloadSource: () => Iterable<{ readerCount: number }> = () => [];
@@ -249,6 +251,18 @@ export class MetricsService {
       labelNames: ['kind', 'result'],
       registers,
     });
+    this.lockTakeovers = new Counter({
+      name: name('lock_takeovers_total'),
+      help: 'Locks taken over from a holder that was gone (its instance killed or restarted), by kind.',
+      labelNames: ['kind'],
+      registers,
+    });
+    this.locksLost = new Counter({
+      name: name('lock_lost_total'),
+      help: 'Leases this instance found lost while still working under them (paused past the lease), by kind: the work may then be done twice.',
+      labelNames: ['kind'],
+      registers,
+    });
     this.clientsDropped = new Counter({
       name: name('clients_dropped_total'),
       help: 'NAR clients disconnected by narwhal, by reason: stalled (took no byte for --cache-client-stall-timeout).',
@@ -281,6 +295,10 @@ export class MetricsService {
     for (const r of ['ran', 'skipped']) this.lruRuns.labels(r).inc(0);
     this.lruEvicted.inc(0);
     this.clientsDropped.labels('stalled').inc(0);
+    for (const k of ['narinfo', 'nar', 'lru']) {
+      this.lockTakeovers.labels(k).inc(0);
+      this.locksLost.labels(k).inc(0);
+    }
     this.lruEvictedBytes.inc(0);
     this.negativeHits.inc(0);
     for (const kind of ['listing', 'log', 'realisation'])
@@ -538,6 +556,14 @@ export class MetricsService {
   lockTimer(kind: LockKind): () => void {
     const end = this.lockWait.startTimer({ kind });
     return () => void end();
+  }
+
+  lockTakeover(kind: LockKind): void {
+    this.lockTakeovers.labels(kind).inc();
+  }
+
+  lockLost(kind: LockKind): void {
+    this.locksLost.labels(kind).inc();
   }
 
   clientDropped(reason: 'stalled'): void {

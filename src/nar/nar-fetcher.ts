@@ -92,21 +92,26 @@ export class NarFetcher {
     const name = spool.key;
     const began = Date.now();
     // Streaming stores (S3) upload while the download runs, from a reader that ends only once verified.
+    // A holder that was paused past its lease finds the NAR stored by the instance that took over:
+    // then it does not make the object again (its own clients still get their bytes).
+    const alreadyStored = async () => (await this.files.find(name))?.storedSize != null;
     const upload =
       this.store.writeMode === 'stream'
-        ? this.store.put(name, spool.createReader(), spool.length)
+        ? this.store.put(name, spool.createReader(), spool.length, { alreadyStored })
         : null;
     upload?.catch(() => undefined); // awaited below; keep an early failure from counting as unhandled
     const stopWatching = this.watchRate(spool, abort);
     try {
       await spool.receive(body, this.verifiers.checkFile(spool.path, source.expect));
       stopWatching();
+      let spoolLeft = upload !== null;
       if (upload) await upload;
+      else if (await alreadyStored()) spoolLeft = true;
       else await this.store.putFile(name, spool.path);
       if (source.row) await this.files.markStored(name, spool.written);
       else await this.files.recordStored(name, url, source.expect, spool.written);
       this.logger.log(`stored ${name} (${spool.written} bytes in ${Date.now() - began} ms)`);
-      await spool.finishWriting(upload !== null);
+      await spool.finishWriting(spoolLeft);
       this.metrics.downloadFinished('stored');
       return true;
     } catch (e) {

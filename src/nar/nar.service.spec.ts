@@ -8,7 +8,7 @@ import { useServiceModule } from '../../test/support/service-module';
 import { makeStorePath, type StorePathFixture } from '../../test/support/store-paths';
 import { readAll } from '../../test/support/streams';
 import { eventually } from '../../test/support/wait';
-import { NotFoundError, UpstreamUnavailableError } from '../common/errors';
+import { NotFoundError, ServiceUnavailableError, UpstreamUnavailableError } from '../common/errors';
 import { narLockKey } from '../locking/lock-keys';
 import { ActiveDownloads } from './active-downloads';
 import { NarFetcher } from './nar-fetcher';
@@ -221,20 +221,42 @@ describe('NarService: a NAR another instance is downloading', () => {
     }
   });
 
-  it('gives up with UpstreamUnavailableError when that instance cannot be reached and keeps its lock', async () => {
+  it('gives up with 503 (ServiceUnavailableError) while a holder that cannot be judged keeps its lock', async () => {
     const f = await makeStorePath([t.keyA]);
     await t.recordNarInfo(f, t.primary);
     t.primary.publish(f);
+    // Holder info without a boot id (an older instance): nothing tells whether it is gone.
     const lease = await t.module.locker.tryAcquire(
       narLockKey(f.narName),
       60_000,
       await closedPortUrl(),
     );
 
-    await expect(service().get(f.narName)).rejects.toBeInstanceOf(UpstreamUnavailableError);
+    const error: unknown = await service()
+      .get(f.narName)
+      .catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(ServiceUnavailableError);
+    expect((error as ServiceUnavailableError).retryAfterSeconds).toBeGreaterThan(0);
 
     expect(t.primary.count('GET', narPath(f))).toBe(0);
     expect(active().size).toBe(0);
     await lease?.release();
+  });
+
+  it('takes the lock over from a holder whose process is gone and downloads the NAR itself', async () => {
+    const f = await makeStorePath([t.keyA]);
+    await t.recordNarInfo(f, t.primary);
+    t.primary.publish(f);
+    // A lock held "by another instance" that was killed: nothing listens at its URL any more.
+    const gone = `${await closedPortUrl()}#0123456789abcdef`;
+    const lease = await t.module.locker.tryAcquire(narLockKey(f.narName), 60_000, gone);
+    expect(lease).not.toBeNull();
+
+    const nar = await service().get(f.narName);
+    expect(nar.source).toBe('download');
+    expect((await readAll(nar.body)).equals(f.file)).toBe(true);
+    expect(t.primary.count('GET', narPath(f))).toBe(1);
+    // The dead holder's lease is no longer the lock's: releasing it changes nothing.
+    expect(await lease!.extend(60_000)).toBe(false);
   });
 });

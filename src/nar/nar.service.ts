@@ -4,6 +4,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import {
   DatabaseUnavailableError,
   NotFoundError,
+  ServiceUnavailableError,
   UpstreamUnavailableError,
 } from '../common/errors';
 import { SingleFlight } from '../common/single-flight';
@@ -12,7 +13,9 @@ import type { NarFileEntity } from '../database/entities';
 import { DatabaseHealth } from '../database/database-health';
 import { NarFileRepository } from '../database/nar-file.repository';
 import { narLockKey } from '../locking/lock-keys';
-import { keepAlive, LOCKER, type Locker } from '../locking/locker';
+import { INSTANCE, parseHolderInfo, type Instance } from '../instances/instance';
+import { TakeoverLocks } from '../instances/takeover-locks';
+import { LOCKER, type Locker } from '../locking/locker';
 import { MetricsService } from '../metrics/metrics.service';
 import { parseNarFileName } from '../nix/compression';
 import { NAR_STORE, type NarStore } from '../storage/nar-store';
@@ -38,7 +41,10 @@ const WITHOUT_DATABASE: unique symbol = Symbol('without database');
 
 /** Who is fetching a NAR that is not stored yet. */
 type Claim =
-  { kind: 'local'; download: ActiveDownload } | { kind: 'peer'; url: string } | { kind: 'retry' };
+  | { kind: 'local'; download: ActiveDownload }
+  /** Another instance holds the NAR's lock (`key`) and downloads it: stream it from `url`. */
+  | { kind: 'peer'; url: string; key: string }
+  | { kind: 'retry' };
 
 /**
  * The NAR download flow. Stored → stream from storage. Otherwise exactly one download per NAR across
@@ -61,6 +67,8 @@ export class NarService {
     private readonly upstream: UpstreamService,
     private readonly fetcher: NarFetcher,
     private readonly peers: PeerClient,
+    private readonly locks: TakeoverLocks,
+    @Inject(INSTANCE) private readonly instance: Instance,
     private readonly active: ActiveDownloads,
     private readonly metrics: MetricsService,
   ) {}
@@ -111,12 +119,14 @@ export class NarService {
           this.metrics.narRequest('peer');
           return { ...remote, source: 'peer' };
         }
+        // Not streamable from the holder: if it is gone (killed, restarted), take over at once.
+        if (await this.locks.breakIfGone(claim.key, 'nar')) continue;
       }
       // The holder finished, failed, or cannot be reached: look again after a pause.
       await sleep(delay * (1 + jitter * (2 * Math.random() - 1)));
       delay = Math.min(maxDelayMs, delay * 2);
     }
-    throw new UpstreamUnavailableError(`${name}: gave up waiting for another instance's download`);
+    throw new ServiceUnavailableError(`${name}: another instance is still downloading it`);
   }
 
   /** HEAD: the size if the NAR is stored or can be fetched, without downloading it. */
@@ -207,17 +217,14 @@ export class NarService {
   private async tryClaim(name: string): Promise<Claim> {
     const key = narLockKey(name);
     const ttl = this.config.lock.downloadTtlMs;
-    const lease = await this.metrics.timeLock('nar', () =>
-      this.locker.tryAcquire(key, ttl, this.peers.selfUrl),
-    );
+    const lease = await this.locks.tryAcquire(key, ttl, 'nar');
     if (!lease) {
-      const holder = await this.locker.holderInfo(key);
-      if (holder && holder !== this.peers.selfUrl) return { kind: 'peer', url: holder };
+      // Held by a live instance (a gone one's lease was just taken over): stream from it.
+      const holder = parseHolderInfo((await this.locker.holderInfo(key)) ?? '');
+      if (holder && holder.url !== this.instance.url) return { kind: 'peer', url: holder.url, key };
       return { kind: 'retry' };
     }
-    const stopRenewing = keepAlive(lease, ttl, () =>
-      this.logger.warn(`lost the lock of ${name} while downloading it`),
-    );
+    const stopRenewing = this.locks.keepAlive(lease, ttl, 'nar');
     const release = async () => {
       stopRenewing();
       await lease.release().catch((e: Error) => this.logger.warn(`releasing ${key}: ${e.message}`));

@@ -32,8 +32,6 @@ export const PEER_DOWNLOADS_PATH = '_narwhal/downloads';
 export class PeerClient implements OnApplicationShutdown {
   private readonly logger = new Logger('peer');
   private readonly http: HttpClient;
-  /** The URL this instance advertises in the locks it holds. */
-  readonly selfUrl: string;
   /** Whether the peer endpoint is served (several instances share locks through Redis). */
   readonly enabled: boolean;
   private readonly authorization: Buffer;
@@ -41,9 +39,13 @@ export class PeerClient implements OnApplicationShutdown {
   private readonly streaming = new Set<PeerStream>();
 
   constructor(@Inject(APP_CONFIG) config: AppConfig, signing: SigningService) {
-    this.selfUrl = config.selfUrl;
     this.enabled = config.lock.kind === 'redis';
-    this.http = new HttpClient(config.upstreamTimeouts);
+    // The peer answers at once when it has the download; one that sends nothing for seconds is
+    // paused or gone, and the caller then looks at the lock again.
+    this.http = new HttpClient({
+      ...config.upstreamTimeouts,
+      headersMs: Math.min(3_000, config.upstreamTimeouts.headersMs),
+    });
     this.authorization = Buffer.from(`Bearer ${signing.derivedSecret('peer-downloads')}`);
   }
 

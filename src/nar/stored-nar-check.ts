@@ -2,11 +2,10 @@ import { Inject, Injectable, Logger } from '@nestjs/common';
 import { APP_CONFIG, type AppConfig } from '../config/app-config';
 import { NarFileRepository } from '../database/nar-file.repository';
 import { narLockKey } from '../locking/lock-keys';
-import { LOCKER, withLock, type Locker } from '../locking/locker';
+import { TakeoverLocks } from '../instances/takeover-locks';
 import { NAR_STORE, type NarStore } from '../storage/nar-store';
 import { NarMismatchError } from '../common/errors';
 import { expectationsOf } from './nar-verifier';
-import { PeerClient } from './peer-client';
 import { VerifierPool } from './verification/verifier-pool';
 
 /** What became of a stored NAR checked against a narinfo that arrived after it. */
@@ -25,10 +24,9 @@ export class StoredNarCheck {
   constructor(
     @Inject(APP_CONFIG) private readonly config: AppConfig,
     @Inject(NAR_STORE) private readonly store: NarStore,
-    @Inject(LOCKER) private readonly locker: Locker,
     private readonly files: NarFileRepository,
     private readonly verifiers: VerifierPool,
-    private readonly peers: PeerClient,
+    private readonly locks: TakeoverLocks,
   ) {}
 
   /**
@@ -39,39 +37,33 @@ export class StoredNarCheck {
     const first = await this.files.find(key);
     if (first?.storedSize == null || first.narHash !== null) return 'unchanged';
     const ttl = this.config.lock.downloadTtlMs;
-    return withLock(
-      this.locker,
-      narLockKey(key),
-      ttl,
-      async () => {
-        const row = await this.files.find(key);
-        if (row?.storedSize == null || row.narHash !== null) return 'unchanged';
-        const check = this.verifiers.checkStream(expectationsOf({ ...row, narHash, narSize }));
-        try {
-          const body = await this.store.read(key);
-          let size = 0;
-          for await (const chunk of body as AsyncIterable<Buffer>) {
-            size += chunk.length;
-            await Promise.race([check.write(chunk), check.failed]);
-          }
-          await check.finish(size);
-        } catch (e) {
-          // Unproven bytes are not served as this narinfo's NAR: the next request fetches it again.
-          check.abandon();
-          await this.files.markMissing(key);
-          await this.files.setNarHash(key, narHash, narSize);
-          if (e instanceof NarMismatchError) {
-            await this.store.delete(key);
-            this.logger.warn(`discarded stored ${key}: its narinfo says otherwise (${e.message})`);
-          } else {
-            this.logger.warn(`${key} could not be checked against its narinfo (${String(e)})`);
-          }
-          return 'discarded';
+    return this.locks.withLock(narLockKey(key), ttl, 'nar', async () => {
+      const row = await this.files.find(key);
+      if (row?.storedSize == null || row.narHash !== null) return 'unchanged';
+      const check = this.verifiers.checkStream(expectationsOf({ ...row, narHash, narSize }));
+      try {
+        const body = await this.store.read(key);
+        let size = 0;
+        for await (const chunk of body as AsyncIterable<Buffer>) {
+          size += chunk.length;
+          await Promise.race([check.write(chunk), check.failed]);
         }
+        await check.finish(size);
+      } catch (e) {
+        // Unproven bytes are not served as this narinfo's NAR: the next request fetches it again.
+        check.abandon();
+        await this.files.markMissing(key);
         await this.files.setNarHash(key, narHash, narSize);
-        return 'verified';
-      },
-      this.peers.selfUrl,
-    );
+        if (e instanceof NarMismatchError) {
+          await this.store.delete(key);
+          this.logger.warn(`discarded stored ${key}: its narinfo says otherwise (${e.message})`);
+        } else {
+          this.logger.warn(`${key} could not be checked against its narinfo (${String(e)})`);
+        }
+        return 'discarded';
+      }
+      await this.files.setNarHash(key, narHash, narSize);
+      return 'verified';
+    });
   }
 }

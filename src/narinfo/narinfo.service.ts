@@ -6,7 +6,7 @@ import { DatabaseHealth } from '../database/database-health';
 import type { NarInfoEntity } from '../database/entities';
 import { NarInfoRepository, TOUCH_GRANULARITY_MS } from '../database/narinfo.repository';
 import { narInfoLockKey } from '../locking/lock-keys';
-import { LOCKER, withLock, type Locker } from '../locking/locker';
+import { TakeoverLocks } from '../instances/takeover-locks';
 import { MetricsService } from '../metrics/metrics.service';
 import { StoredNarCheck } from '../nar/stored-nar-check';
 import { RecentFailures } from '../metrics/recent-failures';
@@ -60,7 +60,7 @@ export class NarInfoService {
 
   constructor(
     @Inject(APP_CONFIG) private readonly config: AppConfig,
-    @Inject(LOCKER) private readonly locker: Locker,
+    private readonly locks: TakeoverLocks,
     private readonly repo: NarInfoRepository,
     private readonly db: DatabaseHealth,
     private readonly upstream: UpstreamService,
@@ -141,15 +141,11 @@ export class NarInfoService {
 
   private lookupOnce(hash: string): Promise<LookupResult> {
     return this.lookups.run(hash, async () => {
-      const locked = this.metrics.lockTimer('narinfo');
-      const result = await withLock(
-        this.locker,
+      const result = await this.locks.withLock(
         narInfoLockKey(hash),
         this.config.lock.downloadTtlMs,
-        () => {
-          locked();
-          return this.lookup(hash);
-        },
+        'narinfo',
+        () => this.lookup(hash),
       );
       if (result.row) this.misses.forget(hash);
       else if (result.definite) this.misses.add(hash);

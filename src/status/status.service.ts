@@ -11,6 +11,7 @@ import { LruService } from '../lru/lru.service';
 import { MetricsService, type CounterTotals } from '../metrics/metrics.service';
 import { RecentFailures, scrubUrls } from '../metrics/recent-failures';
 import { ActiveDownloads, type ActiveDownload } from '../nar/active-downloads';
+import { INSTANCE, type Instance } from '../instances/instance';
 import { PeerClient } from '../nar/peer-client';
 import { SigningService } from '../signing/signing.service';
 import { UpstreamProbe } from '../upstream/upstream-probe';
@@ -46,6 +47,7 @@ export class StatusService implements OnApplicationBootstrap, OnApplicationShutd
     private readonly failures: RecentFailures,
     private readonly active: ActiveDownloads,
     private readonly peers: PeerClient,
+    @Inject(INSTANCE) private readonly instance: Instance,
     private readonly upstream: UpstreamService,
     private readonly probe: UpstreamProbe,
     private readonly lru: LruService,
@@ -76,7 +78,7 @@ export class StatusService implements OnApplicationBootstrap, OnApplicationShutd
       generatedAt: new Date(now).toISOString(),
       instance: {
         hostname: this.config.hostname,
-        url: scrubUrls(this.peers.selfUrl),
+        url: scrubUrls(this.instance.url),
         version: VERSION,
         publicKey: this.signing.publicKey,
         startedAt: new Date(this.startedAt).toISOString(),
@@ -131,7 +133,7 @@ export class StatusService implements OnApplicationBootstrap, OnApplicationShutd
       const elapsed = Math.max(1, now - d.startedAt);
       return {
         name: spool.key,
-        holder: scrubUrls(this.peers.selfUrl),
+        holder: scrubUrls(this.instance.url),
         startedAt: new Date(d.startedAt).toISOString(),
         written: spool.written,
         length: spool.length ?? null,

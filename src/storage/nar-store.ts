@@ -26,8 +26,15 @@ export interface NarStore {
   /**
    * Stores `body` under `key`, atomically: the object appears only if `body` ends cleanly; if it errors,
    * nothing appears (no partial object, no leftover upload). `size`, when known, is the exact length.
+   * `alreadyStored` is asked once all bytes are in, before the object is made: true skips making it
+   * (another writer stored the same object meanwhile).
    */
-  put(key: string, body: Readable, size?: number): Promise<void>;
+  put(
+    key: string,
+    body: Readable,
+    size?: number,
+    options?: { alreadyStored?: () => Promise<boolean> },
+  ): Promise<void>;
   /** Removes an object; absent is not an error. */
   delete(key: string): Promise<void>;
   /** Every stored object, for fsck and accounting. */

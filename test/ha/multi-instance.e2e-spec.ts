@@ -7,8 +7,8 @@ import { redisServerOrSkip, type RedisServerProcess } from '../locking/redis-ser
 import { S3rverFixture } from '../storage/s3rver';
 import { FakeUpstream } from '../support/fake-upstream';
 import { sha256Nix32 } from '../support/hash';
-import { httpGet, httpGetText as fetchText } from '../support/http-client';
 import type { StatusSnapshot } from '../../src/status/status-snapshot';
+import { download, httpGet, httpGetText as fetchText } from '../support/http-client';
 import { NarwhalProcess } from '../support/narwhal-process';
 import { makeKey } from '../support/signing-keys';
 import { makeStorePath, type StorePathFixture } from '../support/store-paths';
@@ -23,7 +23,14 @@ import { pollUntil } from '../support/wait';
 
 const MiB = 1024 * 1024;
 const CLIENTS = 32;
-const LOCK_TTL = '3s';
+/**
+ * Leases of 6 s, and waiters that give up (503) after about 3 s: a waiter that gets through within
+ * that is not waiting out a dead holder's lease — it took the lock over.
+ */
+const LOCK_TTL = '6s';
+const LOCK_RETRIES = '12';
+/** Takeover runs after kill -9 (more with NARWHAL_HA_HEAVY=1). */
+const TAKEOVER_RUNS = process.env.NARWHAL_HA_HEAVY === '1' ? 10 : 3;
 
 interface Fetched {
   status: number;
@@ -102,7 +109,9 @@ describe('several instances share one download (PostgreSQL + S3 + Redis)', () =>
         CACHE_LOCK_BACKEND: 'redis',
         CACHE_REDIS_ADDRS: redis!.addr,
         CACHE_LOCK_DOWNLOAD_TTL: LOCK_TTL,
+        CACHE_LOCK_RETRY_MAX_ATTEMPTS: LOCK_RETRIES,
         CACHE_LOCK_RETRY_MAX_DELAY: '250ms',
+        PROMETHEUS_ENABLED: 'true',
       },
     });
   }
@@ -255,42 +264,145 @@ describe('several instances share one download (PostgreSQL + S3 + Redis)', () =>
     expect(narGets(blob)).toBe(1);
   });
 
-  it('kill -9 of the downloading instance: the other takes over and nothing partial is left', async () => {
-    const blob = await publishBlob('ha-crash');
+  it('kill -9 of the downloading instance: the other takes over at once, nothing partial is left', async () => {
+    const takeoversBefore = await counter(b, 'narwhal_lock_takeovers_total', 'nar');
+    const figures: string[] = [];
+    for (let run = 0; run < TAKEOVER_RUNS; run++) {
+      const blob = await publishBlob(`ha-crash-${run}`);
+      const narinfo = await fetchText(`${a.url}/${blob.hash}.narinfo`);
+      const url = /^URL: (.*)$/m.exec(narinfo.body)![1];
+
+      const t0 = Date.now();
+      const onA = fetchBody(`${a.url}/${url}`, t0); // a takes the lock and downloads
+      expect(await waitFor(async () => Promise.resolve(narGets(blob) === 1), 5_000)).toBe(true);
+      // A client of b joins through a's peer endpoint and gets some of it…
+      const viaPeer = download(`${b.url}/${url}`, { t0 });
+      expect(await waitFor(() => Promise.resolve(viaPeer.received() > 2 * MiB), 10_000)).toBe(true);
+      await a.kill(); // …then a dies mid-transfer.
+      const killedAt = Date.now();
+      const broken = await viaPeer.done;
+      expect(broken.status === 200 && broken.complete, 'no clean end of a broken body').toBe(false);
+      expect((await onA).clean).toBe(false);
+      expect(
+        (await objectKeys()).filter((k) => k.includes(blob.fileHash)),
+        'no partial object',
+      ).toEqual([]);
+
+      // b finds a's lease held by a process that is gone and downloads the NAR itself, well within
+      // the lease (its waiters would give up with 503 before the lease ran out).
+      const onB = await fetchBody(`${b.url}/${url}`, killedAt);
+      expect({
+        status: onB.status,
+        clean: onB.clean,
+        sha256: onB.sha256,
+        source: onB.source,
+      }).toEqual({ status: 200, clean: true, sha256: blob.fileHash, source: 'download' });
+      expect(narGets(blob)).toBe(2);
+      figures.push(`run ${run + 1}: first byte ${onB.firstByteAt} ms after the kill`);
+      a = await startInstance('a'); // back for the next run
+      expect(
+        await waitFor(async () => (await objectKeys()).some((k) => k.includes(blob.fileHash))),
+      ).toBe(true);
+      expect((await objectKeys()).filter((k) => k.includes(blob.fileHash))).toHaveLength(1);
+    }
+    expect(await counter(b, 'narwhal_lock_takeovers_total', 'nar')).toBe(
+      takeoversBefore + TAKEOVER_RUNS,
+    );
+    console.log(`NAR takeover after kill -9 (lease ${LOCK_TTL}):\n  ${figures.join('\n  ')}`);
+  });
+
+  it('kill -9 of the instance looking a narinfo up: the other takes the lookup over at once', async () => {
+    const f = await makeStorePath([key], { name: 'ha-narinfo-takeover' });
+    upstream.publish(f);
+    // The upstream holds a's lookup back: a holds the narinfo lock while it waits.
+    upstream.set(`/${f.hash}.narinfo`, { kind: 'hang' });
+    const onA = fetchText(`${a.url}/${f.hash}.narinfo`).catch(() => null);
+    expect(
+      await waitFor(
+        async () => Promise.resolve(upstream.count('GET', `/${f.hash}.narinfo`) >= 1),
+        5_000,
+      ),
+    ).toBe(true);
+    await a.kill();
+    const killedAt = Date.now();
+    upstream.publish(f); // answers at once from now on
+    const onB = await fetchText(`${b.url}/${f.hash}.narinfo`);
+    const tookMs = Date.now() - killedAt;
+    expect(onB.status).toBe(200);
+    expect(onB.body).toContain(`StorePath: ${f.storePath}`);
+    expect(await counter(b, 'narwhal_lock_takeovers_total', 'narinfo')).toBeGreaterThanOrEqual(1);
+    console.log(`narinfo lookup taken over ${tookMs} ms after kill -9 (lease ${LOCK_TTL})`);
+    await onA;
+    a = await startInstance('a');
+  });
+
+  it('a holder paused past its lease: at most one extra download, no corrupt object, both serve the right bytes', async () => {
+    const blob = await publishBlob('ha-paused');
     const narinfo = await fetchText(`${a.url}/${blob.hash}.narinfo`);
     const url = /^URL: (.*)$/m.exec(narinfo.body)![1];
-
     const t0 = Date.now();
-    const onA = fetchBody(`${a.url}/${url}`, t0, { stopAfterBytes: 4 * MiB });
-    const partial = await onA;
-    expect(partial.bytes).toBeGreaterThan(0);
-    await a.kill(); // mid-transfer: the rest of the NAR is still coming from upstream
-    expect(narGets(blob)).toBe(1);
-    expect(
-      (await objectKeys()).filter((k) => k.includes(blob.fileHash)),
-      'no partial object',
-    ).toEqual([]);
+    const onA = fetchBody(`${a.url}/${url}`, t0);
+    expect(await waitFor(async () => Promise.resolve(narGets(blob) === 1), 5_000)).toBe(true);
+    const lostBefore = await counter(a, 'narwhal_lock_lost_total', 'nar');
 
-    // B waits out A's lease (it cannot reach A), then downloads the NAR itself.
+    a.signal('SIGSTOP'); // a GC pause, a frozen VM: alive, but renewing nothing
+    const pausedAt = Date.now();
+    // b waits out the lease (a is not gone: it may only be slow), then downloads itself.
     const onB = await fetchBody(`${b.url}/${url}`, t0);
-    expect({
-      status: onB.status,
-      clean: onB.clean,
-      sha256: onB.sha256,
-      source: onB.source,
-    }).toEqual({
+    a.signal('SIGCONT');
+    const pausedMs = Date.now() - pausedAt;
+
+    expect({ status: onB.status, clean: onB.clean, sha256: onB.sha256 }).toEqual({
       status: 200,
       clean: true,
       sha256: blob.fileHash,
-      source: 'download',
     });
-    expect(narGets(blob)).toBe(2);
-    a = await startInstance('a'); // back for the next test
-    // The upload completes just after the last byte reached the client.
+    const fromA = await onA; // a resumes and finishes its own download too
+    expect({ status: fromA.status, clean: fromA.clean, sha256: fromA.sha256 }).toEqual({
+      status: 200,
+      clean: true,
+      sha256: blob.fileHash,
+    });
+    expect(narGets(blob), 'at most one extra download').toBeLessThanOrEqual(2);
+    expect(await counter(a, 'narwhal_lock_lost_total', 'nar')).toBeGreaterThan(lostBefore);
+    // One object, the right bytes, served as such by both.
     expect(
       await waitFor(async () => (await objectKeys()).some((k) => k.includes(blob.fileHash))),
     ).toBe(true);
     expect((await objectKeys()).filter((k) => k.includes(blob.fileHash))).toHaveLength(1);
+    for (const n of [a, b]) {
+      expect(
+        await waitFor(async () => (await fetchBody(`${n.url}/${url}`, t0)).source === 'storage'),
+      ).toBe(true);
+      const stored = await fetchBody(`${n.url}/${url}`, t0);
+      expect({
+        source: stored.source,
+        clean: stored.clean,
+        bytes: stored.bytes,
+        sha256: stored.sha256,
+      }).toEqual({
+        source: 'storage',
+        clean: true,
+        bytes: blob.file.length,
+        sha256: blob.fileHash,
+      });
+    }
+    console.log(`paused holder: b served the NAR after ${pausedMs} ms of a's pause`);
+  });
+
+  it('refuses the peer endpoint to callers that are not instances, while a download runs', async () => {
+    const blob = await publishBlob('ha-peer-closed');
+    const narinfo = await fetchText(`${a.url}/${blob.hash}.narinfo`);
+    const url = /^URL: (.*)$/m.exec(narinfo.body)![1];
+    const onA = fetchBody(`${a.url}/${url}`, Date.now());
+    expect(await waitFor(async () => Promise.resolve(narGets(blob) === 1), 5_000)).toBe(true);
+    const name = url.slice('nar/'.length);
+    for (const headers of [{}, { authorization: 'Bearer not-the-secret' }]) {
+      expect((await httpGet(`${a.url}/_narwhal/downloads/${name}`, { headers })).status).toBe(404);
+    }
+    // Instances themselves still stream from it.
+    expect((await fetchBody(`${b.url}/${url}`, Date.now())).source).toBe('peer');
+    expect((await onA).clean).toBe(true);
   });
 
   it('Redis down: hits are still served, and misses too (local locks)', async () => {
@@ -341,6 +453,13 @@ function lockDetails(
     details?: Record<string, { status: string; backend: string; degraded: boolean }>;
   };
   return parsed.details?.lock;
+}
+
+/** A counter's value for one `kind` label, from an instance's /metrics. */
+async function counter(n: NarwhalProcess, name: string, kind: string): Promise<number> {
+  const text = (await fetchText(`${n.url}/metrics`)).body;
+  const m = new RegExp(`^${name}\\{kind="${kind}"\\} (\\d+)$`, 'm').exec(text);
+  return Number(m?.[1] ?? NaN);
 }
 
 /** Polls `probe` every 200 ms until it holds; false when it still does not after `ms`. */

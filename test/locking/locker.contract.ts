@@ -154,6 +154,28 @@ export function lockerContract(name: string, { make, givesUp }: ContractOptions)
       await silent.release();
     });
 
+    it("breaks a lease by its holder's token only, freeing the lock for anyone", async () => {
+      expect(await locker.holder('takeover')).toBeNull();
+      const gone = await locker.acquire('takeover', 30_000, 'http://narwhal-a:8501#boot1');
+      const seen = await locker.holder('takeover');
+      expect(seen?.info).toBe('http://narwhal-a:8501#boot1');
+
+      expect(await locker.breakLease('takeover', 'not-the-token')).toBe(false);
+      expect((await locker.holder('takeover'))?.info).toBe('http://narwhal-a:8501#boot1');
+
+      expect(await locker.breakLease('takeover', seen!.token)).toBe(true);
+      expect(await locker.holder('takeover')).toBeNull();
+      expect(await gone.extend(30_000)).toBe(false); // the broken lease is not the lock's any more
+      const next = await locker.tryAcquire('takeover', 30_000, 'http://narwhal-b:8501#boot2');
+      expect(next).not.toBeNull();
+      // A token seen before does not break a newer holder.
+      expect(await locker.breakLease('takeover', seen!.token)).toBe(false);
+      expect((await locker.holder('takeover'))?.info).toBe('http://narwhal-b:8501#boot2');
+      await gone.release(); // a no-op: it does not free the newer holder either
+      expect((await locker.holder('takeover'))?.info).toBe('http://narwhal-b:8501#boot2');
+      await next?.release();
+    });
+
     // In-process lockers wait without a bound: the test does not apply to them.
     if (!givesUp) return;
     it('gives up with LockTimeoutError after maxAttempts', async () => {

@@ -9,6 +9,7 @@ import { ConfigModule } from '../../src/config/config.module';
 import { DatabaseModule } from '../../src/database/database.module';
 import { NarFileRepository } from '../../src/database/nar-file.repository';
 import { NarInfoRepository } from '../../src/database/narinfo.repository';
+import { InstancesModule } from '../../src/instances/instances.module';
 import { LOCKER, type Locker } from '../../src/locking/locker';
 import { LockingModule } from '../../src/locking/locking.module';
 import { MetricsModule } from '../../src/metrics/metrics.module';
@@ -49,6 +50,7 @@ export class ServiceModule {
           DatabaseModule,
           MetricsModule.forRoot(config.metrics),
           LockingModule,
+          InstancesModule,
           StorageModule,
           SigningModule,
           UpstreamModule,

@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import type { Lease, Locker, LockerStatus } from '../locker';
+import type { Lease, Locker, LockerStatus, LockHolder } from '../locker';
 
 interface Holder {
   token: string;
@@ -37,6 +37,17 @@ export class LocalLocker implements Locker {
 
   holderInfo(key: string): Promise<string | null> {
     return Promise.resolve(this.holders.get(key)?.info ?? null);
+  }
+
+  holder(key: string): Promise<LockHolder | null> {
+    const h = this.holders.get(key);
+    return Promise.resolve(h ? { token: h.token, info: h.info } : null);
+  }
+
+  breakLease(key: string, token: string): Promise<boolean> {
+    const held = this.holders.get(key)?.token === token;
+    if (held) this.free(key, token);
+    return Promise.resolve(held);
   }
 
   status(): LockerStatus {

@@ -1,6 +1,6 @@
 import { Logger } from '@nestjs/common';
 import type { LocalLocker } from '../local/local-locker';
-import type { Lease, Locker, LockerStatus } from '../locker';
+import type { Lease, LockHolder, Locker, LockerStatus } from '../locker';
 import { RedisUnavailableError, type RedisLocker } from './redis-locker';
 
 /**
@@ -58,6 +58,20 @@ export class DegradableLocker implements Locker {
     return this.either(
       async () => (await this.redis.holderInfo(key)) ?? this.local.holderInfo(key),
       () => this.local.holderInfo(key),
+    );
+  }
+
+  holder(key: string): Promise<LockHolder | null> {
+    return this.either(
+      async () => (await this.redis.holder(key)) ?? this.local.holder(key),
+      () => this.local.holder(key),
+    );
+  }
+
+  breakLease(key: string, token: string): Promise<boolean> {
+    return this.either(
+      async () => (await this.redis.breakLease(key, token)) || this.local.breakLease(key, token),
+      () => this.local.breakLease(key, token),
     );
   }
 

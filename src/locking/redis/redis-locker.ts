@@ -3,7 +3,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { Cluster, Redis, ReplyError, type RedisOptions } from 'ioredis';
 import type { LockConfig } from '../../config/app-config';
 import { LockTimeoutError } from '../../common/errors';
-import type { Lease, Locker, LockerStatus } from '../locker';
+import type { Lease, Locker, LockerStatus, LockHolder } from '../locker';
 
 export type RedisLockConfig = Extract<LockConfig, { kind: 'redis' }>;
 
@@ -137,17 +137,27 @@ export class RedisLocker implements Locker {
   }
 
   async holderInfo(key: string): Promise<string | null> {
+    return (await this.holder(key))?.info ?? null;
+  }
+
+  /** The holder; its token is the whole stored value (what the scripts compare). */
+  async holder(key: string): Promise<LockHolder | null> {
     const value = await this.send(() => this.client.get(this.config.keyPrefix + key));
     if (value === null) return null;
     try {
       const parsed: unknown = JSON.parse(value);
       if (parsed && typeof parsed === 'object' && 'i' in parsed && typeof parsed.i === 'string') {
-        return parsed.i;
+        return { token: value, info: parsed.i };
       }
     } catch {
       // Held by something that does not write our format: held, with nothing to tell.
     }
-    return '';
+    return { token: value, info: '' };
+  }
+
+  async breakLease(key: string, token: string): Promise<boolean> {
+    const redisKey = this.config.keyPrefix + key;
+    return (await this.send(() => this.client.narwhalLockRelease(redisKey, token))) === 1;
   }
 
   status(): LockerStatus {

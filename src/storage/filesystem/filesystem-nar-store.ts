@@ -82,7 +82,12 @@ export class FilesystemNarStore implements NarStore {
     await syncDir(dirname(target));
   }
 
-  async put(key: string, body: Readable, size?: number): Promise<void> {
+  async put(
+    key: string,
+    body: Readable,
+    size?: number,
+    options: { alreadyStored?: () => Promise<boolean> } = {},
+  ): Promise<void> {
     this.pathOf(key); // validate before writing anything
     const spool = this.spool.newPath(key);
     try {
@@ -91,7 +96,8 @@ export class FilesystemNarStore implements NarStore {
         const { size: got } = await stat(spool);
         if (got !== size) throw new Error(`${key}: got ${got} bytes, expected ${size}`);
       }
-      await this.putFile(key, spool);
+      if (await options.alreadyStored?.()) await rm(spool, { force: true });
+      else await this.putFile(key, spool);
     } catch (e) {
       await rm(spool, { force: true });
       throw e;

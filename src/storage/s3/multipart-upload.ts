@@ -24,6 +24,11 @@ export interface UploadTarget {
   size?: number;
   /** Called if the multipart upload could not be aborted (its parts stay until a lifecycle rule). */
   onAbortFailed?: (uploadId: string, error: Error) => void;
+  /**
+   * Asked once every byte has arrived, before the object is made: true skips making it (another
+   * writer stored the same object meanwhile); the upload is then aborted and nothing changes.
+   */
+  alreadyStored?: () => Promise<boolean>;
 }
 
 /**
@@ -59,15 +64,18 @@ export class PartBufferPool {
  * with up to `queueSize` parts in flight. Memory is bounded by (queueSize + 1) part buffers whatever
  * the body's length. The object appears only if the body ends cleanly with the expected length; on
  * any failure the multipart upload is aborted and the body's own error (if it failed) is rethrown.
+ * Resolves false when `alreadyStored` said so at the end (nothing made).
  */
-export async function uploadObject(t: UploadTarget, body: AsyncIterable<Buffer>): Promise<void> {
+export async function uploadObject(t: UploadTarget, body: AsyncIterable<Buffer>): Promise<boolean> {
   const upload = new MultipartUpload(t);
   try {
-    await upload.run(body);
+    if (await upload.run(body)) return true;
   } catch (e) {
     await upload.abort();
     throw e;
   }
+  await upload.abort();
+  return false;
 }
 
 class MultipartUpload {
@@ -81,7 +89,8 @@ class MultipartUpload {
 
   constructor(private readonly t: UploadTarget) {}
 
-  async run(body: AsyncIterable<Buffer>): Promise<void> {
+  /** Uploads and makes the object; false when `alreadyStored` skipped making it. */
+  async run(body: AsyncIterable<Buffer>): Promise<boolean> {
     const { partSize, size, key } = this.t;
     let part: Buffer | undefined;
     let filled = 0;
@@ -114,13 +123,16 @@ class MultipartUpload {
     }
     if (partNumber === 0) {
       // Everything fits in one part: one request, nothing to abort.
+      if (await this.t.alreadyStored?.()) return false;
       await this.putWhole(part?.subarray(0, filled) ?? Buffer.alloc(0));
       if (part) this.release(part);
-      return;
+      return true;
     }
     await this.send(++partNumber, part!, filled); // the last part: more than zero bytes
     await this.drain(0);
+    if (await this.t.alreadyStored?.()) return false;
     await this.complete();
+    return true;
   }
 
   async abort(): Promise<void> {

@@ -137,7 +137,12 @@ export class S3NarStore implements NarStore {
     await rm(spoolPath, { force: true });
   }
 
-  async put(key: string, body: Readable, size?: number): Promise<void> {
+  async put(
+    key: string,
+    body: Readable,
+    size?: number,
+    options: { alreadyStored?: () => Promise<boolean> } = {},
+  ): Promise<void> {
     const objectKey = this.objectKeyOf(key);
     try {
       await uploadObject(
@@ -150,6 +155,7 @@ export class S3NarStore implements NarStore {
           queueSize: this.queueSize,
           buffers: this.partBuffers,
           size,
+          alreadyStored: options.alreadyStored,
           // The object never appears either way; only the parts' storage leaks until a lifecycle
           // rule (AbortIncompleteMultipartUpload) removes them.
           onAbortFailed: (uploadId, e) =>
