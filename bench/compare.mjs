@@ -43,7 +43,7 @@
 //   BENCH_UPSTREAM_MBPS=100        per-response rate of upstream NAR bodies in MB/s (10^6 B); 0: none
 //   BENCH_NODE_ARGS                extra node options for narwhal ("--cpu-prof --cpu-prof-dir=/tmp/p")
 //   BENCH_NARWHAL_ARGS             extra narwhal flags ("--cache-sign-narinfo false")
-//   BENCH_KEEP=1                   keep the temporary directory (logs, nginx config, stores)
+//   BENCH_KEEP=1                   keep the temporary directory (narwhal's log and data, nginx's)
 //   BENCH_CACHE_DIR                where the built closure is cached (default <repo>/.bench-tmp)
 //   NARWHAL_DIST                   directory with main.js (default <repo>/dist)
 // Needs nginx (Debian nginx-light), wrk, curl and nix: `apt-get install nginx-light wrk curl nix-bin`.
