@@ -1,0 +1,1376 @@
+#!/usr/bin/env node
+// narwhal vs. the nginx proxy_cache recipe, side by side, in one run (not part of `npm test` or CI).
+//
+// Starts, on loopback:
+//   - a synthetic upstream binary cache (a child Node process) serving the narinfos and NARs of a
+//     `file://` cache that the real Nix client made, with NAR responses throttled per response and
+//     an optional fixed latency added to every request; it counts requests per path;
+//   - an nginx proxy_cache peer as the NixOS-wiki recipe has it (`proxy_cache` + `proxy_cache_lock`,
+//     `sendfile on`, `access_log off`), a non-daemon child with its own config, cache and temp dirs;
+//   - narwhal (`dist/main.js serve` with NODE_FLAGS from dist/runtime-flags.js, as bench/run.mjs)
+//     on its defaults (info access log on) plus `--prometheus-enabled true`, a fresh data path,
+//     trusting the upstream's key;
+// and measures both peers with the same load (wrk for request rates, curl and Node clients for
+// NARs, the real `nix copy` for closures), then prints a table with both figures and the ratio
+// narwhal/nginx on stdout (progress goes to stderr).
+//
+// Measures (BENCH_MODE selects them):
+//   hot        hot narinfo: wrk req/s over 100 warm narinfo URLs, and p50/p99 latency of one
+//              keep-alive connection making 2,000 sequential requests; hot small NAR (a ~150-byte
+//              .nar.xz): wrk req/s; hot big NAR: 20 sequential curl downloads and 16 parallel ones.
+//   cold-herd  24 clients at once for one cold big .nar.xz (upstream throttled): wall time, mean and
+//              max time to first body byte, upstream GETs of it (must be 1), sha256 of every body;
+//              then one cold client of another big NAR vs. the same download straight from upstream.
+//   closure    a real `nix copy` of a closure of BENCH_CLOSURE_PATHS small paths + a top path + one
+//              big path into a fresh store with a fresh client cache: cold (straight from the
+//              upstream, through nginx, through narwhal), then warm (through each peer).
+//   cold-closure  only the cold copies, with the upstream adding 20 ms per request by default
+//              (issue 15's setup: "a cache across a continent").
+//   all        (default) closure, hot and cold-herd, in that order.
+// Every mode also reports the peak RSS of narwhal (VmHWM) and of nginx (sum over its processes).
+//
+// The closure and the big NARs are built once with the real Nix client (Nix 2.8, as root, no daemon)
+// and published, signed with a generated key, as an xz `file://` cache under .bench-tmp/ (or
+// BENCH_CACHE_DIR), keyed by the Nix expression: later runs reuse it. The first run takes a few
+// minutes (300 builds, xz of the big NARs).
+//
+// Settings (environment):
+//   BENCH_MODE=all|hot|cold-herd|closure|cold-closure   what to run (above); default all
+//   BENCH_NAR_MIB=64               size of each big NAR (random bytes, so its .nar.xz is as large)
+//   BENCH_WRK_SECONDS=8            duration of each measured wrk run (after a 2 s warm-up run)
+//   BENCH_CLOSURE_PATHS=300        small paths in the closure
+//   BENCH_UPSTREAM_LATENCY_MS      added to every upstream request; default 20 in cold-closure, else 0
+//   BENCH_UPSTREAM_MBPS=100        per-response rate of upstream NAR bodies in MB/s (10^6 B); 0: none
+//   BENCH_NODE_ARGS                extra node options for narwhal ("--cpu-prof --cpu-prof-dir=/tmp/p")
+//   BENCH_NARWHAL_ARGS             extra narwhal flags ("--cache-sign-narinfo false")
+//   BENCH_KEEP=1                   keep the temporary directory (narwhal's log and data, nginx's)
+//   BENCH_CACHE_DIR                where the built closure is cached (default <repo>/.bench-tmp)
+//   NARWHAL_DIST                   directory with main.js (default <repo>/dist)
+// Needs nginx (Debian nginx-light), wrk, curl and nix: `apt-get install nginx-light wrk curl nix-bin`.
+// Exit codes: 0 all measured, 1 a measure failed (the table says which), 2 missing tool or setting.
+
+import { fork, spawn, spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import {
+  createReadStream,
+  existsSync,
+  openSync,
+  closeSync,
+  readFileSync,
+  readdirSync,
+  rmSync,
+} from 'node:fs';
+import { mkdir, mkdtemp, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { Agent, createServer, request } from 'node:http';
+import { createRequire } from 'node:module';
+import { cpus, loadavg, tmpdir } from 'node:os';
+import { delimiter, dirname, join, resolve } from 'node:path';
+import { pipeline, Transform } from 'node:stream';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { fileURLToPath } from 'node:url';
+
+const SELF = fileURLToPath(import.meta.url);
+const HERE = dirname(SELF);
+const ROOT = resolve(HERE, '..');
+const UPSTREAM_ROLE = '--upstream-child';
+const MiB = 1024 * 1024;
+const now = () => process.hrtime.bigint();
+const msSince = (t0) => Number(now() - t0) / 1e6;
+
+// =============================================================================================
+// The upstream cache (runs in its own process, so that the clients' hashing does not pace it)
+
+async function upstreamChild() {
+  const dir = process.env.BENCH_UPSTREAM_DIR;
+  const rate = Number(process.env.BENCH_UPSTREAM_RATE); // bytes/s per NAR response; 0: unthrottled
+  const latency = Number(process.env.BENCH_UPSTREAM_LATENCY_MS);
+  const small = new Map(); // URL path → { body, type }
+  const nars = new Map(); // URL path → { file, size }
+  const typeOf = (name) =>
+    name === 'nix-cache-info'
+      ? 'text/x-nix-cache-info'
+      : name.endsWith('.narinfo')
+        ? 'text/x-nix-narinfo'
+        : 'application/json';
+  for (const name of await readdir(dir)) {
+    if (name === 'nix-cache-info' || name.endsWith('.narinfo') || name.endsWith('.ls')) {
+      small.set(`/${name}`, { body: await readFile(join(dir, name)), type: typeOf(name) });
+    }
+  }
+  for (const name of await readdir(join(dir, 'nar'))) {
+    const file = join(dir, 'nar', name);
+    nars.set(`/nar/${name}`, { file, size: (await stat(file)).size });
+  }
+  // Read every NAR once, so that no peer pays for the first read from disk.
+  for (const { file } of nars.values()) {
+    for await (const chunk of createReadStream(file, { highWaterMark: MiB })) void chunk;
+  }
+  const counts = new Map(); // URL path → { get, head }
+  const answer = (req, res, path) => {
+    const head = req.method === 'HEAD';
+    const doc = small.get(path);
+    if (doc) {
+      res.writeHead(200, { 'content-type': doc.type, 'content-length': doc.body.length });
+      res.end(head ? undefined : doc.body);
+      return;
+    }
+    const nar = nars.get(path);
+    if (!nar) {
+      res.writeHead(404, { 'content-type': 'text/plain', 'content-length': 0 }).end();
+      return;
+    }
+    res.writeHead(200, { 'content-type': 'application/x-nix-nar', 'content-length': nar.size });
+    if (head) {
+      res.end();
+      return;
+    }
+    const source = createReadStream(nar.file, { highWaterMark: 256 * 1024 });
+    const done = () => {}; // a client that goes away just ends the stream
+    if (rate > 0) pipeline(source, throttle(rate), res, done);
+    else pipeline(source, res, done);
+  };
+  const server = createServer((req, res) => {
+    const path = (req.url ?? '/').split('?')[0];
+    if (path === '/-/counts') {
+      const body = JSON.stringify(Object.fromEntries(counts));
+      res.writeHead(200, { 'content-type': 'application/json' }).end(body);
+      return;
+    }
+    let c = counts.get(path);
+    if (!c) counts.set(path, (c = { get: 0, head: 0 }));
+    if (req.method === 'HEAD') c.head++;
+    else c.get++;
+    if (latency > 0) setTimeout(() => answer(req, res, path), latency);
+    else answer(req, res, path);
+  });
+  server.keepAliveTimeout = 30_000;
+  server.listen(0, '127.0.0.1', () => process.send({ port: server.address().port }));
+  process.on('disconnect', () => process.exit(0));
+}
+
+/** Passes chunks on at `rate` bytes/s on average (paced by the bytes sent since the first one). */
+function throttle(rate) {
+  let start = 0;
+  let sent = 0;
+  return new Transform({
+    transform(chunk, _enc, cb) {
+      if (start === 0) start = performance.now();
+      this.push(chunk);
+      sent += chunk.length;
+      const wait = start + (sent / rate) * 1000 - performance.now();
+      if (wait >= 1) setTimeout(cb, wait);
+      else cb();
+    },
+  });
+}
+
+// =============================================================================================
+// Settings
+
+function fail(message) {
+  console.error(`bench: ${message}`);
+  process.exit(2);
+}
+
+function intEnv(name, def, min, max) {
+  const v = process.env[name];
+  if (v === undefined || v === '') return def;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < min || n > max)
+    fail(`${name} must be an integer in ${min}..${max}`);
+  return n;
+}
+
+const MODES = ['all', 'hot', 'cold-herd', 'closure', 'cold-closure'];
+
+function readSettings() {
+  const mode = process.env.BENCH_MODE || 'all';
+  if (!MODES.includes(mode)) fail(`BENCH_MODE must be one of ${MODES.join(', ')}`);
+  const splitArgs = (name) => (process.env[name] ?? '').split(/\s+/).filter(Boolean);
+  return {
+    mode,
+    narMib: intEnv('BENCH_NAR_MIB', 64, 1, 2048),
+    wrkSeconds: intEnv('BENCH_WRK_SECONDS', 8, 1, 600),
+    closurePaths: intEnv('BENCH_CLOSURE_PATHS', 300, 1, 5000),
+    latencyMs: intEnv('BENCH_UPSTREAM_LATENCY_MS', mode === 'cold-closure' ? 20 : 0, 0, 10_000),
+    mbps: intEnv('BENCH_UPSTREAM_MBPS', 100, 0, 100_000),
+    nodeArgs: splitArgs('BENCH_NODE_ARGS'),
+    narwhalArgs: splitArgs('BENCH_NARWHAL_ARGS'),
+    keep: process.env.BENCH_KEEP === '1',
+    cacheDir: resolve(process.env.BENCH_CACHE_DIR || join(ROOT, '.bench-tmp')),
+    dist: resolve(process.env.NARWHAL_DIST || join(ROOT, 'dist')),
+    run: {
+      closureCold: ['all', 'closure', 'cold-closure'].includes(mode),
+      closureWarm: ['all', 'closure'].includes(mode),
+      hot: ['all', 'hot'].includes(mode),
+      herd: ['all', 'cold-herd'].includes(mode),
+    },
+  };
+}
+
+const HOT_URLS = 100;
+const LATENCY_REQUESTS = 2000;
+const SEQUENTIAL_DOWNLOADS = 20;
+const PARALLEL_DOWNLOADS = 16;
+const HERD_CLIENTS = 24;
+const WRK_THREADS = 2;
+const WRK_CONNECTIONS = 64;
+const REQUEST_TIMEOUT_MS = 300_000;
+const KEY_NAME = 'bench-upstream-1';
+
+/** Finds an executable: an absolute candidate that exists, or a name on PATH. */
+function findTool(...candidates) {
+  for (const c of candidates) {
+    if (c.startsWith('/')) {
+      if (existsSync(c)) return c;
+      continue;
+    }
+    for (const d of (process.env.PATH ?? '').split(delimiter)) {
+      if (d && existsSync(join(d, c))) return join(d, c);
+    }
+  }
+  return null;
+}
+
+// =============================================================================================
+// Progress, children, cleanup
+
+const started = now();
+const log = (msg) => console.error(`[compare ${(msSince(started) / 1000).toFixed(1)}s] ${msg}`);
+
+/** Every child still running, so that any exit path can end it (a group for nginx and narwhal). */
+const children = new Set();
+let workDir = null;
+let keepWork = false;
+let fixtureTmp = null; // a closure being built: removed if the run ends before it is complete
+
+function track(child, group) {
+  const entry = { child, group };
+  children.add(entry);
+  child.once('exit', () => children.delete(entry));
+  return child;
+}
+
+function killChild({ child, group }, signal) {
+  try {
+    if (group) process.kill(-child.pid, signal);
+    else child.kill(signal);
+  } catch {
+    // already gone
+  }
+}
+
+process.on('exit', () => {
+  for (const entry of children) killChild(entry, 'SIGKILL');
+  if (workDir && !keepWork) removeTreeSync(workDir);
+  if (fixtureTmp) rmSync(fixtureTmp, { recursive: true, force: true });
+});
+
+/** Nix makes store paths read-only; as non-root they need write permission back to be removed. */
+function removeTreeSync(dir) {
+  if (process.getuid?.() !== 0) spawnSync('chmod', ['-R', 'u+w', dir], { stdio: 'ignore' });
+  rmSync(dir, { recursive: true, force: true });
+}
+
+/** Runs a command to completion (bounded by `timeoutMs`), capturing its output. */
+function runProc(cmd, args, { env, cwd, timeoutMs = 120_000 } = {}) {
+  return new Promise((resolveRun, reject) => {
+    const t0 = now();
+    const child = track(spawn(cmd, args, { env, cwd, stdio: ['ignore', 'pipe', 'pipe'] }), false);
+    const out = [];
+    const err = [];
+    child.stdout.on('data', (c) => out.push(c));
+    child.stderr.on('data', (c) => err.push(c));
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      child.kill('SIGKILL');
+    }, timeoutMs);
+    child.once('error', (e) => {
+      clearTimeout(timer);
+      reject(e);
+    });
+    child.once('close', (code, signal) => {
+      clearTimeout(timer);
+      const result = {
+        code,
+        signal,
+        ms: msSince(t0),
+        stdout: Buffer.concat(out).toString('utf8'),
+        stderr: Buffer.concat(err).toString('utf8'),
+      };
+      if (timedOut) reject(new Error(`${cmd} ${args.join(' ')} timed out after ${timeoutMs} ms`));
+      else resolveRun(result);
+    });
+  });
+}
+
+async function runOk(cmd, args, opts) {
+  const r = await runProc(cmd, args, opts);
+  if (r.code !== 0) {
+    throw new Error(
+      `${cmd} ${args.join(' ')} exited with ${r.code ?? r.signal}\n${tail(r.stderr)}${tail(r.stdout)}`,
+    );
+  }
+  return r;
+}
+
+const tail = (text, n = 3000) => (text.length > n ? `…${text.slice(-n)}` : text);
+
+function readTail(file, n = 4000) {
+  try {
+    return tail(readFileSync(file, 'utf8'), n);
+  } catch {
+    return '';
+  }
+}
+
+// =============================================================================================
+// HTTP client
+
+/** GET (or HEAD); hashes or keeps the body if asked, never more; bounded by `timeoutMs`. */
+function get(url, { agent, method = 'GET', hash = false, text = false, onFirstByte } = {}) {
+  return new Promise((resolveGet, reject) => {
+    let settled = false;
+    const settle = (fn, v) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(deadline);
+      fn(v);
+    };
+    const req = request(url, { method, agent }, (res) => {
+      const h = hash ? createHash('sha256') : null;
+      const chunks = text ? [] : null;
+      let bytes = 0;
+      let first = true;
+      res.on('data', (c) => {
+        if (first) {
+          first = false;
+          onFirstByte?.();
+        }
+        bytes += c.length;
+        h?.update(c);
+        chunks?.push(c);
+      });
+      res.on('error', (e) => settle(reject, e));
+      res.on('end', () =>
+        settle(resolveGet, {
+          status: res.statusCode,
+          headers: res.headers,
+          bytes,
+          complete: res.complete,
+          digest: h?.digest(),
+          text: chunks ? Buffer.concat(chunks).toString('utf8') : undefined,
+        }),
+      );
+      res.on('close', () => settle(reject, new Error(`response closed early: ${url}`)));
+    });
+    const deadline = setTimeout(
+      () => req.destroy(new Error(`no complete answer within ${REQUEST_TIMEOUT_MS} ms: ${url}`)),
+      REQUEST_TIMEOUT_MS,
+    );
+    req.on('error', (e) => settle(reject, e));
+    req.end();
+  });
+}
+
+async function getOk(url, opts) {
+  const r = await get(url, opts);
+  if (r.status !== 200) throw new Error(`GET ${url} answered ${r.status}`);
+  return r;
+}
+
+async function freePort() {
+  const s = createServer();
+  await new Promise((r) => s.listen(0, '127.0.0.1', r));
+  const { port } = s.address();
+  await new Promise((r) => s.close(r));
+  return port;
+}
+
+/** Polls `probe` every 100 ms until it returns true; throws after `timeoutMs`. */
+async function waitFor(what, timeoutMs, probe) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (await probe().catch(() => false)) return;
+    if (Date.now() > deadline) throw new Error(`${what}: not within ${timeoutMs / 1000} s`);
+    await sleep(100);
+  }
+}
+
+function percentile(sorted, p) {
+  if (sorted.length === 0) return NaN;
+  return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)];
+}
+
+// =============================================================================================
+// The closure, built once with the real Nix client and cached by its expression
+
+const NIX_CONFIG = [
+  'experimental-features = nix-command',
+  'sandbox = false',
+  'build-users-group =',
+  'substituters =',
+].join('\n');
+
+const nixEnv = (cacheHome) => ({ ...process.env, NIX_CONFIG, XDG_CACHE_HOME: cacheHome });
+
+function closureExpression(paths, narMib) {
+  const bytes = narMib * MiB;
+  // Builders run without a sandbox and set PATH themselves (see /work/shared/PROTOCOL.md).
+  return `# bench/compare.mjs: the closure and the big NARs (random bytes: their .nar.xz is as large)
+let
+  mk = name: script: builtins.derivation {
+    inherit name;
+    system = builtins.currentSystem;
+    builder = "/bin/sh";
+    args = [ "-c" "export PATH=/bin:/usr/bin; \${script}" ];
+  };
+  big = name: mk name "head -c ${bytes} /dev/urandom > $out";
+  small = builtins.genList
+    (i: mk "narwhal-bench-p\${toString i}" "echo narwhal-bench-\${toString i} > $out") ${paths};
+  blob = big "narwhal-bench-blob-${narMib}m";
+in {
+  inherit blob;
+  top = mk "narwhal-bench-top-${paths}" "mkdir $out; echo \${blob} \${toString small} > $out/refs";
+  herd = big "narwhal-bench-herd-${narMib}m";
+  single = big "narwhal-bench-single-${narMib}m";
+}
+`;
+}
+
+function parseNarInfo(text) {
+  const f = new Map();
+  for (const line of text.split('\n')) {
+    const i = line.indexOf(': ');
+    if (i > 0) f.set(line.slice(0, i), line.slice(i + 2));
+  }
+  return f;
+}
+
+async function readPathInfo(upstreamDir, storePath) {
+  const base = storePath.slice(storePath.lastIndexOf('/') + 1);
+  const hashPart = base.slice(0, 32);
+  const f = parseNarInfo(await readFile(join(upstreamDir, `${hashPart}.narinfo`), 'utf8'));
+  const info = {
+    storePath,
+    name: base.slice(33),
+    hashPart,
+    url: f.get('URL'),
+    fileSize: Number(f.get('FileSize')),
+    fileHash: (f.get('FileHash') ?? '').replace(/^sha256:/, ''),
+    narSize: Number(f.get('NarSize')),
+    references: (f.get('References') ?? '').split(' ').filter(Boolean),
+  };
+  if (!info.url || !info.fileHash || !(info.fileSize > 0)) {
+    throw new Error(`incomplete narinfo for ${storePath} in ${upstreamDir}`);
+  }
+  return info;
+}
+
+async function fixtureIsComplete(dir, manifest) {
+  const all = [manifest.top, manifest.blob, manifest.herd, manifest.single, ...manifest.small];
+  for (const p of all) {
+    const s = await stat(join(dir, 'upstream', p.url)).catch(() => null);
+    if (!s || s.size !== p.fileSize) return false;
+    if (!existsSync(join(dir, 'upstream', `${p.hashPart}.narinfo`))) return false;
+  }
+  return true;
+}
+
+async function prepareFixture(settings, nixVersion) {
+  const expr = closureExpression(settings.closurePaths, settings.narMib);
+  const key = createHash('sha256').update(`${nixVersion}\n${expr}`).digest('hex').slice(0, 16);
+  const dir = join(settings.cacheDir, `compare-${key}`);
+  const manifestFile = join(dir, 'manifest.json');
+  if (existsSync(manifestFile)) {
+    const manifest = JSON.parse(await readFile(manifestFile, 'utf8'));
+    if (await fixtureIsComplete(dir, manifest)) {
+      log(`reusing the closure in ${dir}`);
+      return { dir, upstreamDir: join(dir, 'upstream'), ...manifest };
+    }
+    log(`${dir} is incomplete; building it again`);
+    await rm(dir, { recursive: true, force: true });
+  }
+
+  await removeAbandonedBuilds(settings.cacheDir);
+  const tmp = `${dir}.tmp-${process.pid}`;
+  fixtureTmp = tmp;
+  await rm(tmp, { recursive: true, force: true });
+  await mkdir(tmp, { recursive: true });
+  try {
+    const env = nixEnv(join(tmp, 'xdg'));
+    const nixFile = join(tmp, 'closure.nix');
+    await writeFile(nixFile, expr);
+    log(
+      `building the closure (${settings.closurePaths} small paths + ${settings.narMib} MiB, ` +
+        `and two more ${settings.narMib} MiB paths) with nix-build; once per expression`,
+    );
+    const attrs = ['top', 'blob', 'herd', 'single'];
+    const built = await runOk(
+      'nix-build',
+      [nixFile, '--no-out-link', '--max-jobs', '2', ...attrs.flatMap((a) => ['-A', a])],
+      { env, timeoutMs: 30 * 60_000 },
+    );
+    const outs = built.stdout.split('\n').filter((l) => l.startsWith('/'));
+    const find = (suffix) => {
+      const p = outs.find((o) => o.endsWith(suffix));
+      if (!p) throw new Error(`nix-build printed no path ending in ${suffix}:\n${built.stdout}`);
+      return p;
+    };
+    const paths = {
+      top: find(`-narwhal-bench-top-${settings.closurePaths}`),
+      blob: find(`-narwhal-bench-blob-${settings.narMib}m`),
+      herd: find(`-narwhal-bench-herd-${settings.narMib}m`),
+      single: find(`-narwhal-bench-single-${settings.narMib}m`),
+    };
+    const sk = join(tmp, 'upstream.sk');
+    const pk = join(tmp, 'upstream.pk');
+    await runOk('nix-store', ['--generate-binary-cache-key', KEY_NAME, sk, pk], { env });
+    const upstreamDir = join(tmp, 'upstream');
+    log('signing and publishing it as an xz file:// cache (real xz: this takes a while once)');
+    // The cache's secret-key parameter signs every narinfo it writes with the upstream's key,
+    // without touching the signatures kept in the local store.
+    const to =
+      `file://${upstreamDir}?compression=xz&parallel-compression=true&compression-level=1` +
+      `&secret-key=${sk}`;
+    await runOk('nix', ['copy', '--to', to, paths.top, paths.herd, paths.single], {
+      env,
+      timeoutMs: 60 * 60_000,
+    });
+    const top = await readPathInfo(upstreamDir, paths.top);
+    const blob = await readPathInfo(upstreamDir, paths.blob);
+    const herd = await readPathInfo(upstreamDir, paths.herd);
+    const single = await readPathInfo(upstreamDir, paths.single);
+    const small = [];
+    for (const ref of top.references) {
+      const m = /^[0-9a-z]{32}-narwhal-bench-p(\d+)$/.exec(ref);
+      if (m) small[Number(m[1])] = await readPathInfo(upstreamDir, `/nix/store/${ref}`);
+    }
+    if (small.length !== settings.closurePaths || small.some((p) => !p)) {
+      throw new Error(`the top path references ${small.length} small paths, not all of them`);
+    }
+    const manifest = {
+      publicKey: (await readFile(pk, 'utf8')).trim(),
+      top,
+      blob,
+      herd,
+      single,
+      small,
+    };
+    await writeFile(join(tmp, 'manifest.json'), JSON.stringify(manifest));
+    await rm(join(tmp, 'xdg'), { recursive: true, force: true });
+    await rename(tmp, dir).catch(async (e) => {
+      // Another run finished the same fixture first: use theirs.
+      if (!existsSync(manifestFile)) throw e;
+      await rm(tmp, { recursive: true, force: true });
+    });
+    fixtureTmp = null;
+    const used = JSON.parse(await readFile(manifestFile, 'utf8'));
+    return { dir, upstreamDir: join(dir, 'upstream'), ...used };
+  } catch (e) {
+    await rm(tmp, { recursive: true, force: true });
+    fixtureTmp = null;
+    throw e;
+  }
+}
+
+/** Removes half-built closures left by runs that were killed (their process is gone). */
+async function removeAbandonedBuilds(cacheDir) {
+  for (const name of await readdir(cacheDir).catch(() => [])) {
+    const m = /^compare-[0-9a-f]+\.tmp-(\d+)$/.exec(name);
+    if (!m || isAlive(Number(m[1]))) continue;
+    log(`removing ${name}, left by a run that ended while building`);
+    await rm(join(cacheDir, name), { recursive: true, force: true });
+  }
+}
+
+function isAlive(pid) {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return e.code === 'EPERM';
+  }
+}
+
+// =============================================================================================
+// The three servers
+
+async function startUpstream(fixture, settings) {
+  const child = track(
+    fork(SELF, [UPSTREAM_ROLE], {
+      execArgv: [],
+      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+      env: {
+        ...process.env,
+        BENCH_UPSTREAM_DIR: fixture.upstreamDir,
+        BENCH_UPSTREAM_RATE: String(settings.mbps * 1e6),
+        BENCH_UPSTREAM_LATENCY_MS: String(settings.latencyMs),
+      },
+    }),
+    false,
+  );
+  const port = await new Promise((resolvePort, reject) => {
+    const timer = setTimeout(() => reject(new Error('upstream not listening within 60 s')), 60_000);
+    child.once('message', (m) => {
+      clearTimeout(timer);
+      resolvePort(m.port);
+    });
+    child.once('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`upstream exited with ${code}`));
+    });
+  });
+  const url = `http://127.0.0.1:${port}`;
+  return {
+    url,
+    pid: child.pid,
+    /** Requests per URL path so far: { path: { get, head } }. */
+    counts: async () => JSON.parse((await getOk(`${url}/-/counts`, { text: true })).text),
+    stop: () => stopChild(child, false, 'SIGTERM', 5_000),
+  };
+}
+
+/** Sends `signal`, waits up to `graceMs` for the exit, then SIGKILLs (the group if `group`). */
+async function stopChild(child, group, signal, graceMs) {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise((r) => child.once('exit', r));
+  killChild({ child, group }, signal);
+  const timer = setTimeout(() => killChild({ child, group }, 'SIGKILL'), graceMs);
+  await exited;
+  clearTimeout(timer);
+  // nginx workers and narwhal's children share the group: make sure none outlives its parent.
+  if (group) killChild({ child, group }, 'SIGKILL');
+}
+
+function nginxConfig(dir, port, upstreamUrl) {
+  // The NixOS-wiki recipe (a caching proxy in front of a binary cache), with every path of its own.
+  return `# bench/compare.mjs: the nginx proxy_cache recipe
+${process.getuid?.() === 0 ? 'user root;\n' : ''}worker_processes auto;
+pid ${dir}/nginx.pid;
+error_log ${dir}/error.log warn;
+events {
+  worker_connections 4096;
+}
+http {
+  access_log off;
+  sendfile on;
+  client_body_temp_path ${dir}/tmp/client_body;
+  proxy_temp_path ${dir}/tmp/proxy;
+  fastcgi_temp_path ${dir}/tmp/fastcgi;
+  uwsgi_temp_path ${dir}/tmp/uwsgi;
+  scgi_temp_path ${dir}/tmp/scgi;
+  proxy_cache_path ${dir}/cache levels=1:2 keys_zone=nix:100m max_size=20g inactive=365d use_temp_path=off;
+  server {
+    listen 127.0.0.1:${port};
+    location / {
+      proxy_pass ${upstreamUrl};
+      proxy_cache nix;
+      proxy_cache_lock on;
+      proxy_cache_lock_timeout 1h;
+      proxy_cache_valid 200 302 60d;
+      proxy_cache_valid 404 1m;
+    }
+  }
+}
+`;
+}
+
+async function startNginx(nginx, work, upstream) {
+  const dir = join(work, 'nginx');
+  await mkdir(join(dir, 'tmp'), { recursive: true });
+  await mkdir(join(dir, 'cache'), { recursive: true });
+  const port = await freePort();
+  const conf = join(dir, 'nginx.conf');
+  await writeFile(conf, nginxConfig(dir, port, upstream.url));
+  const errorLog = join(dir, 'error.log');
+  const out = openSync(join(dir, 'stderr.log'), 'a');
+  const child = track(
+    spawn(nginx, ['-p', `${dir}/`, '-c', conf, '-e', errorLog, '-g', 'daemon off;'], {
+      stdio: ['ignore', out, out],
+      detached: true,
+    }),
+    true,
+  );
+  closeSync(out);
+  const base = `http://127.0.0.1:${port}`;
+  const output = () => `${readTail(join(dir, 'stderr.log'))}${readTail(errorLog)}`;
+  await waitFor('nginx answering /nix-cache-info', 30_000, async () => {
+    if (child.exitCode !== null) throw new Error(`nginx exited:\n${output()}`);
+    return (await get(`${base}/nix-cache-info`, { agent: false })).status === 200;
+  }).catch((e) => {
+    throw new Error(`${e.message}\n${output()}`);
+  });
+  return {
+    name: 'nginx',
+    base,
+    pid: child.pid,
+    output,
+    alive: () => child.exitCode === null && child.signalCode === null,
+    /** Sum of the peak RSS of the master and every child (workers, cache manager). */
+    peakRss: () => [child.pid, ...childPids(child.pid)].reduce((s, p) => s + procHwm(p), 0),
+    stop: () => stopChild(child, true, 'SIGTERM', 10_000),
+  };
+}
+
+async function startNarwhal(settings, work, upstream, publicKey, nodeFlags) {
+  const main = join(settings.dist, 'main.js');
+  const dataPath = join(work, 'narwhal-data');
+  await mkdir(dataPath, { recursive: true });
+  const port = await freePort();
+  const logFile = join(work, 'narwhal.log');
+  const out = openSync(logFile, 'a');
+  // narwhal on its defaults: settings the calling shell may have exported are left out.
+  const env = Object.fromEntries(
+    Object.entries(process.env).filter(
+      ([k]) => !/^(CACHE_|SERVER_|LOG_|PROMETHEUS_|NARWHAL_|SHUTDOWN_|NETRC)/.test(k),
+    ),
+  );
+  const args = [
+    ...nodeFlags,
+    ...settings.nodeArgs,
+    main,
+    'serve',
+    '--prometheus-enabled',
+    'true',
+    ...settings.narwhalArgs,
+  ];
+  const child = track(
+    spawn(process.execPath, args, {
+      cwd: work,
+      stdio: ['ignore', out, out],
+      detached: true,
+      env: {
+        ...env,
+        SERVER_ADDR: `127.0.0.1:${port}`,
+        CACHE_DATA_PATH: dataPath,
+        CACHE_UPSTREAM_URL: upstream.url,
+        CACHE_UPSTREAM_PUBLIC_KEY: publicKey,
+        CACHE_HOSTNAME: 'narwhal-bench',
+      },
+    }),
+    true,
+  );
+  closeSync(out);
+  const base = `http://127.0.0.1:${port}`;
+  const output = () => readTail(logFile);
+  await waitFor('narwhal healthy', 60_000, async () => {
+    if (child.exitCode !== null) throw new Error(`narwhal exited:\n${output()}`);
+    return (await get(`${base}/healthz`, { agent: false })).status === 200;
+  }).catch((e) => {
+    throw new Error(`${e.message}\n${output()}`);
+  });
+  return {
+    name: 'narwhal',
+    base,
+    pid: child.pid,
+    output,
+    alive: () => child.exitCode === null && child.signalCode === null,
+    peakRss: () => procHwm(child.pid),
+    // Its shutdown lets responses in flight finish (up to --shutdown-timeout, 30 s by default).
+    stop: () => stopChild(child, true, 'SIGTERM', 40_000),
+  };
+}
+
+/** VmHWM (peak resident set) of a process, in bytes; 0 if it is gone. */
+function procHwm(pid) {
+  try {
+    const text = readFileSync(`/proc/${pid}/status`, 'utf8');
+    return Number(/^VmHWM:\s+(\d+) kB/m.exec(text)?.[1] ?? 0) * 1024;
+  } catch {
+    return 0;
+  }
+}
+
+function childPids(parent) {
+  const found = [];
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      const text = readFileSync(`/proc/${name}/status`, 'utf8');
+      if (Number(/^PPid:\s+(\d+)/m.exec(text)?.[1]) === parent) found.push(Number(name));
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return found;
+}
+
+// =============================================================================================
+// Results
+
+const results = new Map(); // measure id → { direct, nginx, narwhal } (numbers or 'error')
+const errors = [];
+const notes = [];
+
+function record(id, column, value) {
+  if (!results.has(id)) results.set(id, {});
+  results.get(id)[column] = value;
+}
+
+/** Runs one measure; a failure is recorded (the table shows "error") and the run goes on. */
+async function attempt(what, ids, column, fn) {
+  try {
+    await fn();
+  } catch (e) {
+    const message = e instanceof Error ? e.message : String(e);
+    log(`FAILED: ${what} (${column}): ${message.split('\n')[0]}`);
+    errors.push(`${what} (${column}): ${message}`);
+    for (const id of ids) if (results.get(id)?.[column] === undefined) record(id, column, 'error');
+  }
+}
+
+// =============================================================================================
+// Measures
+
+/** The peer's own URL for the NAR of `info` (narwhal serves NARs under names of its own). */
+async function narUrlVia(peer, info) {
+  const r = await getOk(`${peer.base}/${info.hashPart}.narinfo`, { agent: false, text: true });
+  const url = parseNarInfo(r.text).get('URL');
+  if (!url) throw new Error(`${peer.name}: narinfo of ${info.name} has no URL`);
+  return new URL(url, `${peer.base}/`).href;
+}
+
+/** GETs a NAR until the peer serves it from its own storage (narwhal says so in a header). */
+async function warmNar(peer, url, size) {
+  await waitFor(`${peer.name} serving ${url} from storage`, 120_000, async () => {
+    const r = await getOk(url, { agent: false });
+    if (r.bytes !== size) throw new Error(`${url}: ${r.bytes} bytes, expected ${size}`);
+    const source = r.headers['x-narwhal-source'];
+    return source === undefined || source === 'storage';
+  });
+}
+
+/** Upstream requests between two counts, leaving out narwhal's /nix-cache-info probes. */
+function upstreamTotal(before, after) {
+  let n = 0;
+  for (const [path, c] of Object.entries(after)) {
+    if (path === '/nix-cache-info') continue;
+    const b = before[path] ?? { get: 0, head: 0 };
+    n += c.get - b.get + (c.head - b.head);
+  }
+  return n;
+}
+
+async function runWrk(url, seconds, script) {
+  const args = [
+    `-t${WRK_THREADS}`,
+    `-c${WRK_CONNECTIONS}`,
+    `-d${seconds}s`,
+    '--timeout',
+    '10s',
+    ...(script ? ['-s', script] : []),
+    url,
+  ];
+  const r = await runOk('wrk', args, { timeoutMs: (seconds + 60) * 1000 });
+  const rps = Number(/Requests\/sec:\s+([\d.]+)/.exec(r.stdout)?.[1]);
+  const requests = Number(/(\d+) requests in/.exec(r.stdout)?.[1]);
+  const non2xx = Number(/Non-2xx or 3xx responses:\s+(\d+)/.exec(r.stdout)?.[1] ?? 0);
+  const sock = /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(
+    r.stdout,
+  );
+  const socketErrors = sock ? sock.slice(1).reduce((s, v) => s + Number(v), 0) : 0;
+  if (!Number.isFinite(rps)) throw new Error(`unexpected wrk output:\n${r.stdout}`);
+  if (non2xx > 0) throw new Error(`${non2xx} of ${requests} answers were not 2xx (wrk ${url})`);
+  return { rps, requests, socketErrors };
+}
+
+async function wrkMeasure(peer, label, url, seconds, script) {
+  await runWrk(url, Math.min(2, seconds), script); // warm-up: JIT, connections, page cache
+  const w = await runWrk(url, seconds, script);
+  if (w.socketErrors > 0) {
+    notes.push(`${label} via ${peer.name}: wrk counted ${w.socketErrors} socket errors`);
+  }
+  log(`  ${label}: ${Math.round(w.rps)} req/s (${w.requests} requests)`);
+  return w.rps;
+}
+
+async function hotMeasures(peer, fixture, settings, upstream, work) {
+  const hot = fixture.small.slice(0, HOT_URLS);
+  const narinfoUrls = hot.map((p) => `${peer.base}/${p.hashPart}.narinfo`);
+  const small = fixture.small[0];
+  const big = fixture.blob;
+  const ids = {
+    narinfo: ['narinfoRps', 'narinfoP50', 'narinfoP99'],
+    small: ['smallNarRps'],
+    big: ['bigSeqSeconds', 'bigSeqRate', 'bigParSeconds', 'bigParRate'],
+  };
+  log(`hot measures through ${peer.name}`);
+  let smallUrl;
+  let bigUrl;
+  let before;
+  await attempt(
+    'hot warm-up',
+    [...Object.values(ids).flat(), 'hotUpstream'],
+    peer.name,
+    async () => {
+      const agent = new Agent({ keepAlive: true, maxSockets: 8 });
+      for (const url of narinfoUrls) await getOk(url, { agent });
+      agent.destroy();
+      smallUrl = await narUrlVia(peer, small);
+      await warmNar(peer, smallUrl, small.fileSize);
+      bigUrl = await narUrlVia(peer, big);
+      await warmNar(peer, bigUrl, big.fileSize);
+      before = await upstream.counts();
+    },
+  );
+  if (!before) return;
+
+  await attempt('hot narinfo', ids.narinfo, peer.name, async () => {
+    const script = join(work, 'narinfos.lua');
+    const list = hot.map((p) => `"/${p.hashPart}.narinfo"`).join(',\n  ');
+    await writeFile(
+      script,
+      `local paths = {\n  ${list}\n}\nlocal i = 0\n` +
+        'request = function()\n  i = i % #paths + 1\n  return wrk.format(nil, paths[i])\nend\n',
+    );
+    const rps = await wrkMeasure(peer, 'hot narinfo', peer.base, settings.wrkSeconds, script);
+    record('narinfoRps', peer.name, rps);
+    // One keep-alive connection making sequential requests.
+    const one = new Agent({ keepAlive: true, maxSockets: 1 });
+    for (let i = 0; i < 200; i++) await getOk(narinfoUrls[i % narinfoUrls.length], { agent: one });
+    const lat = [];
+    for (let i = 0; i < LATENCY_REQUESTS; i++) {
+      const t0 = now();
+      await getOk(narinfoUrls[i % narinfoUrls.length], { agent: one });
+      lat.push(msSince(t0));
+    }
+    one.destroy();
+    lat.sort((a, b) => a - b);
+    const [p50, p99] = [percentile(lat, 50), percentile(lat, 99)];
+    record('narinfoP50', peer.name, p50);
+    record('narinfoP99', peer.name, p99);
+    log(`  hot narinfo, one connection: p50 ${p50.toFixed(3)} ms, p99 ${p99.toFixed(3)} ms`);
+  });
+
+  await attempt('hot small NAR', ids.small, peer.name, async () => {
+    const rps = await wrkMeasure(peer, 'hot small NAR', smallUrl, settings.wrkSeconds);
+    record('smallNarRps', peer.name, rps);
+  });
+
+  await attempt('hot big NAR', ids.big, peer.name, async () => {
+    const w = ['-s', '-w', '%{http_code} %{size_download}\\n'];
+    const check = (stdout, n) => {
+      const good = stdout.split('\n').filter((l) => l === `200 ${big.fileSize}`).length;
+      if (good !== n) throw new Error(`curl: ${good} of ${n} downloads complete:\n${stdout}`);
+    };
+    // Sequential: one curl process, one connection, the downloads one after another.
+    const many = Array.from({ length: SEQUENTIAL_DOWNLOADS }, () => ['-o', '/dev/null', bigUrl]);
+    const seq = await runOk('curl', [...w, ...many.flat()], { timeoutMs: 600_000 });
+    check(seq.stdout, SEQUENTIAL_DOWNLOADS);
+    record('bigSeqSeconds', peer.name, seq.ms / 1000);
+    record('bigSeqRate', peer.name, (SEQUENTIAL_DOWNLOADS * big.fileSize) / MiB / (seq.ms / 1000));
+    // Parallel: one curl process per download, all started at once.
+    const t0 = now();
+    const par = await Promise.all(
+      Array.from({ length: PARALLEL_DOWNLOADS }, () =>
+        runOk('curl', [...w, '-o', '/dev/null', bigUrl], { timeoutMs: 600_000 }),
+      ),
+    );
+    const parMs = msSince(t0);
+    check(par.map((r) => r.stdout).join(''), PARALLEL_DOWNLOADS);
+    record('bigParSeconds', peer.name, parMs / 1000);
+    record('bigParRate', peer.name, (PARALLEL_DOWNLOADS * big.fileSize) / MiB / (parMs / 1000));
+    log(
+      `  hot big NAR: ${SEQUENTIAL_DOWNLOADS} sequential ${(seq.ms / 1000).toFixed(2)} s, ` +
+        `${PARALLEL_DOWNLOADS} parallel ${(parMs / 1000).toFixed(2)} s`,
+    );
+  });
+  const hotUpstream = upstreamTotal(before, await upstream.counts());
+  record('hotUpstream', peer.name, hotUpstream);
+  if (hotUpstream > 0)
+    notes.push(`hot measures via ${peer.name}: ${hotUpstream} upstream requests`);
+}
+
+/** One NAR download with its body hashed; times in ms from `t0`. */
+async function timedDownload(url, t0, expectHash, encodeNix32) {
+  let ttfb = NaN;
+  const r = await get(url, { agent: false, hash: true, onFirstByte: () => (ttfb = msSince(t0)) });
+  const done = msSince(t0);
+  const ok = r.status === 200 && r.complete && encodeNix32(r.digest) === expectHash;
+  return { ttfb, done, ok, status: r.status };
+}
+
+async function coldHerd(peer, fixture, upstream, encodeNix32) {
+  const p = fixture.herd;
+  log(
+    `cold herd through ${peer.name}: ${HERD_CLIENTS} clients, one ${(p.fileSize / MiB).toFixed(1)} MiB .nar.xz`,
+  );
+  const ids = ['herdWall', 'herdTtfbMean', 'herdTtfbMax', 'herdUpstreamGets', 'herdCorrect'];
+  await attempt('cold herd', ids, peer.name, async () => {
+    const url = await narUrlVia(peer, p); // a client reads the narinfo first, as Nix does
+    const before = await upstream.counts();
+    const t0 = now();
+    const runs = await Promise.all(
+      Array.from({ length: HERD_CLIENTS }, () =>
+        timedDownload(url, t0, p.fileHash, encodeNix32).catch((e) => ({
+          ttfb: NaN,
+          done: msSince(t0),
+          ok: false,
+          status: e.message,
+        })),
+      ),
+    );
+    const wall = msSince(t0);
+    const after = await upstream.counts();
+    const ttfbs = runs.map((r) => r.ttfb).filter(Number.isFinite);
+    const gets = (after[`/${p.url}`]?.get ?? 0) - (before[`/${p.url}`]?.get ?? 0);
+    const correct = runs.filter((r) => r.ok).length;
+    record('herdWall', peer.name, wall / 1000);
+    record('herdTtfbMean', peer.name, ttfbs.reduce((s, v) => s + v, 0) / ttfbs.length);
+    record('herdTtfbMax', peer.name, Math.max(...ttfbs));
+    record('herdUpstreamGets', peer.name, gets);
+    record('herdCorrect', peer.name, correct);
+    if (gets !== 1) notes.push(`cold herd via ${peer.name}: ${gets} upstream GETs of the NAR`);
+    log(
+      `  wall ${(wall / 1000).toFixed(2)} s, ${gets} upstream GET(s), ${correct}/${HERD_CLIENTS} correct`,
+    );
+    if (correct !== HERD_CLIENTS) {
+      const bad = runs.filter((r) => !r.ok).map((r) => r.status);
+      errors.push(
+        `cold herd (${peer.name}): ${HERD_CLIENTS - correct} bad bodies: ${bad.join(', ')}`,
+      );
+    }
+  });
+}
+
+async function coldSingle(column, url, fixture, encodeNix32) {
+  await attempt('one cold client', ['coldSingle'], column, async () => {
+    const t0 = now();
+    const r = await timedDownload(await url(), t0, fixture.single.fileHash, encodeNix32);
+    if (!r.ok) throw new Error(`the body did not match (status ${r.status})`);
+    // Timed from the NAR request (the narinfo came before it, as for a Nix client).
+    record('coldSingle', column, r.done / 1000);
+    log(`one cold client via ${column}: ${(r.done / 1000).toFixed(2)} s`);
+  });
+}
+
+async function nixCopy(column, fromUrl, fixture, settings, work, kind) {
+  const label = `${kind}-${column}`;
+  const store = join(work, 'stores', label);
+  const xdg = join(work, 'xdg', label);
+  await mkdir(xdg, { recursive: true });
+  const args = [
+    'copy',
+    '--from',
+    fromUrl,
+    '--store',
+    store,
+    '--option',
+    'trusted-public-keys',
+    fixture.publicKey,
+    fixture.top.storePath,
+  ];
+  try {
+    const r = await runOk('nix', args, { env: nixEnv(xdg), timeoutMs: 600_000 });
+    // The copy really happened: the big path and the top path's file are in the new store.
+    const blob = await stat(join(store, fixture.blob.storePath));
+    if (blob.size !== settings.narMib * MiB) throw new Error(`big path has ${blob.size} bytes`);
+    if (!(await stat(join(store, fixture.top.storePath, 'refs'))).isFile()) {
+      throw new Error('top path missing');
+    }
+    return r.ms / 1000;
+  } finally {
+    removeTreeSync(store);
+    await rm(xdg, { recursive: true, force: true });
+  }
+}
+
+async function closureMeasures(peers, fixture, settings, upstream, work) {
+  const n = fixture.small.length + 1;
+  if (settings.run.closureCold) {
+    const columns = [{ name: 'direct', base: upstream.url }, ...peers];
+    for (const peer of columns) {
+      await attempt(
+        'cold nix copy',
+        ['closureCold', 'closureColdUpstream'],
+        peer.name,
+        async () => {
+          const before = await upstream.counts();
+          const secs = await nixCopy(peer.name, peer.base, fixture, settings, work, 'cold');
+          const reqs = upstreamTotal(before, await upstream.counts());
+          record('closureCold', peer.name, secs);
+          record('closureColdUpstream', peer.name, reqs);
+          log(
+            `cold nix copy of ${n} + 1 paths via ${peer.name}: ${secs.toFixed(2)} s, ${reqs} upstream requests`,
+          );
+        },
+      );
+    }
+  }
+  if (settings.run.closureWarm) {
+    for (const peer of peers) {
+      await attempt('warm nix copy', ['closureWarm'], peer.name, async () => {
+        // Warm: every narinfo and NAR of the closure is in the peer's cache.
+        const agent = new Agent({ keepAlive: true, maxSockets: 8 });
+        const all = [fixture.top, fixture.blob, ...fixture.small];
+        await Promise.all(
+          Array.from({ length: 8 }, async (_, w) => {
+            for (let i = w; i < all.length; i += 8) {
+              const url = await narUrlVia(peer, all[i]);
+              if (all[i] === fixture.blob) await warmNar(peer, url, all[i].fileSize);
+              else await getOk(url, { agent });
+            }
+          }),
+        );
+        agent.destroy();
+        await sleep(500); // let the last small NARs land in storage
+        const before = await upstream.counts();
+        const secs = await nixCopy(peer.name, peer.base, fixture, settings, work, 'warm');
+        const reqs = upstreamTotal(before, await upstream.counts());
+        record('closureWarm', peer.name, secs);
+        if (reqs > 0) notes.push(`warm nix copy via ${peer.name}: ${reqs} upstream requests`);
+        log(`warm nix copy via ${peer.name}: ${secs.toFixed(2)} s`);
+      });
+    }
+  }
+}
+
+// =============================================================================================
+// The table
+
+function measureRows(settings, fixture) {
+  const big = `${settings.narMib} MiB`;
+  const wrk = `wrk -t${WRK_THREADS} -c${WRK_CONNECTIONS} -d${settings.wrkSeconds}s`;
+  const rate = settings.mbps > 0 ? `${settings.mbps} MB/s` : 'unthrottled';
+  const lat = settings.latencyMs > 0 ? `, upstream +${settings.latencyMs} ms/request` : '';
+  const closure = `${fixture.small.length + 1} small paths + one ${big} path`;
+  return [
+    ['narinfoRps', `hot narinfo, ${wrk} (${HOT_URLS} URLs)`, 'req/s', 'higher', 0],
+    ['narinfoP50', `hot narinfo, 1 connection, p50 of ${LATENCY_REQUESTS}`, 'ms', 'lower', 3],
+    ['narinfoP99', `hot narinfo, 1 connection, p99 of ${LATENCY_REQUESTS}`, 'ms', 'lower', 3],
+    [
+      'smallNarRps',
+      `hot small NAR (${fixture.small[0].fileSize}-byte .nar.xz), ${wrk}`,
+      'req/s',
+      'higher',
+      0,
+    ],
+    [
+      'bigSeqSeconds',
+      `hot ${big} NAR, ${SEQUENTIAL_DOWNLOADS} sequential curl downloads`,
+      's',
+      'lower',
+      2,
+    ],
+    [
+      'bigSeqRate',
+      `hot ${big} NAR, ${SEQUENTIAL_DOWNLOADS} sequential, throughput`,
+      'MiB/s',
+      'higher',
+      0,
+    ],
+    [
+      'bigParSeconds',
+      `hot ${big} NAR, ${PARALLEL_DOWNLOADS} parallel downloads, wall`,
+      's',
+      'lower',
+      2,
+    ],
+    [
+      'bigParRate',
+      `hot ${big} NAR, ${PARALLEL_DOWNLOADS} parallel, aggregate`,
+      'MiB/s',
+      'higher',
+      0,
+    ],
+    ['hotUpstream', 'upstream requests during the hot measures', 'requests', 'must be 0', 0],
+    [
+      'herdWall',
+      `cold herd: ${HERD_CLIENTS} clients, one ${big} .nar.xz, upstream ${rate}, wall`,
+      's',
+      'lower',
+      2,
+    ],
+    ['herdTtfbMean', 'cold herd, mean time to first body byte', 'ms', 'lower', 0],
+    ['herdTtfbMax', 'cold herd, max time to first body byte', 'ms', 'lower', 0],
+    ['herdUpstreamGets', 'cold herd, upstream GETs of the NAR', 'GETs', 'must be 1', 0],
+    [
+      'herdCorrect',
+      `cold herd, bodies matching the file's sha256`,
+      `of ${HERD_CLIENTS}`,
+      `must be ${HERD_CLIENTS}`,
+      0,
+    ],
+    [
+      'coldSingle',
+      `one cold client of another ${big} NAR (direct: from the upstream)`,
+      's',
+      'lower',
+      2,
+    ],
+    ['closureCold', `cold nix copy, ${closure}${lat}`, 's', 'lower', 2],
+    ['closureColdUpstream', 'upstream requests during that cold copy', 'requests', 'info', 0],
+    ['closureWarm', `warm nix copy, ${closure}, fresh store and client cache`, 's', 'lower', 2],
+    ['rss', 'peak RSS over the run (VmHWM; nginx: sum over its processes)', 'MiB', 'lower', 0],
+  ];
+}
+
+function fmt(v, digits) {
+  if (v === undefined) return '';
+  if (typeof v !== 'number') return String(v);
+  if (!Number.isFinite(v)) return 'n/a';
+  return v.toLocaleString('en-US', {
+    minimumFractionDigits: digits,
+    maximumFractionDigits: digits,
+  });
+}
+
+function ratio(a, b) {
+  if (typeof a !== 'number' || typeof b !== 'number' || !(b > 0) || !Number.isFinite(a)) return '';
+  return `${a / b >= 10 ? (a / b).toFixed(1) : (a / b).toFixed(2)}×`;
+}
+
+function printTable(settings, fixture) {
+  const header = [
+    'measure',
+    'unit',
+    'better',
+    'direct',
+    'nginx',
+    'narwhal',
+    'narwhal/nginx',
+    'narwhal/direct',
+  ];
+  const rows = [];
+  for (const [id, label, unit, better, digits] of measureRows(settings, fixture)) {
+    const r = results.get(id);
+    if (!r) continue;
+    const plain = better === 'higher' || better === 'lower';
+    rows.push([
+      label,
+      unit,
+      better,
+      fmt(r.direct, digits),
+      fmt(r.nginx, digits),
+      fmt(r.narwhal, digits),
+      plain ? ratio(r.narwhal, r.nginx) : '',
+      plain ? ratio(r.narwhal, r.direct) : '',
+    ]);
+  }
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
+  const line = (cells) =>
+    `| ${cells.map((c, i) => (i < 3 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join(' | ')} |`;
+  console.log(line(header));
+  console.log(
+    `| ${widths.map((w, i) => (i < 3 ? '-'.repeat(w) : `${'-'.repeat(w - 1)}:`)).join(' | ')} |`,
+  );
+  for (const r of rows) console.log(line(r));
+}
+
+// =============================================================================================
+
+async function benchMain() {
+  const settings = readSettings();
+  const main = join(settings.dist, 'main.js');
+  if (!existsSync(main))
+    fail(`${main} not found; run \`npm run build\` first (or set NARWHAL_DIST).`);
+  const require = createRequire(import.meta.url);
+  const { encodeNix32 } = require(join(settings.dist, 'nix/base32.js'));
+  const { NODE_FLAGS } = require(join(settings.dist, 'runtime-flags.js'));
+
+  const nginx = findTool(process.env.BENCH_NGINX ?? '/usr/sbin/nginx', 'nginx');
+  const missing = [];
+  if (!nginx) missing.push('nginx (Debian: nginx-light)');
+  if (settings.run.hot && !findTool('wrk')) missing.push('wrk');
+  if (settings.run.hot && !findTool('curl')) missing.push('curl');
+  if (!findTool('nix') || !findTool('nix-build')) missing.push('nix (Debian: nix-bin)');
+  if (missing.length > 0) {
+    console.error(
+      `bench: missing ${missing.join(', ')}. Install what is missing, e.g.:\n` +
+        '  apt-get install nginx-light wrk curl nix-bin',
+    );
+    process.exit(2);
+  }
+  const version = (cmd, args) => {
+    const r = spawnSync(cmd, args, { encoding: 'utf8', env: nixEnv(tmpdir()) });
+    return `${r.stdout ?? ''}${r.stderr ?? ''}`.trim().split('\n')[0];
+  };
+  const nixVersion = version('nix', ['--version']);
+
+  let fixture;
+  let upstream;
+  const peers = [];
+  let cleaned = false;
+  const cleanup = async () => {
+    if (cleaned) return;
+    cleaned = true;
+    for (const p of peers) await p.stop().catch(() => {});
+    await upstream?.stop().catch(() => {});
+    if (workDir && !keepWork) removeTreeSync(workDir);
+    else if (workDir) log(`kept ${workDir}`);
+  };
+  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
+    process.once(sig, () => {
+      log(`${sig}: stopping the servers and removing the temporary directory`);
+      void cleanup().finally(() => process.exit(130));
+    });
+  }
+
+  try {
+    fixture = await prepareFixture(settings, nixVersion);
+    workDir = await mkdtemp(join(tmpdir(), 'narwhal-compare-'));
+    keepWork = settings.keep;
+    upstream = await startUpstream(fixture, settings);
+    log(
+      `upstream at ${upstream.url} (NARs ${settings.mbps ? `${settings.mbps} MB/s` : 'unthrottled'}, +${settings.latencyMs} ms per request)`,
+    );
+    peers.push(await startNginx(nginx, workDir, upstream));
+    log(`nginx (pid ${peers[0].pid}) at ${peers[0].base}`);
+    peers.push(await startNarwhal(settings, workDir, upstream, fixture.publicKey, NODE_FLAGS));
+    log(`narwhal (pid ${peers[1].pid}) at ${peers[1].base}`);
+    const load0 = loadavg();
+
+    if (settings.run.closureCold || settings.run.closureWarm) {
+      await closureMeasures(peers, fixture, settings, upstream, workDir);
+    }
+    if (settings.run.hot) {
+      for (const peer of peers) await hotMeasures(peer, fixture, settings, upstream, workDir);
+    }
+    if (settings.run.herd) {
+      for (const peer of peers) await coldHerd(peer, fixture, upstream, encodeNix32);
+      const direct = async () => `${upstream.url}/${fixture.single.url}`;
+      await coldSingle('direct', direct, fixture, encodeNix32);
+      for (const peer of peers) {
+        await coldSingle(peer.name, () => narUrlVia(peer, fixture.single), fixture, encodeNix32);
+      }
+    }
+    for (const peer of peers) {
+      if (!peer.alive()) errors.push(`${peer.name} exited during the run:\n${peer.output()}`);
+      record('rss', peer.name, peer.peakRss() / MiB);
+    }
+
+    const load1 = loadavg();
+    await cleanup();
+    console.log(
+      `narwhal vs. nginx proxy_cache, BENCH_MODE=${settings.mode}, ${new Date().toISOString()}\n` +
+        `${cpus().length} CPUs, load average ${load0[0].toFixed(2)} at start, ${load1[0].toFixed(2)} at end; ` +
+        `node ${process.version}, ${version(nginx, ['-v'])}, ${version('wrk', ['--version'])}, ${nixVersion}\n` +
+        `upstream: loopback, NAR bodies at ${settings.mbps ? `${settings.mbps} MB/s` : 'full speed'} per response, ` +
+        `+${settings.latencyMs} ms per request; big NARs ${settings.narMib} MiB ` +
+        `(.nar.xz ${(fixture.herd.fileSize / MiB).toFixed(1)} MiB); narwhal: defaults + ` +
+        `--prometheus-enabled true${settings.narwhalArgs.length ? ` ${settings.narwhalArgs.join(' ')}` : ''}` +
+        `${settings.nodeArgs.length ? `, node ${settings.nodeArgs.join(' ')}` : ''}\n`,
+    );
+    printTable(settings, fixture);
+    for (const n of notes) console.log(`note: ${n}`);
+  } catch (e) {
+    errors.push(e instanceof Error ? (e.stack ?? e.message) : String(e));
+    await cleanup();
+    if (fixture && results.size > 0) printTable(settings, fixture);
+  }
+  if (errors.length > 0) {
+    console.error(`\nbench: ${errors.length} failure(s):`);
+    for (const e of errors) console.error(`- ${e}`);
+    process.exitCode = 1;
+  }
+  log('done');
+}
+
+// Last, once every constant above is initialised.
+if (process.argv[2] === UPSTREAM_ROLE) {
+  await upstreamChild();
+} else {
+  await benchMain();
+}
