@@ -50,10 +50,15 @@ it(`answers ${REQUESTS} fuzzed requests without a 5xx, stays up with bounded mem
   const unanswered: Record<string, number> = {};
   const serverErrors: string[] = [];
   let sent = 0;
+  /** RSS (MiB) after every tenth of the requests: flat once warm, if nothing accumulates. */
+  const rssSeries: string[] = [];
   const started = performance.now();
   const worker = async () => {
     while (sent < REQUESTS) {
       sent++;
+      if (sent % (REQUESTS / 10) === 0) {
+        void narwhal.memory().then((m) => rssSeries.push(mib(m.rssBytes)));
+      }
       const req: FuzzRequest = fuzzRequest(rng, targets);
       // Bytes that may leave the server waiting for more are followed by the client's end.
       const res = await rawExchange(narwhal.port, req.bytes, {
@@ -92,6 +97,7 @@ it(`answers ${REQUESTS} fuzzed requests without a 5xx, stays up with bounded mem
     statuses: JSON.stringify(statuses),
     'RSS before MiB': mib(before.rssBytes),
     'RSS after MiB': mib(after.rssBytes),
+    'RSS MiB per tenth of the run': rssSeries.join(' '),
     'peak RSS MiB': mib(after.peakBytes),
   });
 
