@@ -11,6 +11,7 @@ import { httpGet } from './support/http-client';
 import { NarwhalProcess } from './support/narwhal-process';
 import {
   buildFixtures,
+  nixCopyFrom,
   nixEnv,
   parseNarInfo,
   readUpstreamNarInfo,
@@ -120,20 +121,12 @@ describe.skipIf(!haveNix).each(BACKENDS)('real Nix client through narwhal on $na
     key = narwhalKey,
   ): Promise<{ store: string; result: RunResult }> {
     const store = freshStore();
-    const result = await runOk(
-      'nix',
-      [
-        'copy',
-        '--from',
-        narwhal.url,
-        '--store',
-        store,
-        '--option',
-        'trusted-public-keys',
-        key,
-        ...paths.map((p) => p.path),
-      ],
-      { env: nixEnv(join(workDir, 'xdg-cache')), timeoutMs: 120_000 },
+    const result = await nixCopyFrom(
+      narwhal.url,
+      store,
+      key,
+      paths.map((p) => p.path),
+      nixEnv(join(workDir, 'xdg-cache')),
     );
     return { store, result };
   }

@@ -6,6 +6,7 @@ import {
   type OnModuleInit,
 } from '@nestjs/common';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { APP_CONFIG, type AppConfig } from '../config/app-config';
 import { MetricsService } from '../metrics/metrics.service';
 import { NAR_STORE, type NarStore } from '../storage/nar-store';
 import type { NarSpool } from './nar-spool';
@@ -41,6 +42,7 @@ export class ActiveDownloads implements OnModuleInit, BeforeApplicationShutdown 
   private readonly byName = new Map<string, ActiveDownload>();
 
   constructor(
+    @Inject(APP_CONFIG) private readonly config: AppConfig,
     @Inject(NAR_STORE) private readonly store: NarStore,
     metrics: MetricsService,
   ) {
@@ -50,12 +52,15 @@ export class ActiveDownloads implements OnModuleInit, BeforeApplicationShutdown 
   /**
    * Removes spool files left by a crash: at start no download of this process runs, so every spool
    * of this instance is garbage (never visible as objects, but they take space — a crash loop would
-   * fill the disk).
+   * fill the disk). With local locks narwhal runs as a single instance, so every spool in the
+   * directory is its own, also one named for another address (a restart on another port, or in a
+   * container with a new host name).
    */
   async onModuleInit(): Promise<void> {
     const now = Date.now();
+    const single = this.config.lock.kind === 'local';
     const { files, bytes } = await this.store.spool.sweep(
-      (f) => f.own || now - f.mtimeMs > FOREIGN_SPOOL_STALE_MS,
+      (f) => f.own || single || now - f.mtimeMs > FOREIGN_SPOOL_STALE_MS,
     );
     if (files > 0) {
       this.logger.log(`removed ${files} spool file(s) left by a crash (${bytes} bytes)`);

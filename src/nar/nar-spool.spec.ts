@@ -286,7 +286,8 @@ describe('NarSpool spool file', () => {
     expect(sha256Hex(await readFile(download.path))).toBe(sha256Hex(SAMPLE.file));
     await download.finishWriting(false);
     expect(await exists(download.path)).toBe(true);
-    expect(openFdsOf(download.path)).toEqual([]);
+    // The verifier thread closes its own handle once it has reported: wait for it.
+    await waitFor(() => openFdsOf(download.path).length === 0, 'spool closed by every user');
   });
 
   it('deletes the spool on finishWriting(true) and closes it once the last reader is done', async () => {
@@ -322,6 +323,10 @@ describe('NarSpool spool file', () => {
     expect(await exists(download.path)).toBe(true);
     await download.finishWriting(true);
     expect(await readdir(spoolDir)).toEqual([]);
-    expect(openFdsOf(`${download.path} (deleted)`)).toEqual([]);
+    // The verifier thread closes its own handle once it has reported: wait for it.
+    await waitFor(
+      () => openFdsOf(`${download.path} (deleted)`).length === 0,
+      'spool closed by every user',
+    );
   });
 });

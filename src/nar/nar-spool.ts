@@ -66,10 +66,11 @@ export class NarSpool extends EventEmitter {
    */
   async receive(body: AsyncIterable<Buffer>, check: SpoolCheck): Promise<void> {
     const chunks = body[Symbol.asyncIterator]();
+    const failFast = new FailFast(check.failed);
     try {
       this.handle = await open(this.path, 'wx+', 0o600);
       for (;;) {
-        const next = await Promise.race([chunks.next(), check.failed]);
+        const next = await failFast.wait(chunks.next());
         if (next.done) break;
         const chunk = next.value;
         if (this.length !== undefined && this.written + chunk.length > this.length) {
@@ -198,6 +199,32 @@ export class NarSpool extends EventEmitter {
     const h = this.handle;
     this.handle = undefined;
     await h?.close().catch(() => undefined);
+  }
+}
+
+/**
+ * Waits for one promise after another unless `failed` rejects first — like
+ * `Promise.race([next, failed])` without its cost here: each race adds a reaction to the long-lived
+ * `failed` that keeps the race's result (an upstream chunk) reachable until `failed` is dropped at
+ * the end of the download, so a fast download held its whole NAR in memory.
+ */
+class FailFast {
+  private failure?: { error: Error };
+  private rejectWaiting?: (error: Error) => void;
+
+  constructor(failed: Promise<never>) {
+    failed.catch((error: Error) => {
+      this.failure = { error };
+      this.rejectWaiting?.(error);
+    });
+  }
+
+  wait<T>(next: Promise<T>): Promise<T> {
+    if (this.failure) return Promise.reject(this.failure.error);
+    return new Promise<T>((resolve, reject) => {
+      this.rejectWaiting = reject;
+      next.then(resolve, reject);
+    });
   }
 }
 

@@ -1,8 +1,7 @@
-import { connect, type Socket } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { FakeUpstream } from '../support/fake-upstream';
-import { httpGet } from '../support/http-client';
+import { httpGet, stalledGet } from '../support/http-client';
 import { useNarwhal, waitStored } from '../support/narwhal-app';
 import { makeKey } from '../support/signing-keys';
 import { makeStorePath } from '../support/store-paths';
@@ -23,18 +22,6 @@ const nw = useNarwhal([upstream], () => ({
 }));
 beforeAll(() => nw.listen());
 
-/** A GET on a raw socket that reads nothing (paused) until told to; tells how it ended. */
-function stalledGet(path: string) {
-  const socket: Socket = connect(nw.port, '127.0.0.1');
-  let received = 0;
-  socket.write(`GET ${path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`);
-  socket.on('data', (chunk: Buffer) => void (received += chunk.length));
-  socket.on('error', () => undefined);
-  socket.pause();
-  const closed = new Promise<void>((done) => socket.once('close', () => done()));
-  return { socket, closed, received: () => received };
-}
-
 async function droppedStalled(): Promise<number> {
   const text = (await nw.app.inject({ method: 'GET', url: '/metrics' })).payload;
   const m = /^narwhal_clients_dropped_total\{reason="stalled"\} (\d+)$/m.exec(text);
@@ -50,7 +37,7 @@ describe('a client that stops reading', () => {
     await waitStored(nw, f.narName, f.file, 30_000);
     const before = await droppedStalled();
 
-    const stalled = stalledGet(`/nar/${f.narName}`);
+    const stalled = stalledGet(nw.port, `/nar/${f.narName}`);
     await eventually(async () => (await droppedStalled()) === before + 1, 20_000, 'dropped');
     // Only now does the paused client read again: it sees the connection end early.
     stalled.socket.resume();

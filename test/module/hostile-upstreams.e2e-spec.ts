@@ -3,7 +3,6 @@ import { serializeNarInfo } from '../../src/nix/narinfo';
 import { zstdBomb } from '../support/bombs';
 import { FakeUpstream } from '../support/fake-upstream';
 import { readOrNull } from '../support/files';
-import { nixSha256 } from '../support/hash';
 import { httpGet } from '../support/http-client';
 import {
   objectPath,
@@ -13,7 +12,7 @@ import {
   waitStored,
 } from '../support/narwhal-app';
 import { makeKey } from '../support/signing-keys';
-import { makeStorePath, sign } from '../support/store-paths';
+import { makeStorePath, sign, withFile } from '../support/store-paths';
 
 /**
  * Upstreams that try to hurt narwhal: dripping bodies, decompression bombs behind a signed narinfo,
@@ -75,17 +74,9 @@ describe('decompression bombs', () => {
   it('refuses a zstd NAR that decodes past its signed NarSize, stores nothing, and does not fetch it again at once', async () => {
     const f = await makeStorePath([key], { size: 1000 });
     const bomb = zstdBomb(2 * 1024 ** 3); // 2 GiB of 'a' in 64 KiB
-    const narInfo = {
-      ...f.narInfo,
-      url: `nar/${nixSha256(bomb).slice('sha256:'.length)}.nar.zst`,
-      compression: 'zstd' as const,
-      fileHash: nixSha256(bomb),
-      fileSize: bomb.length,
-      narSize: 1024 * 1024,
-    };
-    sign(narInfo, [key]);
-    const narName = narInfo.url.slice('nar/'.length);
-    honest.publish({ ...f, file: bomb, narName, narInfo }, narInfo);
+    const bombed = withFile(f, bomb, 'zstd', [key], { narSize: 1024 * 1024 });
+    const { narName, narInfo } = bombed;
+    honest.publish(bombed);
     expect((await httpGet(`${nw.url}/${f.hash}.narinfo`)).status).toBe(200);
 
     const first = await httpGet(`${nw.url}/nar/${narName}`);

@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { get, type Agent, type IncomingHttpHeaders, type OutgoingHttpHeaders } from 'node:http';
-import { connect } from 'node:net';
+import { connect, type Socket } from 'node:net';
 import { encodeNix32 } from '../../src/nix/base32';
 
 /**
@@ -116,27 +116,81 @@ export interface RawResponse {
   status: number;
   head: string;
   body: Buffer;
+  /** Every status line's code in what came back (more than one for pipelined requests). */
+  statuses: number[];
+  /** Why the exchange ended badly (a reset, the client's timeout), if it did. */
+  error?: string;
 }
 
 /**
  * Sends one request with the path exactly as given (no URL normalization: `..`, `%2e%2e` and
  * `%2F` reach the server as written, unlike with `inject`, fetch or http.get).
  */
-export function rawRequest(port: number, method: string, path: string): Promise<RawResponse> {
-  return new Promise((resolve, reject) => {
-    const socket = connect(port, '127.0.0.1', () => {
-      socket.end(`${method} ${path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n`);
-    });
+export async function rawRequest(port: number, method: string, path: string): Promise<RawResponse> {
+  const res = await rawExchange(
+    port,
+    `${method} ${path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n`,
+  );
+  if (res.error !== undefined && res.status === 0) throw new Error(res.error);
+  return res;
+}
+
+/**
+ * Writes `bytes` (anything: a request, half of one, garbage) on a fresh connection and collects
+ * what comes back until the server closes (or `timeoutMs` passes). With `halfClose` the client
+ * ends its side after writing, so that a server waiting for the rest of a request sees it will
+ * never come (Node then drops requests it has not answered yet). Never rejects.
+ */
+export function rawExchange(
+  port: number,
+  bytes: string | Buffer,
+  { timeoutMs = 10_000, halfClose = false }: { timeoutMs?: number; halfClose?: boolean } = {},
+): Promise<RawResponse> {
+  return new Promise((resolve) => {
     const chunks: Buffer[] = [];
+    let error: string | undefined;
+    const socket = connect(port, '127.0.0.1', () =>
+      halfClose ? socket.end(bytes) : socket.write(bytes),
+    );
     socket.on('data', (c: Buffer) => chunks.push(c));
-    socket.on('error', reject);
-    socket.setTimeout(10_000, () => socket.destroy(new Error('raw request timed out')));
+    socket.on('error', (e) => (error ??= e.message));
+    socket.setTimeout(timeoutMs, () => {
+      error ??= 'raw request timed out';
+      socket.destroy();
+    });
     socket.on('close', () => {
       const all = Buffer.concat(chunks);
       const split = all.indexOf('\r\n\r\n');
       const head = (split < 0 ? all : all.subarray(0, split)).toString('latin1');
-      const status = Number(/^HTTP\/1\.1 (\d{3})/.exec(head)?.[1] ?? 0);
-      resolve({ status, head, body: split < 0 ? Buffer.alloc(0) : all.subarray(split + 4) });
+      const statuses = [...all.toString('latin1').matchAll(/(?:^|\r\n)HTTP\/1\.[01] (\d{3})/g)].map(
+        (m) => Number(m[1]),
+      );
+      resolve({
+        // The final answer: past any 100 Continue.
+        status: statuses.find((s) => s >= 200) ?? statuses[0] ?? 0,
+        head,
+        body: split < 0 ? Buffer.alloc(0) : all.subarray(split + 4),
+        statuses,
+        error,
+      });
     });
   });
+}
+
+/**
+ * A GET on a raw socket that reads nothing (paused) until told to: a client that stops reading.
+ * `closed` settles when the connection ends; `received` counts what the socket took in.
+ */
+export function stalledGet(
+  port: number,
+  path: string,
+): { socket: Socket; closed: Promise<void>; received: () => number } {
+  const socket = connect(port, '127.0.0.1');
+  let received = 0;
+  socket.write(`GET ${path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`);
+  socket.on('data', (chunk: Buffer) => void (received += chunk.length));
+  socket.on('error', () => undefined);
+  socket.pause();
+  const closed = new Promise<void>((done) => socket.once('close', () => done()));
+  return { socket, closed, received: () => received };
 }

@@ -36,3 +36,14 @@ export function valueOf(
       want.every(([k, v]) => s.labels[k] === v),
   )?.value;
 }
+
+/** One sample of a running narwhal's `GET <url>/metrics` (undefined when it is not there). */
+export async function scrapeValue(
+  url: string,
+  name: string,
+  labels: Record<string, string> = {},
+): Promise<number | undefined> {
+  const res = await fetch(`${url}/metrics`);
+  if (res.status !== 200) throw new Error(`GET /metrics answered ${res.status}`);
+  return valueOf(parseMetrics(await res.text()), name, labels);
+}

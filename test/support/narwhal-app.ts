@@ -149,35 +149,54 @@ export function useNarwhal(
   return nw;
 }
 
-/** Rows in the database tables narwhal fills on a lookup or download. */
-export function dbCounts(n: Narwhal): { narinfos: number; narFiles: number; stored: number } {
+/** Where a narwhal (in-process or a process) keeps its SQLite database and filesystem store. */
+export interface DataPaths {
+  readonly dataPath: string;
+  /** Objects in nar/, spools in tmp/. */
+  readonly storeRoot: string;
+}
+
+/** Runs `fn` on narwhal's SQLite database, opened read-only. */
+function readDatabase<T>(n: DataPaths, fn: (db: Database.Database) => T): T {
   const db = new Database(join(n.dataPath, 'narwhal.sqlite'), { readonly: true });
   try {
+    return fn(db);
+  } finally {
+    db.close();
+  }
+}
+
+/** Rows in the database tables narwhal fills on a lookup or download. */
+export function dbCounts(n: DataPaths): { narinfos: number; narFiles: number; stored: number } {
+  return readDatabase(n, (db) => {
     const one = (sql: string) => (db.prepare(sql).get() as { c: number }).c;
     return {
       narinfos: one('SELECT COUNT(*) AS c FROM narinfos'),
       narFiles: one('SELECT COUNT(*) AS c FROM nar_files'),
       stored: one('SELECT COUNT(*) AS c FROM nar_files WHERE stored_size IS NOT NULL'),
     };
-  } finally {
-    db.close();
-  }
+  });
 }
 
-export function objectPath(n: Narwhal, narName: string): string {
+/** Whether the database holds a narinfo for this store path hash. */
+export function narInfoStored(n: DataPaths, hash: string): boolean {
+  return readDatabase(
+    n,
+    (db) => db.prepare('SELECT 1 FROM narinfos WHERE hash = ?').get(hash) !== undefined,
+  );
+}
+
+export function objectPath(n: DataPaths, narName: string): string {
   return join(n.storeRoot, 'nar', narName.slice(0, 1), narName.slice(0, 2), narName);
 }
 
 /** The stored size the database records for a NAR, or null. */
-export function storedSize(n: Narwhal, narName: string): number | null {
-  const db = new Database(join(n.dataPath, 'narwhal.sqlite'), { readonly: true });
-  try {
+export function storedSize(n: DataPaths, narName: string): number | null {
+  return readDatabase(n, (db) => {
     const row = db.prepare('SELECT stored_size AS s FROM nar_files WHERE key = ?').get(narName) as
       { s: number | null } | undefined;
     return row?.s ?? null;
-  } finally {
-    db.close();
-  }
+  });
 }
 
 /**
@@ -185,7 +204,7 @@ export function storedSize(n: Narwhal, narName: string): number | null {
  * (the object is renamed into place a moment before the row is updated).
  */
 export async function waitStored(
-  n: Narwhal,
+  n: DataPaths,
   narName: string,
   bytes: Buffer,
   timeoutMs = 10_000,
@@ -200,7 +219,7 @@ export async function waitStored(
 }
 
 /** Waits until no spool file is left (a failed download discards its spool after the failure). */
-export async function spoolsRemoved(n: Narwhal): Promise<void> {
+export async function spoolsRemoved(n: DataPaths): Promise<void> {
   await eventually(
     async () => (await snapshot(join(n.storeRoot, 'tmp'))).length === 0,
     5000,

@@ -1,9 +1,15 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { resolve } from 'node:path';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { afterAll, beforeAll, beforeEach } from 'vitest';
 import { NODE_FLAGS } from '../../src/runtime-flags';
+import { FakeUpstream } from './fake-upstream';
 import { httpGet } from './http-client';
 import { freePort } from './ports';
+import { procMemory, type ProcMemory } from './proc-memory';
+import type { TestKey } from './signing-keys';
 
 /** Runs the built server (`node <NODE_FLAGS> dist/main.js serve`) as a child process, like `npm start`. */
 
@@ -23,6 +29,42 @@ export interface NarwhalOptions {
   entry?: string;
 }
 
+/** The environment `narwhal <command>` runs with for these options. */
+function narwhalEnv(options: NarwhalOptions): NodeJS.ProcessEnv {
+  return {
+    ...process.env,
+    CACHE_HOSTNAME: options.hostname ?? 'narwhal-e2e',
+    CACHE_DATA_PATH: options.dataPath,
+    CACHE_UPSTREAM_URL: options.upstreamUrls.join(','),
+    CACHE_UPSTREAM_PUBLIC_KEY: options.upstreamPublicKeys.join(','),
+    LOG_LEVEL: 'warn',
+    ...options.env,
+  };
+}
+
+/**
+ * Runs another command of the built CLI (`fsck`, `migrate`…) with the settings a `serve` of these
+ * options has, plus `args`; resolves its exit code and output.
+ */
+export function runNarwhalCommand(
+  options: NarwhalOptions,
+  command: string,
+  args: string[] = [],
+): Promise<{ code: number | null; output: string }> {
+  const child = spawn(process.execPath, [...NODE_FLAGS, 'dist/main.js', command, ...args], {
+    cwd: REPO_ROOT,
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: narwhalEnv(options),
+  });
+  let output = '';
+  child.stdout.on('data', (d: Buffer) => (output += d.toString('utf8')));
+  child.stderr.on('data', (d: Buffer) => (output += d.toString('utf8')));
+  return new Promise((done, reject) => {
+    child.once('error', reject);
+    child.once('close', (code) => done({ code, output }));
+  });
+}
+
 export class NarwhalProcess {
   private output = '';
   private exited: Promise<void>;
@@ -31,6 +73,8 @@ export class NarwhalProcess {
   private constructor(
     private readonly child: ChildProcess,
     readonly port: number,
+    /** `--cache-data-path`. */
+    readonly dataPath: string,
   ) {
     this.child.stdout?.on('data', (chunk: Buffer) => (this.output += chunk.toString('utf8')));
     this.child.stderr?.on('data', (chunk: Buffer) => (this.output += chunk.toString('utf8')));
@@ -46,6 +90,21 @@ export class NarwhalProcess {
     return `http://127.0.0.1:${this.port}`;
   }
 
+  /** Storage root: `<dataPath>/store` (objects in nar/, spools in tmp/). */
+  get storeRoot(): string {
+    return join(this.dataPath, 'store');
+  }
+
+  get pid(): number {
+    if (this.child.pid === undefined) throw new Error('narwhal has no pid');
+    return this.child.pid;
+  }
+
+  /** RSS now and at its peak (/proc/<pid>/status). */
+  memory(): Promise<ProcMemory> {
+    return procMemory(this.pid);
+  }
+
   /** Everything the process wrote to stdout and stderr so far, for failure messages. */
   logs(): string {
     return this.output;
@@ -57,18 +116,9 @@ export class NarwhalProcess {
     const child = spawn(process.execPath, args, {
       cwd: REPO_ROOT,
       stdio: ['ignore', 'pipe', 'pipe'],
-      env: {
-        ...process.env,
-        SERVER_ADDR: `127.0.0.1:${port}`,
-        CACHE_HOSTNAME: options.hostname ?? 'narwhal-e2e',
-        CACHE_DATA_PATH: options.dataPath,
-        CACHE_UPSTREAM_URL: options.upstreamUrls.join(','),
-        CACHE_UPSTREAM_PUBLIC_KEY: options.upstreamPublicKeys.join(','),
-        LOG_LEVEL: 'warn',
-        ...options.env,
-      },
+      env: { ...narwhalEnv(options), SERVER_ADDR: `127.0.0.1:${port}` },
     });
-    const narwhal = new NarwhalProcess(child, port);
+    const narwhal = new NarwhalProcess(child, port, options.dataPath);
     try {
       await narwhal.waitUntilHealthy();
     } catch (err) {
@@ -155,4 +205,54 @@ export class NarwhalProcess {
   exitStatus(): { code: number | null; signal: NodeJS.Signals | null } | null {
     return this.exitInfo;
   }
+}
+
+/** What useNarwhalProcess gives the tests of a file, once its beforeAll has run. */
+export interface ProcessTestbed {
+  readonly upstream: FakeUpstream;
+  readonly narwhal: NarwhalProcess;
+}
+
+/**
+ * For the tests of the calling file: a FakeUpstream and a narwhal process in front of it (a fresh
+ * data path; upstream key `key`; more settings in `env`), started in beforeAll and stopped and
+ * removed in afterAll. A failing test prints the end of the process's output.
+ */
+export function useNarwhalProcess(key: TestKey, env: NodeJS.ProcessEnv = {}): ProcessTestbed {
+  let upstream: FakeUpstream | undefined;
+  let narwhal: NarwhalProcess | undefined;
+  let dataPath: string | undefined;
+  beforeAll(async () => {
+    dataPath = await mkdtemp(join(tmpdir(), 'narwhal-process-'));
+    upstream = await FakeUpstream.start();
+    narwhal = await NarwhalProcess.start({
+      dataPath,
+      upstreamUrls: [upstream.url],
+      upstreamPublicKeys: [key.publicText],
+      env,
+    });
+  });
+  afterAll(async () => {
+    await narwhal?.kill();
+    await upstream?.close();
+    if (dataPath) await rm(dataPath, { recursive: true, force: true });
+  });
+  beforeEach(({ onTestFailed }) => {
+    onTestFailed(() => {
+      console.error(`narwhal exit status: ${JSON.stringify(narwhal?.exitStatus())}`);
+      console.error(`--- narwhal output (last 6000 chars) ---\n${narwhal?.logs().slice(-6000)}`);
+    });
+  });
+  const started = <T>(value: T | undefined): T => {
+    if (value === undefined) throw new Error('useNarwhalProcess: used before its beforeAll ran');
+    return value;
+  };
+  return {
+    get upstream() {
+      return started(upstream);
+    },
+    get narwhal() {
+      return started(narwhal);
+    },
+  };
 }

@@ -1,6 +1,7 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { sha256HexOf } from './hash';
 
 /**
  * Helpers that drive the real Nix client (tested with Debian's nix-bin 2.8, as root, no daemon).
@@ -285,4 +286,55 @@ export async function readUpstreamNarInfo(
   fixture: NixStorePath,
 ): Promise<ParsedNarInfo> {
   return parseNarInfo(await readFile(join(upstream.dir, `${fixture.hashPart}.narinfo`), 'utf8'));
+}
+
+/**
+ * `nix copy --from <from>` of `paths` into a fresh local store at `store` (a directory), trusting
+ * only `publicKey`; rejects with the client's stderr unless it succeeds.
+ */
+export function nixCopyFrom(
+  from: string,
+  store: string,
+  publicKey: string,
+  paths: string[],
+  env: NodeJS.ProcessEnv,
+): Promise<RunResult> {
+  return runOk(
+    'nix',
+    [
+      'copy',
+      '--from',
+      from,
+      '--store',
+      store,
+      '--option',
+      'trusted-public-keys',
+      publicKey,
+      ...paths,
+    ],
+    { env, timeoutMs: 120_000 },
+  );
+}
+
+/**
+ * sha256 (hex) of the NAR serialisation of `path` as `nix store dump-path` writes it — of the
+ * machine's store, or of the local store at `store` — streamed, never held in memory.
+ */
+export async function dumpPathHash(
+  path: string,
+  env: NodeJS.ProcessEnv,
+  store?: string,
+): Promise<string> {
+  const args = ['store', 'dump-path', ...(store ? ['--store', store] : []), path];
+  const child = spawn('nix', args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stderr = '';
+  child.stderr.on('data', (d: Buffer) => (stderr += d.toString('utf8')));
+  const exited = new Promise<number | null>((done, reject) => {
+    child.once('error', reject);
+    child.once('close', (code) => done(code));
+  });
+  const hash = await sha256HexOf(child.stdout);
+  const code = await exited;
+  if (code !== 0) throw new Error(`nix ${args.join(' ')} exited with ${code}\n${stderr}`);
+  return hash;
 }

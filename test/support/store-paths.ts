@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { compress } from 'lzma-native';
 import { encodeNix32 } from '../../src/nix/base32';
+import { compressionExtension, type Compression } from '../../src/nix/compression';
 import { narInfoFingerprint } from '../../src/nix/fingerprint';
 import type { NarInfo } from '../../src/nix/narinfo';
 import { signFingerprint } from '../../src/signing/keys';
@@ -98,4 +99,30 @@ export function sign(n: NarInfo, keys: TestKey[]): NarInfo {
   const fp = narInfoFingerprint(n, STORE_DIR);
   n.sigs = keys.map((k) => signFingerprint(k.secret, fp));
   return n;
+}
+
+/**
+ * `f` with other bytes as its NAR file (a decompression bomb, a page of HTML…): URL, Compression,
+ * FileHash and FileSize describe `file`, the rest of the narinfo (NarHash, NarSize…) is `f`'s
+ * unless `changes` says otherwise, and it is signed again by `keys`.
+ */
+export function withFile(
+  f: StorePathFixture,
+  file: Buffer,
+  compression: Compression,
+  keys: TestKey[],
+  changes: Partial<NarInfo> = {},
+): StorePathFixture {
+  const fileHash = sha256Nix32(file);
+  const narName = `${fileHash}.nar${compressionExtension(compression)}`;
+  const narInfo: NarInfo = {
+    ...f.narInfo,
+    url: `nar/${narName}`,
+    compression,
+    fileHash: `sha256:${fileHash}`,
+    fileSize: file.length,
+    ...changes,
+  };
+  sign(narInfo, keys);
+  return { ...f, file, fileHash, narName, narInfo };
 }

@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { readdirSync, readlinkSync } from 'node:fs';
-import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import type { Readable } from 'node:stream';
@@ -357,6 +357,13 @@ describe('FilesystemNarStore.checkWritable', () => {
   it('rejects when the spool directory is missing', async () => {
     const fresh = new FilesystemNarStore(join(root, 'not-initialised'));
     await expect(fresh.checkWritable()).rejects.toThrow();
+  });
+
+  it('leaves no probe behind when the disk is full (the file is created, the write fails)', async () => {
+    // /dev/full opens fine and fails every write with ENOSPC, as a full disk does.
+    await symlink('/dev/full', join(store.spool.dir, `.probe-${process.pid}`));
+    await expect(store.checkWritable()).rejects.toMatchObject({ code: 'ENOSPC' });
+    expect(await readdir(store.spool.dir)).toEqual([]);
   });
 
   it('rejects when the spool directory cannot hold files', async () => {

@@ -125,8 +125,12 @@ export class FilesystemNarStore implements NarStore {
 
   async checkWritable(): Promise<void> {
     const probe = join(this.spool.dir, `.probe-${process.pid}`);
-    await writeFile(probe, 'ok');
-    await rm(probe, { force: true });
+    try {
+      await writeFile(probe, 'ok');
+    } finally {
+      // Also when the write fails (a full disk creates the file, then cannot write to it).
+      await rm(probe, { force: true });
+    }
   }
 
   async localSpace(): Promise<DiskSpace[]> {
