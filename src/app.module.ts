@@ -1,6 +1,7 @@
 import { Module, type DynamicModule } from '@nestjs/common';
 import { APP_FILTER } from '@nestjs/core';
 import { ScheduleModule } from '@nestjs/schedule';
+import { AuthModule } from './auth/auth.module';
 import { CacheInfoModule } from './cache-info/cache-info.module';
 import { HttpErrorFilter } from './common/http-error.filter';
 import type { AppConfig } from './config/app-config';
@@ -12,6 +13,8 @@ import { LruModule } from './lru/lru.module';
 import { MetricsModule } from './metrics/metrics.module';
 import { NarModule } from './nar/nar.module';
 import { NarInfoModule } from './narinfo/narinfo.module';
+import { PinsModule } from './pins/pins.module';
+import { UploadsModule } from './uploads/uploads.module';
 
 /** Wires narwhal's modules together; nothing else. */
 @Module({})
@@ -25,9 +28,12 @@ export class AppModule {
         DatabaseModule,
         MetricsModule.forRoot(config.metrics),
         InstancesModule,
+        AuthModule.forRoot(config),
         CacheInfoModule,
         NarInfoModule,
         NarModule,
+        UploadsModule.forRoot(config.access),
+        PinsModule,
         LruModule,
         HealthModule,
       ],

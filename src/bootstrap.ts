@@ -40,24 +40,28 @@ export async function createApp(
   const app = await NestFactory.create<NestFastifyApplication>(AppModule.forRoot(config), adapter, {
     logger,
     abortOnError: false,
+    bodyParser: false,
   });
-  // Uploads are not supported (yet): say so instead of a bare 404.
-  app
-    .getHttpAdapter()
-    .getInstance()
-    .route({
-      method: ['PUT', 'POST', 'DELETE', 'PATCH'],
-      url: '/*',
-      // Answer before Fastify looks at the body (else an upload gets 415 or 413, not 405).
-      onRequest: async (_req, reply) => {
-        await reply
-          .status(405)
-          .header('allow', 'GET, HEAD')
-          .type('text/plain; charset=utf-8')
-          .send('method not allowed\n');
-      },
-      handler: () => Promise.resolve(undefined),
-    });
+  const fastify = app.getHttpAdapter().getInstance();
+  // No request body is parsed, ever: uploads read theirs as streams (a NAR is never held in memory),
+  // and nothing else takes one. Fastify leaves an unparsed body for the handler to read.
+  fastify.removeAllContentTypeParsers();
+  fastify.addContentTypeParser('*', (_request, _payload, done) => done(null));
+  // What no upload, delete or pin route takes (and every PUT/DELETE without --cache-allow-put-verb
+  // or --cache-allow-delete-verb): say so instead of a bare 404. Routes with a fixed path win.
+  fastify.route({
+    method: ['PUT', 'POST', 'DELETE', 'PATCH'],
+    url: '/*',
+    // Answer before the body is looked at.
+    onRequest: async (_req, reply) => {
+      await reply
+        .status(405)
+        .header('allow', 'GET, HEAD')
+        .type('text/plain; charset=utf-8')
+        .send('method not allowed\n');
+    },
+    handler: () => Promise.resolve(undefined),
+  });
   // No enableShutdownHooks(): `narwhal serve` handles SIGTERM/SIGINT with GracefulShutdown, which
   // drains connections first and exits 0 (Nest's handler would re-raise the signal).
   return app;

@@ -93,6 +93,54 @@ export async function main(argv: string[]): Promise<void> {
       const { runFsckCommand } = await import('./fsck/fsck.command');
       process.exitCode = await runFsckCommand(config, cmd.opts());
     });
+  const token = program
+    .command('token')
+    .description('Manage access tokens (kept in the database: every instance accepts them).');
+  withSettings(token.command('create').description('Make a token and print it (only this once).'))
+    .requiredOption('--name <name>', 'what logs and `token list` call it')
+    .requiredOption('--perm <permissions>', 'comma-separated: read, write, delete, pin, metrics')
+    .option('--expires <duration>', 'lifetime, e.g. 90d or 12h (default: until revoked)')
+    .action(async (o: { name: string; perm: string; expires?: string }, cmd: Command) => {
+      const { runTokenCommand } = await import('./auth/token.command');
+      process.exitCode = await runTokenCommand(configFrom(cmd), { create: o });
+    });
+  withSettings(
+    token.command('list').description('List tokens (never the tokens themselves).'),
+  ).action(async (_o, cmd: Command) => {
+    const { runTokenCommand } = await import('./auth/token.command');
+    process.exitCode = await runTokenCommand(configFrom(cmd), { list: true });
+  });
+  withSettings(
+    token
+      .command('revoke')
+      .description('Revoke a token: every instance refuses it within seconds.'),
+  )
+    .argument('<name>', 'the token to revoke')
+    .action(async (name: string, _o, cmd: Command) => {
+      const { runTokenCommand } = await import('./auth/token.command');
+      process.exitCode = await runTokenCommand(configFrom(cmd), { revoke: name });
+    });
+  const pin = program
+    .command('pin')
+    .description("Pin store paths: the LRU job never evicts a pinned path's closure.");
+  for (const [name, description] of [
+    ['add', 'Pin store paths (each must be in the cache).'],
+    ['rm', 'Unpin store paths.'],
+  ] as const) {
+    withSettings(pin.command(name).description(description))
+      .argument('<paths...>', 'store paths, their base names or hashes')
+      .action(async (paths: string[], _o, cmd: Command) => {
+        const { runPinCommand } = await import('./pins/pin.command');
+        const action = name === 'add' ? { add: paths } : { rm: paths };
+        process.exitCode = await runPinCommand(configFrom(cmd), action);
+      });
+  }
+  withSettings(pin.command('list').description('List pins with what their closures hold.')).action(
+    async (_o, cmd: Command) => {
+      const { runPinCommand } = await import('./pins/pin.command');
+      process.exitCode = await runPinCommand(configFrom(cmd), { list: true });
+    },
+  );
   program
     .command('generate-key')
     .description('Write a new ed25519 secret key file (mode 0600) and print its public key.')

@@ -1,5 +1,6 @@
 import { Controller, Get, Head, Header, Headers, Inject, Res } from '@nestjs/common';
 import type { FastifyReply } from 'fastify';
+import { Access } from '../common/access';
 import { APP_CONFIG, type AppConfig } from '../config/app-config';
 import { SigningService } from '../signing/signing.service';
 import { prefersHtml, sendAsset, StatusPage } from '../status/status-page';
@@ -24,7 +25,9 @@ export class CacheInfoController {
     return `StoreDir: ${this.config.storeDir}\nWantMassQuery: 1\nPriority: ${this.config.priority}\n`;
   }
 
+  /** Open even when reads need a token: the key is public, and setting a client up needs it. */
   @Get('pubkey')
+  @Access('public')
   @Header('content-type', 'text/plain; charset=utf-8')
   pubkey(): string {
     return this.signing.publicKey;
@@ -49,6 +52,7 @@ export class CacheInfoController {
   }
 
   @Head('pubkey')
+  @Access('public')
   async pubkeyHead(@Res() reply: FastifyReply): Promise<void> {
     await headOf(reply, 'text/plain; charset=utf-8', this.pubkey());
   }

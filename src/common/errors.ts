@@ -31,6 +31,39 @@ export class NarTooLargeError extends NarMismatchError {
   override name = 'NarTooLargeError';
 }
 
+/** No valid token where one is needed (none, unknown, expired, revoked): 401 with a Basic challenge. */
+export class UnauthorizedError extends Error {
+  override name = 'UnauthorizedError';
+}
+
+/** A valid token without the permission the request needs: 403. */
+export class ForbiddenError extends Error {
+  override name = 'ForbiddenError';
+}
+
+/**
+ * An upload refused for what it carries (bytes that do not match their name, a narinfo that does not
+ * match its NAR, a document that is not one): 400, and nothing is kept.
+ */
+export class UploadRejectedError extends Error {
+  override name = 'UploadRejectedError';
+}
+
+/** An upload larger than narwhal accepts for its kind: 413. */
+export class UploadTooLargeError extends UploadRejectedError {
+  override name = 'UploadTooLargeError';
+}
+
+/** An upload in a Content-Encoding narwhal cannot decode: 415. */
+export class UnsupportedEncodingError extends UploadRejectedError {
+  override name = 'UnsupportedEncodingError';
+}
+
+/** An upload that would replace something else already here (e.g. a different narinfo): 409. */
+export class ConflictError extends Error {
+  override name = 'ConflictError';
+}
+
 export class MethodNotAllowedError extends Error {
   override name = 'MethodNotAllowedError';
 }

@@ -103,13 +103,15 @@ export function buildConfig(raw: RawSettings, cwd = process.cwd()): AppConfig {
     }
   }
 
-  const upstreamPublicKeys = many('cache-upstream-public-key').map((k) => {
-    try {
-      return parsePublicKey(k);
-    } catch (e) {
-      throw new ConfigError('cache-upstream-public-key', (e as Error).message);
-    }
-  });
+  const publicKeys = (name: string) =>
+    many(name).map((k) => {
+      try {
+        return parsePublicKey(k);
+      } catch (e) {
+        throw new ConfigError(name, (e as Error).message);
+      }
+    });
+  const upstreamPublicKeys = publicKeys('cache-upstream-public-key');
   if (upstreamPublicKeys.length === 0) {
     throw new ConfigError(
       'cache-upstream-public-key',
@@ -175,6 +177,15 @@ export function buildConfig(raw: RawSettings, cwd = process.cwd()): AppConfig {
     advertiseUrl,
     selfUrl: advertiseUrl ?? derivedSelfUrl(server),
     metrics: { enabled: parsed('prometheus-enabled', parseBool) },
+    access: {
+      allowPut: parsed('cache-allow-put-verb', parseBool),
+      allowDelete: parsed('cache-allow-delete-verb', parseBool),
+      requireReadToken: parsed('cache-require-read-token', parseBool),
+      requireTrustedSignature: parsed('cache-require-trusted-signature', parseBool),
+      uploadPublicKeys: publicKeys('cache-upload-public-key'),
+      tokenRecheckMs: parsed('cache-token-recheck-interval', parseDuration),
+      metricsRequireToken: parsed('prometheus-require-token', parseBool),
+    },
     logLevel,
     clientStallTimeoutMs: parsed('cache-client-stall-timeout', parseDuration),
     shutdownTimeoutMs: parsed('shutdown-timeout', positiveDuration),

@@ -49,6 +49,24 @@ export interface UpstreamConfig {
   authorization?: string;
 }
 
+/** Uploads, deletes and who may do what (tokens). */
+export interface AccessConfig {
+  /** PUT uploads (with a `write` token). */
+  allowPut: boolean;
+  /** DELETE of narinfos and NARs (with a `delete` token). */
+  allowDelete: boolean;
+  /** Reads need a `read` token. */
+  requireReadToken: boolean;
+  /** An uploaded narinfo or realisation must carry a signature by a trusted key. */
+  requireTrustedSignature: boolean;
+  /** Keys trusted for uploads besides the upstream keys. */
+  uploadPublicKeys: PublicKey[];
+  /** How long what an instance learned about a token is trusted; 0: ask the database every time. */
+  tokenRecheckMs: number;
+  /** `GET /metrics` needs a `metrics` token. */
+  metricsRequireToken: boolean;
+}
+
 export interface AppConfig {
   server: { host: string; port: number };
   hostname: string;
@@ -88,6 +106,7 @@ export interface AppConfig {
   selfUrl: string;
   /** `GET /metrics` (Prometheus) when enabled. */
   metrics: { enabled: boolean };
+  access: AccessConfig;
   logLevel: LogLevel;
   /** A NAR client that takes no waiting byte for this long is cut; 0 = never. */
   clientStallTimeoutMs: number;

@@ -7,6 +7,7 @@ import { envName, SETTINGS } from './settings';
 const YAML_ALIASES: Record<string, string> = {
   'cache-upstream-urls': 'cache-upstream-url',
   'cache-upstream-public-keys': 'cache-upstream-public-key',
+  'cache-upload-public-keys': 'cache-upload-public-key',
 };
 
 export interface ConfigSources {
@@ -88,6 +89,13 @@ export function describeConfig(config: AppConfig): Record<string, unknown> {
     trustedKeys: config.upstreamPublicKeys.map((k) => k.name),
     lru: config.lru,
     lock: config.lock.kind,
+    access: {
+      put: config.access.allowPut,
+      delete: config.access.allowDelete,
+      readToken: config.access.requireReadToken,
+      trustedSignature: config.access.requireTrustedSignature,
+      uploadKeys: config.access.uploadPublicKeys.map((k) => k.name),
+    },
   };
 }
 

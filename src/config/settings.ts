@@ -202,6 +202,53 @@ export const SETTINGS: readonly SettingDef[] = [
     default: '60s',
   },
   {
+    name: 'cache-allow-put-verb',
+    description:
+      'Accept uploads (`nix copy --to`): `PUT` of NARs, narinfos, listings, logs and realisations, each verified; they need a token with the `write` permission. Off: `PUT` is 405.',
+    default: 'false',
+    boolean: true,
+  },
+  {
+    name: 'cache-allow-delete-verb',
+    description:
+      '`DELETE /<hash>.narinfo` and `DELETE /nar/<file>` with a token that has the `delete` permission. Off: `DELETE` is 405.',
+    default: 'false',
+    boolean: true,
+  },
+  {
+    name: 'cache-require-read-token',
+    description:
+      'Every read (narinfo, NAR, listing, log, realisation, `/nix-cache-info`, the status page) needs a token with the `read` permission, as the password of HTTP Basic auth (a netrc file) or as `Authorization: Bearer`; `/healthz`, `/readyz` and `/pubkey` stay open.',
+    default: 'false',
+    boolean: true,
+  },
+  {
+    name: 'cache-require-trusted-signature',
+    description:
+      'Accept an uploaded narinfo (or realisation) only if it carries a signature by a trusted key: `--cache-upstream-public-key` or `--cache-upload-public-key`.',
+    default: 'false',
+    boolean: true,
+  },
+  {
+    name: 'cache-upload-public-key',
+    description:
+      'Key `name:base64` trusted for uploads only (e.g. the key your CI signs with); repeat for several. See `--cache-require-trusted-signature`.',
+    defaultText: 'none',
+    repeatable: true,
+  },
+  {
+    name: 'cache-token-recheck-interval',
+    description:
+      'How long an instance trusts what it learned about a token before asking the database again: a revoked or expired token stops working on every instance within this time. `0` asks the database on every request.',
+    default: '5s',
+  },
+  {
+    name: 'prometheus-require-token',
+    description: '`GET /metrics` needs a token with the `metrics` permission.',
+    default: 'false',
+    boolean: true,
+  },
+  {
     name: 'cache-lock-backend',
     description:
       'Lock provider: `local` (one instance) or `redis` (several instances sharing a database and storage).',

@@ -1,10 +1,12 @@
 import { Global, Module } from '@nestjs/common';
 import { TypeOrmModule } from '@nestjs/typeorm';
 import { APP_CONFIG, type AppConfig } from '../config/app-config';
+import { AccessTokenRepository } from './access-token.repository';
 import { DatabaseHealth } from './database-health';
 import { dataSourceOptions, openDataSourceWith } from './data-source';
 import { NarFileRepository } from './nar-file.repository';
 import { NarInfoRepository } from './narinfo.repository';
+import { PinRepository } from './pin.repository';
 
 /** The database: connection, migrations at start (under a cross-instance lock), and the repositories. */
 @Global()
@@ -20,7 +22,19 @@ import { NarInfoRepository } from './narinfo.repository';
       },
     }),
   ],
-  providers: [NarInfoRepository, NarFileRepository, DatabaseHealth],
-  exports: [NarInfoRepository, NarFileRepository, DatabaseHealth],
+  providers: [
+    NarInfoRepository,
+    NarFileRepository,
+    AccessTokenRepository,
+    PinRepository,
+    DatabaseHealth,
+  ],
+  exports: [
+    NarInfoRepository,
+    NarFileRepository,
+    AccessTokenRepository,
+    PinRepository,
+    DatabaseHealth,
+  ],
 })
 export class DatabaseModule {}

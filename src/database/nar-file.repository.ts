@@ -47,9 +47,19 @@ export class NarFileRepository {
     await this.markStored(key, size, now);
   }
 
-  /** A narinfo now vouches for this NAR: record what it must decompress to. */
-  async setNarHash(key: string, narHash: string, narSize: number): Promise<void> {
-    await this.ds.getRepository(NarFileEntity).update({ key }, { narHash, narSize });
+  /**
+   * A narinfo now vouches for this NAR: record what it must decompress to (and, for an uploaded NAR
+   * whose name did not tell, its compression).
+   */
+  async setNarHash(
+    key: string,
+    narHash: string,
+    narSize: number,
+    compression?: string,
+  ): Promise<void> {
+    await this.ds
+      .getRepository(NarFileEntity)
+      .update({ key }, { narHash, narSize, ...(compression ? { compression } : {}) });
   }
 
   /** The object vanished from storage: forget that it was stored so that it is fetched again. */
@@ -90,6 +100,20 @@ export class NarFileRepository {
     });
   }
 
+  /** Total stored bytes of the NAR files `keys` (those stored). */
+  async storedBytesOf(keys: Iterable<string>): Promise<number> {
+    const all = [...keys];
+    let total = 0;
+    for (let i = 0; i < all.length; i += 500) {
+      const rows = await this.ds.getRepository(NarFileEntity).find({
+        select: { key: true, storedSize: true },
+        where: { key: In(all.slice(i, i + 500)), storedSize: Not(IsNull()) },
+      });
+      for (const r of rows) total += r.storedSize ?? 0;
+    }
+    return total;
+  }
+
   /** Those of `keys` whose row is marked stored. */
   async storedAmong(keys: string[]): Promise<Set<string>> {
     if (keys.length === 0) return new Set();
@@ -100,10 +124,22 @@ export class NarFileRepository {
     return new Set(rows.map((r) => r.key));
   }
 
-  /** Stored NAR files, least recently used first. */
-  lruCandidates(limit: number): Promise<NarFileEntity[]> {
+  /**
+   * Stored NAR files, least recently used first; with `after`, those that come after it in that
+   * order (paging past files the caller keeps, e.g. pinned ones).
+   */
+  lruCandidates(
+    limit: number,
+    after?: Pick<NarFileEntity, 'lastAccessedAt' | 'key'>,
+  ): Promise<NarFileEntity[]> {
+    const stored = { storedSize: Not(IsNull()) };
     return this.ds.getRepository(NarFileEntity).find({
-      where: { storedSize: Not(IsNull()) },
+      where: after
+        ? [
+            { ...stored, lastAccessedAt: MoreThan(after.lastAccessedAt) },
+            { ...stored, lastAccessedAt: after.lastAccessedAt, key: MoreThan(after.key) },
+          ]
+        : stored,
       order: { lastAccessedAt: 'ASC', key: 'ASC' },
       take: limit,
     });

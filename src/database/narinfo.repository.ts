@@ -131,6 +131,37 @@ export class NarInfoRepository {
     return row ? { narHash: row.narHash, narSize: row.narSize } : null;
   }
 
+  /** Hashes of the narinfos that point at NAR `narKey`. */
+  async hashesOf(narKey: string): Promise<string[]> {
+    const rows = await this.ds.getRepository(NarInfoEntity).find({
+      select: { hash: true },
+      where: { narKey },
+    });
+    return rows.map((r) => r.hash);
+  }
+
+  /**
+   * Deletes a narinfo (references and signatures cascade) and, in the same transaction, the row of
+   * its NAR file when no other narinfo points at it. Resolves what was deleted (null: no narinfo);
+   * the caller removes the NAR's object when `narRowDeleted`.
+   */
+  async deleteWithUnsharedNar(
+    hash: string,
+  ): Promise<{ narKey: string; narRowDeleted: boolean } | null> {
+    return inTransaction(this.ds, async (m) => {
+      const row = await m.findOne(NarInfoEntity, {
+        select: { hash: true, narKey: true },
+        where: { hash },
+      });
+      if (!row) return null;
+      await m.delete(NarInfoEntity, { hash });
+      const shared = await m.countBy(NarInfoEntity, { narKey: row.narKey });
+      if (shared > 0) return { narKey: row.narKey, narRowDeleted: false };
+      await m.delete(NarFileEntity, { key: row.narKey });
+      return { narKey: row.narKey, narRowDeleted: true };
+    });
+  }
+
   count(): Promise<number> {
     return this.ds.getRepository(NarInfoEntity).count();
   }

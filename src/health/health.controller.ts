@@ -7,13 +7,16 @@ import {
   type HealthCheckResult,
 } from '@nestjs/terminus';
 import type { FastifyReply } from 'fastify';
+import { Access } from '../common/access';
 import { BOOT_HEADER, INSTANCE, type Instance } from '../instances/instance';
 import { LOCKER, type Locker } from '../locking/locker';
 import { DiskWatch } from '../storage/disk-watch';
 import { NAR_STORE, type NarStore } from '../storage/nar-store';
 import { UpstreamProbe } from '../upstream/upstream-probe';
 
+/** Open to everyone: orchestrators and load balancers probe these without a token. */
 @Controller()
+@Access('public')
 export class HealthController {
   constructor(
     private readonly health: HealthCheckService,

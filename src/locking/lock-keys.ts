@@ -13,5 +13,10 @@ export function narLockKey(name: string): string {
   return `nar:${name}`;
 }
 
+/** Held while an upload replaces or compares a side document (`realisations/…`, `ls/…`). */
+export function documentLockKey(key: string): string {
+  return `document:${key}`;
+}
+
 /** Held while one instance runs the LRU job. */
 export const LRU_LOCK_KEY = 'lru';

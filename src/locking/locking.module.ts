@@ -3,6 +3,7 @@ import { APP_CONFIG, type AppConfig } from '../config/app-config';
 import { MetricsService } from '../metrics/metrics.service';
 import { LocalLocker } from './local/local-locker';
 import { LOCKER, type Locker } from './locker';
+import { LocalNotices, NOTICES, type Notices } from './notices';
 
 /** Picks the Locker implementation from configuration. */
 export async function createLocker(config: AppConfig, metrics?: MetricsService): Promise<Locker> {
@@ -29,14 +30,28 @@ export async function createLocker(config: AppConfig, metrics?: MetricsService):
   }
 }
 
+/** Notices to every instance: through Redis with Redis locks, else within the process. */
+export async function createNotices(config: AppConfig): Promise<Notices> {
+  if (config.lock.kind === 'local') return new LocalNotices();
+  const { RedisNotices } = await import('./redis/redis-notices');
+  return new RedisNotices(config.lock);
+}
+
 @Module({
-  providers: [{ provide: LOCKER, inject: [APP_CONFIG, MetricsService], useFactory: createLocker }],
-  exports: [LOCKER],
+  providers: [
+    { provide: LOCKER, inject: [APP_CONFIG, MetricsService], useFactory: createLocker },
+    { provide: NOTICES, inject: [APP_CONFIG], useFactory: createNotices },
+  ],
+  exports: [LOCKER, NOTICES],
 })
 export class LockingModule implements OnApplicationShutdown {
-  constructor(@Inject(LOCKER) private readonly locker: Locker) {}
+  constructor(
+    @Inject(LOCKER) private readonly locker: Locker,
+    @Inject(NOTICES) private readonly notices: Notices,
+  ) {}
 
   async onApplicationShutdown(): Promise<void> {
     await this.locker.close();
+    await this.notices.close();
   }
 }

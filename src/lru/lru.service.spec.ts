@@ -17,6 +17,7 @@ import { MetricsService } from '../metrics/metrics.service';
 import { encodeNix32 } from '../nix/base32';
 import type { NarInfo } from '../nix/narinfo';
 import { FilesystemNarStore } from '../storage/filesystem/filesystem-nar-store';
+import { PinRepository } from '../database/pin.repository';
 import { LruService } from './lru.service';
 
 function hashPart(seed: string): string {
@@ -70,7 +71,7 @@ function lru(maxSize: number | undefined, schedule = '0 2 * * *'): LruService {
     new InstanceLiveness(config, self),
     metrics,
   );
-  return new LruService(config, locks, store, files, scheduler, metrics);
+  return new LruService(config, locks, store, files, new PinRepository(ds), scheduler, metrics);
 }
 
 interface Cached {
@@ -88,7 +89,7 @@ async function addCached(
   name: string,
   size: number,
   lastAccess: number,
-  opts: { narKey?: string; refs?: number } = {},
+  opts: { narKey?: string; refs?: number; references?: string[] } = {},
 ): Promise<Cached> {
   const hash = hashPart(name);
   const narKey = opts.narKey ?? narKeyOf(name);
@@ -100,10 +101,9 @@ async function addCached(
     fileSize: size,
     narHash: `sha256:${encodeNix32(createHash('sha256').update(name).digest())}`,
     narSize: size * 3,
-    references: Array.from(
-      { length: opts.refs ?? 2 },
-      (_, i) => `${hashPart(`${name}-ref${i}`)}-ref${i}`,
-    ),
+    references:
+      opts.references ??
+      Array.from({ length: opts.refs ?? 2 }, (_, i) => `${hashPart(`${name}-ref${i}`)}-ref${i}`),
     sigs: [
       `up-1:${Buffer.alloc(64, size & 0xff).toString('base64')}`,
       `up-2:${Buffer.alloc(64, 7).toString('base64')}`,
@@ -176,6 +176,7 @@ describe('LruService.run', () => {
       sizeAfter: 700,
       evicted: 3,
       evictedBytes: 800,
+      pinned: 0,
     });
     expect(await present(b)).toBe(false);
     expect(await present(e)).toBe(false);
@@ -204,6 +205,7 @@ describe('LruService.run', () => {
         sizeAfter: 600,
         evicted: 0,
         evictedBytes: 0,
+        pinned: 0,
       });
     }
     for (const item of items) expect(await present(item)).toBe(true);
@@ -219,6 +221,7 @@ describe('LruService.run', () => {
       sizeAfter: 100,
       evicted: 0,
       evictedBytes: 0,
+      pinned: 0,
     });
     expect(await present(item)).toBe(true);
   });
@@ -305,6 +308,62 @@ describe('LruService.run', () => {
     );
   });
 
+  it("never evicts a pinned path's closure, however old; unpinned, it goes", async () => {
+    // top → mid → leaf and top → leaf, the oldest of all; three newer paths nobody pinned.
+    const leaf = await addCached('leaf', 100, 1);
+    const mid = await addCached('mid', 100, 2, { references: [`${leaf.hash}-leaf`] });
+    const top = await addCached('top', 100, 3, {
+      references: [`${mid.hash}-mid`, `${leaf.hash}-leaf`],
+    });
+    const others = [
+      await addCached('o1', 100, 10),
+      await addCached('o2', 100, 11),
+      await addCached('o3', 100, 12),
+    ];
+    const pins = new PinRepository(ds);
+    await pins.add({
+      hash: top.hash,
+      storePath: `/nix/store/${top.hash}-top`,
+      createdAt: 1,
+      createdBy: 'cli',
+    });
+    expect((await pins.closureOf([top.hash])).narKeys).toEqual(
+      new Set([top.narKey, mid.narKey, leaf.narKey]),
+    );
+
+    const report = await lru(1).run();
+
+    expect(report).toMatchObject({ evicted: 3, evictedBytes: 300, pinned: 3, sizeAfter: 300 });
+    for (const c of [top, mid, leaf]) expect(await present(c)).toBe(true);
+    for (const c of others) expect(await present(c)).toBe(false);
+    expect(await pins.remove(top.hash)).toBe(true);
+    expect(await lru(1).run()).toMatchObject({ evicted: 3, pinned: 0, sizeAfter: 0 });
+    for (const c of [top, mid, leaf]) expect(await present(c)).toBe(false);
+  });
+
+  it('pages past more pinned NARs than one batch holds', async () => {
+    const pins = new PinRepository(ds);
+    const pinned: Cached[] = [];
+    for (let i = 0; i < 210; i++) {
+      const c = await addCached(`p${i}`, 10, 100 + i, { refs: 0 });
+      await pins.add({
+        hash: c.hash,
+        storePath: `/nix/store/${c.hash}-p${i}`,
+        createdAt: 1,
+        createdBy: 'cli',
+      });
+      pinned.push(c);
+    }
+    const newer = [
+      await addCached('n1', 10, 5000, { refs: 0 }),
+      await addCached('n2', 10, 5001, { refs: 0 }),
+    ];
+    const report = await lru(1).run();
+    expect(report).toMatchObject({ evicted: 2, pinned: 210, sizeAfter: 2100 });
+    expect(await storedKeys()).toEqual(pinned.map((c) => c.narKey).sort());
+    for (const c of newer) expect(await files.find(c.narKey)).toBeNull();
+  });
+
   it('reports ran=false and evicts nothing while another run holds the lock', async () => {
     const item = await addCached('locked', 100, 1);
     const lease = await locker.tryAcquire('lru', 60_000);
@@ -316,6 +375,7 @@ describe('LruService.run', () => {
       sizeAfter: 100,
       evicted: 0,
       evictedBytes: 0,
+      pinned: 0,
     });
     expect(await present(item)).toBe(true);
     await lease!.release();

@@ -1,9 +1,11 @@
 import { Inject, Injectable, Logger, type OnModuleInit } from '@nestjs/common';
 import { SchedulerRegistry } from '@nestjs/schedule';
 import { CronJob } from 'cron';
+import type { NarFileEntity } from '../database/entities';
 import { APP_CONFIG, type AppConfig } from '../config/app-config';
 import { formatSize } from '../config/units';
 import { NarFileRepository } from '../database/nar-file.repository';
+import { PinRepository } from '../database/pin.repository';
 import { LRU_LOCK_KEY } from '../locking/lock-keys';
 import { TakeoverLocks } from '../instances/takeover-locks';
 import { MetricsService } from '../metrics/metrics.service';
@@ -16,6 +18,8 @@ export interface LruReport {
   sizeAfter: number;
   evicted: number;
   evictedBytes: number;
+  /** Stored NARs kept because a pin's closure holds them (counted among those looked at). */
+  pinned: number;
 }
 
 /** The LRU job as the status page shows it. */
@@ -55,6 +59,7 @@ export class LruService implements OnModuleInit {
     private readonly locks: TakeoverLocks,
     @Inject(NAR_STORE) private readonly store: NarStore,
     private readonly files: NarFileRepository,
+    private readonly pins: PinRepository,
     private readonly scheduler: SchedulerRegistry,
     private readonly metrics: MetricsService,
   ) {
@@ -119,6 +124,7 @@ export class LruService implements OnModuleInit {
       sizeAfter: sizeBefore,
       evicted: 0,
       evictedBytes: 0,
+      pinned: 0,
     };
     if (maxSize === undefined) return report;
     const ttl = this.config.lock.lruTtlMs;
@@ -133,11 +139,19 @@ export class LruService implements OnModuleInit {
       report.ran = true;
       this.metrics.lruRun('ran');
       let size = await this.files.storedBytes();
+      // What pins keep, worked out once per run (a pin made meanwhile counts from the next run).
+      const pinned = size > maxSize ? (await this.pins.pinnedClosure()).narKeys : new Set();
+      let after: NarFileEntity | undefined;
       while (size > maxSize) {
-        const batch = await this.files.lruCandidates(BATCH);
+        const batch = await this.files.lruCandidates(BATCH, after);
         if (batch.length === 0) break;
+        after = batch[batch.length - 1];
         for (const f of batch) {
           if (size <= maxSize) break;
+          if (pinned.has(f.key)) {
+            report.pinned++;
+            continue;
+          }
           // Rows first: from here on nothing points at the object, so deleting it cannot break a lookup.
           await this.files.deleteWithNarInfos(f.key);
           await this.store.delete(f.key);
@@ -148,9 +162,10 @@ export class LruService implements OnModuleInit {
         }
       }
       report.sizeAfter = size;
-      if (report.evicted > 0) {
+      if (report.evicted > 0 || report.pinned > 0) {
+        const kept = report.pinned > 0 ? ` (kept ${report.pinned} pinned)` : '';
         this.logger.log(
-          `evicted ${report.evicted} NARs (${formatSize(report.evictedBytes)}); ${formatSize(size)} of ${formatSize(maxSize)} used`,
+          `evicted ${report.evicted} NARs (${formatSize(report.evictedBytes)})${kept}; ${formatSize(size)} of ${formatSize(maxSize)} used`,
         );
       }
       return report;

@@ -29,6 +29,11 @@ const UPSTREAM_OUTCOMES: readonly UpstreamOutcome[] = ['ok', 'not_found', 'error
 export type UpstreamErrorReason =
   'timeout' | 'connection' | 'http_4xx' | 'http_5xx' | 'http_other' | 'invalid' | 'other';
 export type LockKind = 'narinfo' | 'nar' | 'lru';
+export type UploadKind = 'nar' | 'narinfo' | 'listing' | 'log' | 'realisation';
+/** stored: kept; exists: the same was already here; rejected: refused for what it carries (4xx). */
+export type UploadResult = 'stored' | 'exists' | 'rejected';
+/** Why a request was refused: 401 (no valid token) or 403 (a token without the permission). */
+export type AuthRefusal = 'unauthorized' | 'forbidden';
 
 /** Every counter the status page reads, summed over the labels it does not show (since start). */
 export interface CounterTotals {
@@ -95,6 +100,8 @@ export class MetricsService {
   private readonly clientsDropped: Counter<'reason'>;
   private readonly lockTakeovers: Counter<'kind'>;
   private readonly locksLost: Counter<'kind'>;
+  private readonly uploads: Counter<'kind' | 'result'>;
+  private readonly authRefusals: Counter<'reason' | 'permission'>;
 
   private readonly registers: Registry[];
   private downloadSource: () => Iterable<{ readerCount: number }> = () => [];
@@ -269,6 +276,18 @@ export class MetricsService {
       labelNames: ['reason'],
       registers,
     });
+    this.uploads = new Counter({
+      name: name('uploads_total'),
+      help: 'Uploads (PUT), by kind and result: stored, exists (the same was already here), rejected (refused for what it carries).',
+      labelNames: ['kind', 'result'],
+      registers,
+    });
+    this.authRefusals = new Counter({
+      name: name('auth_refused_total'),
+      help: 'Requests refused for want of a token, by reason (unauthorized: none or not valid; forbidden: without the permission) and the permission the route needs.',
+      labelNames: ['reason', 'permission'],
+      registers,
+    });
     const storage: Gauge = new Gauge({
       name: name('storage_bytes'),
       help: `Bytes of stored NARs, from the database (re-read at most every ${STORAGE_CACHE_MS / 1000} s).`,
@@ -306,6 +325,9 @@ export class MetricsService {
         if (result !== 'generated' || kind === 'listing')
           this.documentRequests.labels(kind, result).inc(0);
       }
+    for (const kind of ['nar', 'narinfo', 'listing', 'log', 'realisation'])
+      for (const result of ['stored', 'exists', 'rejected'])
+        this.uploads.labels(kind, result).inc(0);
     for (const { url } of config.upstreams) {
       this.upstreamBytes.labels(url).inc(0);
       this.upstreamSkips.labels(url).inc(0);
@@ -438,6 +460,14 @@ export class MetricsService {
 
   documentRequest(kind: DocumentKind, result: DocumentResult): void {
     this.documentRequests.labels(kind, result).inc();
+  }
+
+  upload(kind: UploadKind, result: UploadResult): void {
+    this.uploads.labels(kind, result).inc();
+  }
+
+  authRefused(reason: AuthRefusal, permission: string): void {
+    this.authRefusals.labels(reason, permission).inc();
   }
 
   /** An upstream request or body broke (network, timeout). */

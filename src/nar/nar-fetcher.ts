@@ -9,6 +9,7 @@ import {
 import { APP_CONFIG, type AppConfig } from '../config/app-config';
 import type { NarFileEntity } from '../database/entities';
 import { NarFileRepository } from '../database/nar-file.repository';
+import { isUploadOrigin } from '../database/upload-origin';
 import { MetricsService } from '../metrics/metrics.service';
 import { RecentFailures } from '../metrics/recent-failures';
 import { parseNarFileName } from '../nix/compression';
@@ -184,7 +185,9 @@ export class NarFetcher {
   /** Where the bytes of `name` come from and what they must hash to. */
   private async resolveSource(name: string): Promise<NarSource> {
     const row = await this.files.find(name);
-    if (row) return { row, urls: [row.upstreamUrl], expect: expectationsOf(row) };
+    // An uploaded NAR no longer in storage is nowhere to be fetched (the caller answers 404).
+    const urls = row && !isUploadOrigin(row.upstreamUrl) ? [row.upstreamUrl] : [];
+    if (row) return { row, urls, expect: expectationsOf(row) };
     // Asked for without a narinfo seen here (e.g. a client's long-cached narinfo after an eviction):
     // try `nar/<name>` on every upstream, trusting only bytes that hash to the FileHash in the name.
     const { hash, compression } = parseNarFileName(name);

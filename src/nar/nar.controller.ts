@@ -1,5 +1,6 @@
 import { Controller, Get, Head, Headers, Param, Res } from '@nestjs/common';
 import type { FastifyReply } from 'fastify';
+import { Access } from '../common/access';
 import { NotFoundError } from '../common/errors';
 import { MetricsService } from '../metrics/metrics.service';
 import { InvalidNarNameError } from '../nix/errors';
@@ -59,6 +60,7 @@ export class NarController {
    * endpoint says nothing about what is being downloaded.
    */
   @Get(`${PEER_DOWNLOADS_PATH}/:name`)
+  @Access('public') // not a client endpoint: instances prove themselves with their own secret
   async peer(
     @Param('name') name: string,
     @Headers('range') range: string | undefined,

@@ -12,6 +12,7 @@ import { APP_CONFIG, type AppConfig } from '../config/app-config';
 import type { NarFileEntity } from '../database/entities';
 import { DatabaseHealth } from '../database/database-health';
 import { NarFileRepository } from '../database/nar-file.repository';
+import { isUploadOrigin } from '../database/upload-origin';
 import { narLockKey } from '../locking/lock-keys';
 import { INSTANCE, parseHolderInfo, type Instance } from '../instances/instance';
 import { TakeoverLocks } from '../instances/takeover-locks';
@@ -141,6 +142,7 @@ export class NarService {
     const running = this.active.get(name);
     if (running) return { length: running.spool.length };
     if (!row) throw new NotFoundError(`${name} is not known`);
+    if (isUploadOrigin(row.upstreamUrl)) throw new NotFoundError(`${name} is not stored`);
     try {
       const { length } = await this.upstream.open(row.upstreamUrl, 'HEAD');
       return { length: row.fileSize ?? length };

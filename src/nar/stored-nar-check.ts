@@ -1,5 +1,6 @@
 import { Inject, Injectable, Logger } from '@nestjs/common';
 import { APP_CONFIG, type AppConfig } from '../config/app-config';
+import type { NarFileEntity } from '../database/entities';
 import { NarFileRepository } from '../database/nar-file.repository';
 import { narLockKey } from '../locking/lock-keys';
 import { TakeoverLocks } from '../instances/takeover-locks';
@@ -40,18 +41,10 @@ export class StoredNarCheck {
     return this.locks.withLock(narLockKey(key), ttl, 'nar', async () => {
       const row = await this.files.find(key);
       if (row?.storedSize == null || row.narHash !== null) return 'unchanged';
-      const check = this.verifiers.checkStream(expectationsOf({ ...row, narHash, narSize }));
       try {
-        const body = await this.store.read(key);
-        let size = 0;
-        for await (const chunk of body as AsyncIterable<Buffer>) {
-          size += chunk.length;
-          await Promise.race([check.write(chunk), check.failed]);
-        }
-        await check.finish(size);
+        await this.check(row, narHash, narSize);
       } catch (e) {
         // Unproven bytes are not served as this narinfo's NAR: the next request fetches it again.
-        check.abandon();
         await this.files.markMissing(key);
         await this.files.setNarHash(key, narHash, narSize);
         if (e instanceof NarMismatchError) {
@@ -65,5 +58,27 @@ export class StoredNarCheck {
       await this.files.setNarHash(key, narHash, narSize);
       return 'verified';
     });
+  }
+
+  /**
+   * Checks the stored object of `row` against its FileHash/FileSize and `narHash`/`narSize`, by
+   * reading and decompressing it in a verifier thread; changes nothing. Rejects with
+   * NarMismatchError when it does not match, with another error when it cannot be read. The caller
+   * holds the NAR's lock.
+   */
+  async check(row: NarFileEntity, narHash: string, narSize: number): Promise<void> {
+    const check = this.verifiers.checkStream(expectationsOf({ ...row, narHash, narSize }));
+    try {
+      const body = await this.store.read(row.key);
+      let size = 0;
+      for await (const chunk of body as AsyncIterable<Buffer>) {
+        size += chunk.length;
+        await Promise.race([check.write(chunk), check.failed]);
+      }
+      await check.finish(size);
+    } catch (e) {
+      check.abandon();
+      throw e;
+    }
   }
 }

@@ -11,5 +11,6 @@ import { NarInfoService } from './narinfo.service';
   imports: [DocumentsModule, LockingModule, NarModule, SigningModule, UpstreamModule],
   controllers: [NarInfoController],
   providers: [NarInfoService],
+  exports: [NarInfoService],
 })
 export class NarInfoModule {}

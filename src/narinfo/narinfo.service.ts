@@ -6,6 +6,7 @@ import { DatabaseHealth } from '../database/database-health';
 import type { NarInfoEntity } from '../database/entities';
 import { NarInfoRepository, TOUCH_GRANULARITY_MS } from '../database/narinfo.repository';
 import { narInfoLockKey } from '../locking/lock-keys';
+import { NOTICES, type Notices } from '../locking/notices';
 import { TakeoverLocks } from '../instances/takeover-locks';
 import { MetricsService } from '../metrics/metrics.service';
 import { StoredNarCheck } from '../nar/stored-nar-check';
@@ -32,6 +33,8 @@ interface RecentNarInfo {
 /** How long a served narinfo is answered from memory (an eviction elsewhere shows after at most this). */
 const RECENT_TTL_MS = 30_000;
 const RECENT_MAX = 20_000;
+/** The notice that tells every instance to forget a narinfo it may remember (it was deleted). */
+const FORGET_TOPIC = 'narinfo-forget';
 /** Most hashes remembered as missing (~150 bytes each: 14 MB measured for 100,000). */
 export const NEGATIVE_MAX = 100_000;
 
@@ -68,9 +71,11 @@ export class NarInfoService {
     private readonly storedNars: StoredNarCheck,
     private readonly metrics: MetricsService,
     private readonly failures: RecentFailures,
+    @Inject(NOTICES) private readonly notices: Notices,
   ) {
     this.misses = new NegativeCache(config.negativeTtlMs, NEGATIVE_MAX);
     metrics.watchNegativeCache(() => this.misses.size);
+    notices.subscribe(FORGET_TOPIC, (hash) => this.recent.delete(hash));
   }
 
   /**
@@ -79,6 +84,23 @@ export class NarInfoService {
    */
   forgetMiss(hash: string): void {
     this.misses.forget(hash);
+  }
+
+  /**
+   * Forgets the narinfo of `hash` on every instance: the ones served lately are answered from
+   * memory for up to 30 s, which must not outlive a delete. This instance forgets it at once, the
+   * others when the notice reaches them (through Redis, within milliseconds); if it cannot be sent
+   * (Redis unreachable), their memory still expires within 30 s.
+   */
+  async forgetEverywhere(hash: string): Promise<void> {
+    this.recent.delete(hash);
+    try {
+      await this.notices.publish(FORGET_TOPIC, hash);
+    } catch (e) {
+      this.logger.warn(
+        `could not tell the other instances to forget ${hash}.narinfo (${(e as Error).message}); they forget it within ${RECENT_TTL_MS / 1000} s`,
+      );
+    }
   }
 
   /** The narinfo text for a store path hash; NotFoundError when no upstream has a valid one. */

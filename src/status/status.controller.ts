@@ -2,6 +2,7 @@ import { Controller, Get, Head, Headers, Res } from '@nestjs/common';
 import type { FastifyReply } from 'fastify';
 import { promisify } from 'node:util';
 import { gzip } from 'node:zlib';
+import { Access } from '../common/access';
 import { acceptsGzip, sendAsset, StatusPage, STATUS_PATH, type Asset } from './status-page';
 import { StatusService } from './status.service';
 
@@ -50,11 +51,13 @@ export class StatusController {
   }
 
   @Get(`${STATUS_PATH}.css`)
+  @Access('public')
   css(@Res() reply: FastifyReply): Promise<void> {
     return sendAsset(reply, this.page.css, { cacheControl: IMMUTABLE });
   }
 
   @Get(`${STATUS_PATH}.js`)
+  @Access('public')
   js(@Res() reply: FastifyReply): Promise<void> {
     return sendAsset(reply, this.page.js, { cacheControl: IMMUTABLE });
   }

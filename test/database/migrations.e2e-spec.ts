@@ -13,7 +13,15 @@ import { forEachDialect, type FreshDatabase } from './database-servers';
 // Migrations run at start under a database-wide lock, so that instances starting together migrate
 // once: every one of them opens, and each migration is recorded exactly once.
 
-const TABLES = ['migrations', 'nar_files', 'narinfos', 'narinfo_references', 'narinfo_signatures'];
+const TABLES = [
+  'migrations',
+  'nar_files',
+  'narinfos',
+  'narinfo_references',
+  'narinfo_signatures',
+  'access_tokens',
+  'pins',
+];
 const MIGRATION_NAMES = MIGRATIONS.map((M) => new M().name);
 
 async function expectMigrated(ds: DataSource): Promise<void> {

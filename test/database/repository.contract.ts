@@ -12,7 +12,9 @@ import {
   NarInfoReferenceEntity,
   NarInfoSignatureEntity,
 } from '../../src/database/entities';
+import { AccessTokenRepository } from '../../src/database/access-token.repository';
 import { NarFileRepository } from '../../src/database/nar-file.repository';
+import { PinRepository } from '../../src/database/pin.repository';
 import {
   NarInfoRepository,
   TOUCH_GRANULARITY_MS,
@@ -637,6 +639,110 @@ export function repositoryContract(dialect: string, open: () => Promise<Database
         await files.markStored(a.narKey, 1, 10_000_000_000_000);
         await files.markStored(b.narKey, 1, 9_000_000_000_000);
         expect((await files.lruCandidates(10)).map((f) => f.key)).toEqual([b.narKey, a.narKey]);
+      });
+
+      it('lruCandidates pages on after the last one seen, through ties', async () => {
+        const ns = Array.from({ length: 7 }, (_, i) => newNarInfo(`page${i}`));
+        for (const n of ns) await narInfos.save(n, 1);
+        for (const [i, n] of ns.entries())
+          await files.markStored(n.narKey, 1, i < 4 ? 100 : 200 + i);
+        const all = (await files.lruCandidates(100)).map((f) => f.key);
+        const seen: string[] = [];
+        let after: NarFileEntity | undefined;
+        for (;;) {
+          const page = await files.lruCandidates(3, after);
+          if (page.length === 0) break;
+          seen.push(...page.map((f) => f.key));
+          after = page[page.length - 1];
+        }
+        expect(seen).toEqual(all);
+        expect(all).toHaveLength(7);
+      });
+    });
+
+    describe('uploads, deletes, pins and tokens', () => {
+      it('deleteWithUnsharedNar removes the NAR row only when no other narinfo points at it', async () => {
+        const shared = narKeyOf('shared-del');
+        const a = newNarInfo('del-a', {
+          narKey: shared,
+          refs: [baseName('x')],
+          sigs: [sig('k', 1)],
+        });
+        const b = newNarInfo('del-b', { narKey: shared });
+        for (const n of [a, b]) await narInfos.save(n);
+        expect((await narInfos.hashesOf(shared)).sort()).toEqual([a.hash, b.hash].sort());
+        expect(await narInfos.deleteWithUnsharedNar(a.hash)).toEqual({
+          narKey: shared,
+          narRowDeleted: false,
+        });
+        expect(await narInfos.find(a.hash)).toBeNull();
+        expect(await count(NarInfoReferenceEntity, { narInfoHash: a.hash })).toBe(0);
+        expect(await files.find(shared)).not.toBeNull();
+        expect(await narInfos.deleteWithUnsharedNar(b.hash)).toEqual({
+          narKey: shared,
+          narRowDeleted: true,
+        });
+        expect(await files.find(shared)).toBeNull();
+        expect(await narInfos.deleteWithUnsharedNar(b.hash)).toBeNull();
+      });
+
+      it('setNarHash records what a narinfo vouches for, and the compression when given', async () => {
+        const key = narKeyOf('pushed');
+        await files.recordStored(key, 'upload:ci', { compression: 'none' }, 10, 1);
+        await files.setNarHash(key, nixSha256('pushed'), 99, 'gzip');
+        expect(await files.find(key)).toMatchObject({
+          narHash: nixSha256('pushed'),
+          narSize: 99,
+          compression: 'gzip',
+        });
+      });
+
+      it("a pin's closure follows References through stored narinfos, and counts stored bytes", async () => {
+        const leaf = newNarInfo('c-leaf', { refs: [baseName('c-elsewhere')] });
+        const mid = newNarInfo('c-mid', { refs: [baseName('c-leaf'), baseName('c-mid')] });
+        const top = newNarInfo('c-top', { refs: [baseName('c-mid'), baseName('c-leaf')] });
+        const other = newNarInfo('c-other');
+        for (const n of [leaf, mid, top, other]) await narInfos.save(n);
+        for (const n of [leaf, mid, top]) await files.markStored(n.narKey, 3 * GiB);
+        const pins = new PinRepository(ds);
+        await pins.add({
+          hash: top.hash,
+          storePath: top.narInfo.storePath,
+          createdAt: 5,
+          createdBy: 'ci',
+        });
+        await pins.add({ hash: top.hash, storePath: 'again', createdAt: 6, createdBy: 'cli' });
+        expect(await pins.list()).toEqual([
+          { hash: top.hash, storePath: top.narInfo.storePath, createdAt: 5, createdBy: 'ci' },
+        ]);
+        const closure = await pins.pinnedClosure();
+        expect(closure.hashes).toEqual(new Set([top.hash, mid.hash, leaf.hash]));
+        expect(closure.narKeys).toEqual(new Set([top.narKey, mid.narKey, leaf.narKey]));
+        expect(await files.storedBytesOf(closure.narKeys)).toBe(9 * GiB);
+        expect(await pins.remove(top.hash)).toBe(true);
+        expect(await pins.remove(top.hash)).toBe(false);
+        expect((await pins.pinnedClosure()).narKeys.size).toBe(0);
+      });
+
+      it('tokens: unique names, found by hash, revoked by name, last use recorded', async () => {
+        const tokens = new AccessTokenRepository(ds);
+        const row = {
+          name: 'ci',
+          tokenHash: 'a'.repeat(64),
+          permissions: 'read,write',
+          createdAt: 1,
+          expiresAt: 10_000_000_000_000,
+        };
+        expect(await tokens.create(row)).toBe(true);
+        expect(await tokens.create({ ...row, tokenHash: 'b'.repeat(64) })).toBe(false);
+        expect(await tokens.findByHash('a'.repeat(64))).toMatchObject({ ...row, lastUsedAt: null });
+        expect(await tokens.findByHash('b'.repeat(64))).toBeNull();
+        await tokens.touch('ci', 12_345);
+        expect((await tokens.findByName('ci'))?.lastUsedAt).toBe(12_345);
+        expect((await tokens.list()).map((t) => t.name)).toEqual(['ci']);
+        expect(await tokens.revoke('ci')).toBe(true);
+        expect(await tokens.revoke('ci')).toBe(false);
+        expect(await tokens.findByHash('a'.repeat(64))).toBeNull();
       });
     });
 

@@ -7,7 +7,7 @@ import { FakeUpstream } from '../support/fake-upstream';
 import { printFigures, scaled } from '../support/figures';
 import { snapshot } from '../support/files';
 import { download, httpGet, type Download } from '../support/http-client';
-import { NarwhalProcess, runNarwhalCommand, type NarwhalOptions } from '../support/narwhal-process';
+import { NarwhalProcess, runNarwhalWith, type NarwhalOptions } from '../support/narwhal-process';
 import {
   buildFixtures,
   dumpPathHash,
@@ -83,7 +83,7 @@ describe.skipIf(!haveNix)('kill -9 during cold downloads', () => {
     narwhal = started;
     const readyMs = performance.now() - t0;
     const spoolsAfterStart = await snapshot(spoolDir());
-    const fsck = await runNarwhalCommand(options, 'fsck', [
+    const fsck = await runNarwhalWith(options, 'fsck', [
       '--verify-content',
       '--orphan-grace',
       '0s',

@@ -8,8 +8,8 @@ import { S3rverFixture } from '../storage/s3rver';
 import { FakeUpstream } from '../support/fake-upstream';
 import { sha256Nix32 } from '../support/hash';
 import type { StatusSnapshot } from '../../src/status/status-snapshot';
-import { download, httpGet, httpGetText as fetchText } from '../support/http-client';
-import { NarwhalProcess } from '../support/narwhal-process';
+import { download, httpGet } from '../support/http-client';
+import { NarwhalProcess, runNarwhalCommand } from '../support/narwhal-process';
 import { makeKey } from '../support/signing-keys';
 import { makeStorePath, type StorePathFixture } from '../support/store-paths';
 import { pollUntil } from '../support/wait';
@@ -17,7 +17,8 @@ import { pollUntil } from '../support/wait';
 /**
  * The High Availability flow: two narwhal processes behind no balancer at all (the test is the
  * balancer), sharing PostgreSQL, an S3 server and a Redis of their own, in front of one throttled
- * upstream. A NAR asked for on both at once is downloaded once, and the instance that does not
+ * upstream, with reads behind a token (the test's requests carry one; the instances authenticate to
+ * each other on their own). A NAR asked for on both at once is downloaded once, and the instance that does not
  * download streams it from the one that does.
  */
 
@@ -31,6 +32,9 @@ const LOCK_TTL = '6s';
 const LOCK_RETRIES = '12';
 /** Takeover runs after kill -9 (more with NARWHAL_HA_HEAVY=1). */
 const TAKEOVER_RUNS = process.env.NARWHAL_HA_HEAVY === '1' ? 10 : 3;
+
+/** The read (and delete) token every request of the test sends: reads need one here. */
+let auth: Record<string, string> = {};
 
 interface Fetched {
   status: number;
@@ -66,6 +70,12 @@ describe('several instances share one download (PostgreSQL + S3 + Redis)', () =>
     upstream = await FakeUpstream.start();
     workDir = await mkdtemp(join(tmpdir(), 'narwhal-ha-'));
     [a, b] = await Promise.all([startInstance('a'), startInstance('b')]);
+    const made = await runNarwhalCommand(
+      ['token', 'create', '--name', 'ha-test', '--perm', 'read,delete'],
+      { CACHE_DATABASE_URL: db.config.kind === 'postgres' ? db.config.url : '' },
+    );
+    expect(made.code, made.stderr).toBe(0);
+    auth = { authorization: `Bearer ${made.stdout.trim()}` };
     ready = true;
   });
 
@@ -112,6 +122,8 @@ describe('several instances share one download (PostgreSQL + S3 + Redis)', () =>
         CACHE_LOCK_RETRY_MAX_ATTEMPTS: LOCK_RETRIES,
         CACHE_LOCK_RETRY_MAX_DELAY: '250ms',
         PROMETHEUS_ENABLED: 'true',
+        CACHE_REQUIRE_READ_TOKEN: 'true',
+        CACHE_ALLOW_DELETE_VERB: 'true',
       },
     });
   }
@@ -134,9 +146,11 @@ describe('several instances share one download (PostgreSQL + S3 + Redis)', () =>
 
   it('32 clients split across both instances: one upstream download, identical bytes, early first bytes', async () => {
     const blob = await publishBlob('ha-blob');
+    expect((await httpGet(`${a.url}/${blob.hash}.narinfo`)).status, 'anonymous').toBe(401);
     const narinfo = await fetchText(`${a.url}/${blob.hash}.narinfo`);
     expect(narinfo.status).toBe(200);
     const url = /^URL: (.*)$/m.exec(narinfo.body)![1];
+    expect((await httpGet(`${b.url}/${url}`)).status, 'anonymous').toBe(401);
 
     const t0 = Date.now();
     const results = await Promise.all(
@@ -276,7 +290,7 @@ describe('several instances share one download (PostgreSQL + S3 + Redis)', () =>
       const onA = fetchBody(`${a.url}/${url}`, t0); // a takes the lock and downloads
       expect(await waitFor(async () => Promise.resolve(narGets(blob) === 1), 5_000)).toBe(true);
       // A client of b joins through a's peer endpoint and gets some of it…
-      const viaPeer = download(`${b.url}/${url}`, { t0 });
+      const viaPeer = download(`${b.url}/${url}`, { t0, headers: auth });
       expect(await waitFor(() => Promise.resolve(viaPeer.received() > 2 * MiB), 10_000)).toBe(true);
       await a.kill(); // …then a dies mid-transfer.
       const killedAt = Date.now();
@@ -405,6 +419,24 @@ describe('several instances share one download (PostgreSQL + S3 + Redis)', () =>
     expect((await onA).clean).toBe(true);
   });
 
+  it('a narinfo deleted through one instance is not served from the memory of the other', async () => {
+    const f = await makeStorePath([key], { name: 'ha-deleted' });
+    upstream.publish(f);
+    for (const n of [a, b])
+      expect((await fetchText(`${n.url}/${f.hash}.narinfo`)).status).toBe(200);
+    // b answers it from memory now (for up to 30 s); the upstream no longer has it.
+    upstream.set(`/${f.hash}.narinfo`, { kind: 'status', status: 404 });
+    const res = await fetch(`${a.url}/${f.hash}.narinfo`, { method: 'DELETE', headers: auth });
+    expect(res.status).toBe(200);
+    // The notice reaches b through Redis: it stops answering from memory long before its 30 s.
+    const gone = await pollUntil(
+      async () => (await fetchText(`${b.url}/${f.hash}.narinfo`)).status,
+      (status) => status === 404,
+      { timeoutMs: 10_000, intervalMs: 100 },
+    );
+    expect(gone).toBe(404);
+  });
+
   it('Redis down: hits are still served, and misses too (local locks)', async () => {
     const stored = await publishBlob('ha-before-redis-stops');
     const narinfo = await fetchText(`${b.url}/${stored.hash}.narinfo`);
@@ -455,6 +487,12 @@ function lockDetails(
   return parsed.details?.lock;
 }
 
+/** GET of a small text body, with the test's token. */
+async function fetchText(url: string): Promise<{ status: number; body: string }> {
+  const res = await httpGet(url, { keepBody: true, headers: auth });
+  return { status: res.status, body: res.body.toString('utf8') };
+}
+
 /** A counter's value for one `kind` label, from an instance's /metrics. */
 async function counter(n: NarwhalProcess, name: string, kind: string): Promise<number> {
   const text = (await fetchText(`${n.url}/metrics`)).body;
@@ -476,7 +514,7 @@ async function fetchBody(
   const res = await httpGet(url, {
     t0,
     stopAfterBytes: opts.stopAfterBytes,
-    headers: opts.range ? { range: opts.range } : {},
+    headers: opts.range ? { ...auth, range: opts.range } : auth,
   });
   return {
     status: res.status,

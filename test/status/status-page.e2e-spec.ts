@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Browser, inPage, requireChromium, type Tab } from '../support/browser';
 import { FakeUpstream } from '../support/fake-upstream';
 import { download, httpGet } from '../support/http-client';
-import { NarwhalProcess } from '../support/narwhal-process';
+import { NarwhalProcess, runNarwhalCommand } from '../support/narwhal-process';
 import { makeKey } from '../support/signing-keys';
 import { makeStorePath, type StorePathFixture } from '../support/store-paths';
 import { pollUntil } from '../support/wait';
@@ -237,5 +237,71 @@ describe.skipIf(!requireChromium())('the status page in a real browser', () => {
       expect(foreign).toEqual([]);
       expect(tab.requested.some((u) => u.includes('status.json'))).toBe(true);
     }
+  });
+});
+
+describe.skipIf(!requireChromium())('the status page behind --cache-require-read-token', () => {
+  let narwhal: NarwhalProcess;
+  let upstream: FakeUpstream;
+  let dataPath: string;
+  let token: string;
+  const browsers: Browser[] = [];
+
+  beforeAll(async () => {
+    upstream = await FakeUpstream.start();
+    dataPath = await mkdtemp(join(tmpdir(), 'narwhal-status-token-'));
+    const env = { CACHE_REQUIRE_READ_TOKEN: 'true' };
+    narwhal = await NarwhalProcess.start({
+      dataPath,
+      hostname: HOSTNAME,
+      upstreamUrls: [upstream.url],
+      upstreamPublicKeys: [makeKey('up-browser-2').publicText],
+      env,
+    });
+    const made = await runNarwhalCommand(['token', 'create', '--name', 'ops', '--perm', 'read'], {
+      ...env,
+      CACHE_DATA_PATH: dataPath,
+    });
+    expect(made.code, made.stderr).toBe(0);
+    token = made.stdout.trim();
+  });
+
+  afterAll(async () => {
+    for (const b of browsers) await b.close();
+    await narwhal?.stop();
+    await upstream?.close();
+    if (dataPath) await rm(dataPath, { recursive: true, force: true });
+  });
+
+  async function launch(password?: string): Promise<Page> {
+    const browser = await Browser.launch(
+      password === undefined ? {} : { httpCredentials: { username: 'anyone', password } },
+    );
+    browsers.push(browser);
+    return (await browser.tab()).page;
+  }
+
+  it('a browser without the token is refused; with it (typed into its login dialog) it sees the live page', async () => {
+    const challenge = await httpGet(`${narwhal.url}/`, { headers: { accept: 'text/html' } });
+    expect(challenge.status).toBe(401);
+    expect(challenge.headers['www-authenticate']).toBe('Basic realm="narwhal"');
+    // Challenged, a headless browser has nobody to type into its login dialog: it gives up.
+    await expect((await launch()).goto(`${narwhal.url}/`)).rejects.toThrow(
+      'ERR_INVALID_AUTH_CREDENTIALS',
+    );
+    // Wrong credentials get the challenge again: the page never shows.
+    expect((await (await launch('not-the-token')).goto(`${narwhal.url}/`))?.status()).toBe(401);
+
+    const page = await launch(token);
+    const answered: number[] = [];
+    page.on('response', (r) => {
+      if (r.url().includes('status.json')) answered.push(r.status());
+    });
+    const res = await page.goto(`${narwhal.url}/`);
+    expect(res?.status()).toBe(200);
+    await page.locator('#hostname', { hasText: HOSTNAME }).waitFor();
+    // The page keeps polling its JSON with the same credentials.
+    await expect.poll(() => answered.filter((s) => s === 200).length, SOON).toBeGreaterThan(1);
+    expect(answered.filter((s) => s !== 200 && s !== 401)).toEqual([]);
   });
 });

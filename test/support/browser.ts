@@ -57,7 +57,13 @@ export class Browser {
     private readonly profile: string,
   ) {}
 
-  static async launch(): Promise<Browser> {
+  /**
+   * `httpCredentials`: what the browser answers a 401 with a Basic challenge with, as a person
+   * typing them into the browser's login dialog would.
+   */
+  static async launch(
+    options: { httpCredentials?: { username: string; password: string } } = {},
+  ): Promise<Browser> {
     const profile = await mkdtemp(join(tmpdir(), 'narwhal-chromium-'));
     // launchPersistentContext passes `--user-data-dir=<profile>`: a fresh one for every run.
     const context = await chromium.launchPersistentContext(profile, {
@@ -65,6 +71,7 @@ export class Browser {
       headless: true,
       args: CHROMIUM_FLAGS,
       viewport: { width: 1200, height: 900 },
+      httpCredentials: options.httpCredentials,
     });
     return new Browser(context, profile);
   }

@@ -7,6 +7,7 @@ import { afterAll, beforeAll, beforeEach } from 'vitest';
 import { NODE_FLAGS } from '../../src/runtime-flags';
 import { FakeUpstream } from './fake-upstream';
 import { httpGet } from './http-client';
+import { run, type RunResult } from './nix';
 import { freePort } from './ports';
 import { procMemory, type ProcMemory } from './proc-memory';
 import type { TestKey } from './signing-keys';
@@ -42,27 +43,25 @@ function narwhalEnv(options: NarwhalOptions): NodeJS.ProcessEnv {
   };
 }
 
+/** Runs `narwhal <args>` from dist/ to completion (as an operator would), with `env` as settings. */
+export function runNarwhalCommand(args: string[], env: NodeJS.ProcessEnv): Promise<RunResult> {
+  return run(process.execPath, [...NODE_FLAGS, 'dist/main.js', ...args], {
+    cwd: REPO_ROOT,
+    env: { ...process.env, LOG_LEVEL: 'warn', ...env },
+  });
+}
+
 /**
  * Runs another command of the built CLI (`fsck`, `migrate`…) with the settings a `serve` of these
  * options has, plus `args`; resolves its exit code and output.
  */
-export function runNarwhalCommand(
+export async function runNarwhalWith(
   options: NarwhalOptions,
   command: string,
   args: string[] = [],
 ): Promise<{ code: number | null; output: string }> {
-  const child = spawn(process.execPath, [...NODE_FLAGS, 'dist/main.js', command, ...args], {
-    cwd: REPO_ROOT,
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: narwhalEnv(options),
-  });
-  let output = '';
-  child.stdout.on('data', (d: Buffer) => (output += d.toString('utf8')));
-  child.stderr.on('data', (d: Buffer) => (output += d.toString('utf8')));
-  return new Promise((done, reject) => {
-    child.once('error', reject);
-    child.once('close', (code) => done({ code, output }));
-  });
+  const { code, stdout, stderr } = await runNarwhalCommand([command, ...args], narwhalEnv(options));
+  return { code, output: stdout + stderr };
 }
 
 export class NarwhalProcess {

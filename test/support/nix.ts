@@ -161,16 +161,22 @@ export interface Fixtures {
 const BLOB_BYTES = 32 * 1024 * 1024;
 const VICTIM_BYTES = 1024 * 1024;
 
-// Builders run without a sandbox; they must set PATH themselves. Outputs stay in /nix/store
-// between runs, so only the first run on a machine pays for building (the blob is random once).
-const FIXTURES_NIX = `
-let
-  mk = name: script: builtins.derivation {
+/**
+ * `mk name script`: a derivation whose builder runs `script` in /bin/sh. Builders run without a
+ * sandbox; they must set PATH themselves. For the `let` of a test's Nix expression.
+ */
+export const NIX_MK = `mk = name: script: builtins.derivation {
     inherit name;
     system = builtins.currentSystem;
     builder = "/bin/sh";
     args = [ "-c" "export PATH=/bin:/usr/bin; \${script}" ];
-  };
+  };`;
+
+// Outputs stay in /nix/store between runs, so only the first run on a machine pays for building
+// (the blob is random once).
+const FIXTURES_NIX = `
+let
+  ${NIX_MK}
   leaf = mk "narwhal-e2e-leaf" "mkdir $out; echo leaf > $out/data";
   mid = mk "narwhal-e2e-mid" "mkdir $out; echo \${leaf} > $out/ref";
   top = mk "narwhal-e2e-top" "mkdir $out; echo \${mid} > $out/ref; echo \${leaf} > $out/leaf-ref";

@@ -232,12 +232,16 @@ function hostPort(addr: string): { host: string; port: number } {
   };
 }
 
-function createClient(config: RedisLockConfig): Client {
+/** A client for `config` (one node, or a cluster); commands fail at once while disconnected. */
+export function createClient(
+  config: RedisLockConfig,
+  options: { connectionName?: string } = {},
+): Client {
   const common: RedisOptions = {
     username: config.username,
     password: config.password,
     tls: config.tls ? {} : undefined,
-    connectionName: 'narwhal-locker',
+    connectionName: options.connectionName ?? 'narwhal-locker',
     connectTimeout: CONNECT_TIMEOUT_MS,
     commandTimeout: COMMAND_TIMEOUT_MS,
     // Fail a command as soon as its connection drops instead of resending it after a reconnect.
