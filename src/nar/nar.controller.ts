@@ -10,7 +10,7 @@ import { NarService } from './nar.service';
 import { PEER_DOWNLOADS_PATH, PeerClient } from './peer-client';
 import { StallGuard } from './stall-guard';
 
-const NAR_CONTENT_TYPE = 'application/x-nix-nar';
+export const NAR_CONTENT_TYPE = 'application/x-nix-nar';
 
 @Controller()
 export class NarController {
@@ -32,7 +32,10 @@ export class NarController {
     setLength(reply, nar);
     this.stalls.watch(reply.raw);
     // A stream error after the headers makes Fastify destroy the socket: no clean end for bad bytes.
-    await reply.send(this.metrics.countServed(nar.source, nar.body));
+    const body = Buffer.isBuffer(nar.body)
+      ? this.metrics.countServedBytes(nar.source, nar.body)
+      : this.metrics.countServed(nar.source, nar.body);
+    await reply.send(body);
   }
 
   @Head('nar/:name')

@@ -5,12 +5,13 @@ import { NarModule } from '../nar/nar.module';
 import { SigningModule } from '../signing/signing.module';
 import { UpstreamModule } from '../upstream/upstream.module';
 import { NarInfoController } from './narinfo.controller';
+import { NarInfoHotPath } from './narinfo-hot-path';
 import { NarInfoService } from './narinfo.service';
 
 @Module({
   imports: [DocumentsModule, LockingModule, NarModule, SigningModule, UpstreamModule],
   controllers: [NarInfoController],
-  providers: [NarInfoService],
+  providers: [NarInfoService, NarInfoHotPath],
   exports: [NarInfoService],
 })
 export class NarInfoModule {}

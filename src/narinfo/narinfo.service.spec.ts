@@ -19,6 +19,7 @@ import { PeerClient } from '../nar/peer-client';
 import { StoredNarCheck } from '../nar/stored-nar-check';
 import { VERIFIER_POOL_PROVIDER } from '../nar/verification/verifier-pool';
 import { NarInfoService } from './narinfo.service';
+import { RememberedNars } from '../nar/stored-nar-memory';
 
 /**
  * The narinfo request flow, step by step, on the real providers: SQLite, LocalLocker, narwhal's own
@@ -26,7 +27,13 @@ import { NarInfoService } from './narinfo.service';
  */
 
 // NarInfoService checks a NAR stored before its narinfo with StoredNarCheck, from the NAR module.
-const t = useServiceModule([NarInfoService, StoredNarCheck, PeerClient, VERIFIER_POOL_PROVIDER]);
+const t = useServiceModule([
+  RememberedNars,
+  NarInfoService,
+  StoredNarCheck,
+  PeerClient,
+  VERIFIER_POOL_PROVIDER,
+]);
 const service = () => t.module.get(NarInfoService);
 const parse = (text: string) => parseNarInfo(text, { storeDir: STORE_DIR });
 const narInfoPath = (hash: string) => `/${hash}.narinfo`;

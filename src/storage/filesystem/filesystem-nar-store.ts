@@ -8,6 +8,9 @@ import type { NarStore } from '../nar-store';
 import { isDocumentKey, isNarKey } from '../object-keys';
 import { diskSpace, SpoolArea, type DiskSpace } from '../spool-area';
 
+/** Bytes read from a stored file at a time (1 MiB measured no faster, and costs more memory). */
+const READ_CHUNK_BYTES = 256 * 1024;
+
 /**
  * NARs as files under `<root>/nar/<k0>/<k0k1>/<key>`; side documents (listings, logs,
  * realisations) as `<root>/<dir>/<name>`; spools in `<root>/tmp`. A commit is
@@ -61,7 +64,7 @@ export class FilesystemNarStore implements NarStore {
         autoClose: true,
         start: range?.start,
         end: range?.end,
-        highWaterMark: 256 * 1024,
+        highWaterMark: READ_CHUNK_BYTES,
       });
     } catch (e) {
       await handle.close();
