@@ -552,9 +552,9 @@ export class MetricsService {
    * `body` as it streams to a client, counting its bytes; errors and early closes pass through in
    * both directions (a broken source breaks the client's stream, a gone client closes the source).
    */
-  /** A NAR answered whole from memory: its bytes counted as served, `body` returned. */
-  countServedBytes(source: ServedSource, body: Buffer): Buffer {
-    this.servedBytes.labels(source).inc(body.length);
+  /** NAR bytes sent without a stream (from memory, or a stored file): counted as served. */
+  countServedBytes<T extends Buffer | number>(source: ServedSource, body: T): T {
+    this.servedBytes.labels(source).inc(typeof body === 'number' ? body : body.length);
     return body;
   }
 

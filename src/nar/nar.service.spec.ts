@@ -15,6 +15,7 @@ import { NarFetcher } from './nar-fetcher';
 import { NarService } from './nar.service';
 import { PeerClient } from './peer-client';
 import { VERIFIER_POOL_PROVIDER } from './verification/verifier-pool';
+import { StoredFile } from './stored-file';
 import { RememberedNars } from './stored-nar-memory';
 
 /**
@@ -263,7 +264,8 @@ describe('NarService: a NAR another instance is downloading', () => {
 });
 
 /** A body that must be a stream (a download's, a peer's, a large stored NAR's). */
-function streamOf(body: Readable | Buffer): Readable {
-  if (Buffer.isBuffer(body)) throw new Error('expected a stream, got a whole Buffer');
+function streamOf(body: Readable | Buffer | StoredFile): Readable {
+  if (Buffer.isBuffer(body) || body instanceof StoredFile)
+    throw new Error('expected a stream of a download');
   return body;
 }

@@ -26,12 +26,16 @@ import { ActiveDownloads, type ActiveDownload } from './active-downloads';
 import { resolveRange, type ByteRange } from './byte-range';
 import { NarFetcher } from './nar-fetcher';
 import { PeerClient } from './peer-client';
+import { StoredFile } from './stored-file';
 import { RememberedNars, type RememberedNar } from './stored-nar-memory';
 
 /** What the controller streams to one client. */
 export interface NarResponse {
-  /** A stream, or the whole answer at once (a small NAR remembered in memory). */
-  body: Readable | Buffer;
+  /**
+   * A stream; the whole answer at once (a small NAR remembered in memory); or a stored file to send
+   * without a stream (see StoredFile).
+   */
+  body: Readable | Buffer | StoredFile;
   /** Length of the whole NAR file, when known. */
   length?: number;
   /** Set when `body` is only this part of the file (a 206 answer). */
@@ -256,7 +260,7 @@ export class NarService {
         }
         // The file is not the size its row says: stream it as the row says, as before.
       }
-      const body = await this.store.read(name, range);
+      const body = await this.openBody(name, entry.size, range);
       return { body, length: entry.size, range, source: 'storage' };
     } catch (e) {
       if (!(e instanceof NotFoundError)) throw e;
@@ -265,6 +269,17 @@ export class NarService {
       await this.files.markMissing(name);
       return null;
     }
+  }
+
+  /** The stored file of `name` (`size` bytes) to send whole or as `range`. */
+  private async openBody(
+    name: string,
+    size: number,
+    range: ByteRange | undefined,
+  ): Promise<Readable | StoredFile> {
+    if (!this.store.openFile) return this.store.read(name, range);
+    const handle = await this.store.openFile(name);
+    return new StoredFile(handle, range?.start ?? 0, range?.end ?? size - 1);
   }
 
   /** A hit answered from what this instance remembers: counted, and its access recorded. */

@@ -143,7 +143,7 @@ export class RememberedNars extends StoredNarMemory {
   constructor(@Inject(NOTICES) private readonly notices: Notices) {
     super({
       ttlMs: REMEMBER_MS,
-      maxEntries: 100_000,
+      maxEntries: 50_000,
       maxFileBytes: SMALL_NAR_BYTES,
       maxTotalBytes: SMALL_NARS_TOTAL_BYTES,
     });

@@ -1,4 +1,14 @@
-import { mkdir, open, readdir, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
+import {
+  mkdir,
+  open,
+  readdir,
+  rename,
+  rm,
+  stat,
+  unlink,
+  writeFile,
+  type FileHandle,
+} from 'node:fs/promises';
 import { createWriteStream } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
@@ -70,6 +80,12 @@ export class FilesystemNarStore implements NarStore {
       await handle.close();
       throw e;
     }
+  }
+
+  openFile(key: string): Promise<FileHandle> {
+    return open(this.pathOf(key), 'r').catch((e: unknown) => {
+      throw isNotFound(e) ? new NotFoundError(`${key} is not stored`) : e;
+    });
   }
 
   async putFile(key: string, spoolPath: string): Promise<void> {
