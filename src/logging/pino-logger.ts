@@ -1,5 +1,6 @@
 import pino, { type DestinationStream, type Level, type Logger } from 'pino';
 import type { LogLevel } from '../config/app-config';
+import { LineBatch } from './line-batch';
 import { prettyStream } from './pretty';
 import { REDACTED_PATHS, redactCredentials } from './redact';
 
@@ -25,16 +26,16 @@ export interface PinoLoggerOptions {
  * request's child logger) and so does Nest (PinoNestLogger). JSON lines with an ISO time and the level
  * as a word; credentials in URLs and authorization/cookie headers never reach the output.
  *
- * Lines go to stdout asynchronously: one access line per request written with a synchronous
- * write(2) each cost a tenth of a hit's time under load; written asynchronously, the lines that
- * pile up while one write is in flight go out together. They are flushed synchronously when the
- * process exits (pino registers that); only a SIGKILL can lose the last few.
+ * Lines go to stdout through LineBatch: the lines of one turn of the event loop are written
+ * together, synchronously, at the end of that turn (see there).
  */
 export function createPinoLogger(options: PinoLoggerOptions): Logger {
   const pretty = options.pretty ?? process.stdout.isTTY === true;
   const destination =
     options.destination ??
-    (pretty ? prettyStream(process.stdout) : pino.destination({ dest: 1, sync: false }));
+    (pretty
+      ? prettyStream(process.stdout)
+      : new LineBatch(pino.destination({ dest: 1, sync: true })));
   return pino(
     {
       level: PINO_LEVELS[options.level],
