@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import { hostname as osHostname } from 'node:os';
 import { resolve } from 'node:path';
 import { validateCronExpression } from 'cron';
-import { parsePublicKey } from '../signing/keys';
+import { parsePublicKey } from '../nix/key-text';
 import { lockConfig, parseDatabaseUrl, storageConfig } from './backend-config';
 import type { AppConfig, LogLevel } from './config-types';
 import { ConfigError } from './config-error';

@@ -1,4 +1,4 @@
-import type { PublicKey } from '../signing/keys';
+import type { PublicKey } from '../nix/key-text';
 
 /** The typed configuration every module receives (token APP_CONFIG), built by `buildConfig`. */
 

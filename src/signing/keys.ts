@@ -11,7 +11,10 @@
  */
 import { createPrivateKey, createPublicKey, sign, verify, type KeyObject } from 'node:crypto';
 import nacl from 'tweetnacl';
-import { InvalidKeyError, InvalidSignatureError } from '../nix/errors';
+import { InvalidKeyError } from '../nix/errors';
+import { isKeyName, parseSignature, splitNamed, type PublicKey } from '../nix/key-text';
+
+export { parsePublicKey, parseSignature, type PublicKey } from '../nix/key-text';
 
 export interface SecretKey {
   name: string;
@@ -21,37 +24,8 @@ export interface SecretKey {
   publicKey: Uint8Array;
 }
 
-export interface PublicKey {
-  name: string;
-  /** 32 bytes. */
-  key: Uint8Array;
-}
-
 const SECRET_KEY_BYTES = nacl.sign.secretKeyLength; // 64
 const PUBLIC_KEY_BYTES = nacl.sign.publicKeyLength; // 32
-const SIGNATURE_BYTES = nacl.sign.signatureLength; // 64
-const BASE64 = /^[A-Za-z0-9+/]*={0,2}$/;
-
-/** A key name as Nix accepts it: non-empty, no ':'; narwhal also refuses whitespace. */
-function isKeyName(name: string): boolean {
-  return name.length > 0 && !/[:\s]/.test(name);
-}
-
-/** Splits `<name>:<base64>` and decodes the payload; undefined if the form is wrong. */
-function splitNamed(
-  text: string,
-  bytes: number,
-): { name: string; payload: Uint8Array } | undefined {
-  const colon = text.indexOf(':');
-  if (colon <= 0) return undefined;
-  const name = text.slice(0, colon);
-  const b64 = text.slice(colon + 1);
-  if (!isKeyName(name) || b64.length % 4 !== 0 || !BASE64.test(b64)) return undefined;
-  const payload = Buffer.from(b64, 'base64');
-  if (payload.length !== bytes || payload.toString('base64') !== b64) return undefined;
-  return { name, payload: new Uint8Array(payload) };
-}
-
 function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
   return a.length === b.length && a.every((byte, i) => byte === b[i]);
 }
@@ -69,14 +43,6 @@ export function parseSecretKey(text: string): SecretKey {
     throw new InvalidKeyError('secret key is corrupt: its public half does not match its seed');
   }
   return { name: parts.name, secretKey: derived.secretKey, publicKey: derived.publicKey };
-}
-
-export function parsePublicKey(text: string): PublicKey {
-  const parts = splitNamed(text.trim(), PUBLIC_KEY_BYTES);
-  if (parts === undefined) {
-    throw new InvalidKeyError('public key is not "<name>:<base64 of 32 bytes>"');
-  }
-  return { name: parts.name, key: parts.payload };
 }
 
 export function generateSecretKey(name: string): SecretKey {
@@ -134,14 +100,6 @@ function nativePublicKey(publicKey: Uint8Array): KeyObject {
     nativeKeys.set(publicKey, k);
   }
   return k;
-}
-
-export function parseSignature(s: string): { keyName: string; signature: Uint8Array } {
-  const parts = splitNamed(s.trim(), SIGNATURE_BYTES);
-  if (parts === undefined) {
-    throw new InvalidSignatureError('signature is not "<key name>:<base64 of 64 bytes>"');
-  }
-  return { keyName: parts.name, signature: parts.payload };
 }
 
 /**
