@@ -1,5 +1,5 @@
 import { Injectable } from '@nestjs/common';
-import { DataSource, LessThan } from 'typeorm';
+import { DataSource, In, LessThan } from 'typeorm';
 import { inTransaction } from './transaction';
 import type { NarInfo } from '../nix/narinfo';
 import {
@@ -11,6 +11,8 @@ import {
 
 /** Touches closer together than this are not written again (keeps hits from turning into writes). */
 export const TOUCH_GRANULARITY_MS = 60_000;
+/** Hashes per `IN (…)` list: far below every dialect's limit on bound parameters. */
+const STORED_AMONG_CHUNK = 500;
 
 /** Every narinfos column but the key: a narinfo saved again replaces all of them. */
 const NARINFO_REPLACED_COLUMNS = [
@@ -52,6 +54,19 @@ export class NarInfoRepository {
       order: { references: { position: 'ASC' }, signatures: { position: 'ASC' } },
     });
     return row;
+  }
+
+  /** Which of `hashes` have a stored narinfo (one query per 500 hashes). */
+  async storedAmong(hashes: readonly string[]): Promise<Set<string>> {
+    const stored = new Set<string>();
+    for (let i = 0; i < hashes.length; i += STORED_AMONG_CHUNK) {
+      const rows = await this.ds.getRepository(NarInfoEntity).find({
+        select: { hash: true },
+        where: { hash: In(hashes.slice(i, i + STORED_AMONG_CHUNK)) },
+      });
+      for (const r of rows) stored.add(r.hash);
+    }
+    return stored;
   }
 
   /** Records a verified upstream narinfo and the NAR file it points to, in one transaction. */

@@ -5,12 +5,13 @@ import { NarModule } from '../nar/nar.module';
 import { SigningModule } from '../signing/signing.module';
 import { UpstreamModule } from '../upstream/upstream.module';
 import { NarInfoController } from './narinfo.controller';
+import { NarInfoEvents } from './narinfo-events';
 import { NarInfoService } from './narinfo.service';
 
 @Module({
   imports: [DocumentsModule, LockingModule, NarModule, SigningModule, UpstreamModule],
   controllers: [NarInfoController],
-  providers: [NarInfoService],
-  exports: [NarInfoService],
+  providers: [NarInfoService, NarInfoEvents],
+  exports: [NarInfoService, NarInfoEvents],
 })
 export class NarInfoModule {}
