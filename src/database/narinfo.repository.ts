@@ -41,6 +41,8 @@ export interface NewNarInfo {
   upstreamUrl: string;
   /** Absolute upstream URL of the NAR bytes. */
   narUpstreamUrl: string;
+  /** narwhal's own signature, cached as `<public key>|<sig>`, when made before saving. */
+  ownSignature?: string;
 }
 
 @Injectable()
@@ -69,8 +71,11 @@ export class NarInfoRepository {
     return stored;
   }
 
-  /** Records a verified upstream narinfo and the NAR file it points to, in one transaction. */
-  async save(n: NewNarInfo, now = Date.now()): Promise<void> {
+  /**
+   * Records a verified upstream narinfo and the NAR file it points to, in one transaction, and
+   * resolves the row as written (what `find` would read back now, without reading it).
+   */
+  async save(n: NewNarInfo, now = Date.now()): Promise<NarInfoEntity> {
     const ni = n.narInfo;
     await inTransaction(this.ds, async (m) => {
       await m
@@ -110,7 +115,7 @@ export class NarInfoRepository {
           system: ni.system ?? null,
           ca: ni.ca ?? null,
           upstreamUrl: n.upstreamUrl,
-          ownSignature: null,
+          ownSignature: n.ownSignature ?? null,
           createdAt: now,
           lastAccessedAt: now,
         })
@@ -135,6 +140,7 @@ export class NarInfoRepository {
         );
       }
     });
+    return writtenRow(n, now);
   }
 
   /** NarHash and NarSize of a narinfo pointing at NAR `narKey`, or null when none does. */
@@ -227,4 +233,32 @@ export class NarInfoRepository {
       .getRepository(NarFileEntity)
       .update({ key: narKey, lastAccessedAt: stale }, { lastAccessedAt: now });
   }
+}
+
+/** The narinfos row `save` wrote for `n`, with its references and signatures in order. */
+function writtenRow(n: NewNarInfo, now: number): NarInfoEntity {
+  const ni = n.narInfo;
+  return Object.assign(new NarInfoEntity(), {
+    hash: n.hash,
+    storePath: ni.storePath,
+    narKey: n.narKey,
+    compression: ni.compression,
+    fileHash: ni.fileHash ?? null,
+    fileSize: ni.fileSize ?? null,
+    narHash: ni.narHash,
+    narSize: ni.narSize,
+    deriver: ni.deriver ?? null,
+    system: ni.system ?? null,
+    ca: ni.ca ?? null,
+    upstreamUrl: n.upstreamUrl,
+    ownSignature: n.ownSignature ?? null,
+    createdAt: now,
+    lastAccessedAt: now,
+    references: ni.references.map((reference, position) =>
+      Object.assign(new NarInfoReferenceEntity(), { narInfoHash: n.hash, position, reference }),
+    ),
+    signatures: ni.sigs.map((signature, position) =>
+      Object.assign(new NarInfoSignatureEntity(), { narInfoHash: n.hash, position, signature }),
+    ),
+  });
 }

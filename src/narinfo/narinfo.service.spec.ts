@@ -18,6 +18,7 @@ import {
 import { PeerClient } from '../nar/peer-client';
 import { StoredNarCheck } from '../nar/stored-nar-check';
 import { VERIFIER_POOL_PROVIDER } from '../nar/verification/verifier-pool';
+import { NarInfoEvents } from './narinfo-events';
 import { NarInfoService } from './narinfo.service';
 
 /**
@@ -26,7 +27,13 @@ import { NarInfoService } from './narinfo.service';
  */
 
 // NarInfoService checks a NAR stored before its narinfo with StoredNarCheck, from the NAR module.
-const t = useServiceModule([NarInfoService, StoredNarCheck, PeerClient, VERIFIER_POOL_PROVIDER]);
+const t = useServiceModule([
+  NarInfoService,
+  NarInfoEvents,
+  StoredNarCheck,
+  PeerClient,
+  VERIFIER_POOL_PROVIDER,
+]);
 const service = () => t.module.get(NarInfoService);
 const parse = (text: string) => parseNarInfo(text, { storeDir: STORE_DIR });
 const narInfoPath = (hash: string) => `/${hash}.narinfo`;

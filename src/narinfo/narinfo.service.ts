@@ -207,18 +207,22 @@ export class NarInfoService {
     if (!found) return { row: null, definite: allAbsent };
     const { upstream: up, value: narInfo } = found;
     const narKey = narKeyOf(narInfo);
-    await this.repo.save({
+    // narwhal's own signature is made now and stored with the row (no write when first served).
+    const row = await this.repo.save({
       hash,
       narInfo,
       narKey,
       upstreamUrl: up.url,
       narUpstreamUrl: up.resolveNarUrl(narInfo.url),
+      ownSignature: this.signing.enabled
+        ? `${this.signing.publicKey}|${this.signing.sign(narInfoFingerprint(narInfo, this.config.storeDir))}`
+        : undefined,
     });
     // A NAR stored before this narinfo (fetched by name) must match what the narinfo signs.
     await this.storedNars.adopt(narKey, narInfo.narHash, narInfo.narSize);
     this.logger.log(`cached ${hash}.narinfo from ${up.url}`);
     this.events.fetched({ hash, references: narInfo.references, upstreamUrl: up.url });
-    return { row: await this.repo.find(hash), definite: true, fetched: true };
+    return { row, definite: true, fetched: true };
   }
 
   /**
