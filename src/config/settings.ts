@@ -207,13 +207,13 @@ export const SETTINGS: readonly SettingDef[] = [
     name: 'cache-prefetch-concurrency',
     description:
       'Most prefetches (narinfo lookups and NAR downloads) an instance runs at once; more wait in a queue (at most 10,000).',
-    default: '8',
+    default: '16',
   },
   {
     name: 'cache-prefetch-per-upstream',
     description:
-      "A prefetch starts only while each upstream it asks has fewer than this many of this instance's requests (clients' and prefetches') waiting for an answer: clients come first, prefetches get the capacity left.",
-    default: '8',
+      "A prefetch starts only while, for each upstream it asks, the clients' requests waiting for that upstream plus the prefetches running stay below this: clients come first, prefetches get the capacity left.",
+    default: '16',
   },
   {
     name: 'cache-upstream-min-rate',

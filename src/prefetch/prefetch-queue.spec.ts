@@ -91,6 +91,30 @@ describe('PrefetchQueue', () => {
     await q.stop(100);
   });
 
+  it('while NAR downloads wait, lookups take no more than half of the slots', async () => {
+    const q = new PrefetchQueue({ concurrency: 4, maxQueued: 100, retryMs: 5 });
+    const log: string[] = [];
+    const lookups = ['i1', 'i2', 'i3', 'i4', 'i5'].map((k) => gatedJob('narinfo', k, log));
+    for (const j of lookups) q.add(j);
+    q.add(gatedJob('nar', 'n1', log));
+    q.add(gatedJob('nar', 'n2', log));
+    await flush();
+    expect(log).toEqual(['i1', 'i2', 'i3', 'i4']); // nothing else waited: all slots to lookups
+    lookups[0].release();
+    await flush();
+    await flush();
+    expect(log).toEqual(['i1', 'i2', 'i3', 'i4', 'n1']); // 3 lookups run, NARs wait: a NAR
+    lookups[1].release();
+    await flush();
+    await flush();
+    expect(log).toEqual(['i1', 'i2', 'i3', 'i4', 'n1', 'n2']); // still 2 lookups of 4 slots
+    lookups[2].release();
+    await flush();
+    await flush();
+    expect(log).toEqual(['i1', 'i2', 'i3', 'i4', 'n1', 'n2', 'i5']);
+    await q.stop(100);
+  });
+
   it('holds a job back while canStart says no, and starts it once it says yes', async () => {
     const q = new PrefetchQueue({ concurrency: 4, maxQueued: 100, retryMs: 5 });
     const log: string[] = [];

@@ -23,7 +23,9 @@ export interface PrefetchQueueOptions {
 /**
  * Background work in two lanes, first in first out, run at most `concurrency` at a time: narinfo
  * lookups before NAR downloads (a client's walk of a closure waits for narinfos, one level after the
- * other), and NAR downloads never in every slot, so that a few big downloads do not stall the walk.
+ * other) but in no more than half of the slots while NAR downloads wait (a client downloads NARs
+ * while the walk of a big closure may still be running), and NAR downloads never in every slot, so
+ * that a few big downloads do not stall the walk.
  * A job whose `canStart` says no holds its lane back until a job ends or `retryMs` has passed.
  */
 export class PrefetchQueue {
@@ -108,7 +110,12 @@ export class PrefetchQueue {
   /** The next job that may start (taken off its lane), `held` if one must wait, or none. */
   private next(): PrefetchJob | 'held' | undefined {
     let held = false;
-    for (const kind of ['narinfo', 'nar'] as const) {
+    // Lookups first, but while NAR downloads wait, lookups take at most half of the slots.
+    const lookupsHaveHalf =
+      this.runningByKind.narinfo >= Math.ceil(this.options.concurrency / 2) &&
+      this.lanes.nar.length > 0;
+    const order = lookupsHaveHalf ? (['nar', 'narinfo'] as const) : (['narinfo', 'nar'] as const);
+    for (const kind of order) {
       const lane = this.lanes[kind];
       if (lane.length === 0) continue;
       // NAR downloads leave one slot to narinfo lookups.

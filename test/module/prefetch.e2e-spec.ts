@@ -137,8 +137,8 @@ describe('narinfo prefetch', () => {
   });
 
   it('a client asking for a queued reference is answered at once, not after the queue', async () => {
-    // 8 prefetches at a time (the default), each lookup taking 300 ms: 12 wait in the queue.
-    const leaves = await publishLeaves(upstream, 20, { delayMs: 300 });
+    // 16 prefetches at a time (the default), each lookup taking 300 ms: 14 wait in the queue.
+    const leaves = await publishLeaves(upstream, 30, { delayMs: 300 });
     const last = leaves[leaves.length - 1];
     upstream.setNarInfo(last.hash, last.narInfo); // no delay for the one the client asks
     const top = await publishPath(upstream, leaves);
@@ -153,7 +153,7 @@ describe('narinfo prefetch', () => {
     // Answered while most of the queue still waited (the first leaves are not fetched yet).
     expect(leaves.filter((f) => narinfoGets(upstream, f) === 0).length).toBeGreaterThan(0);
     await prefetchIdle(nw);
-    expect(leaves.map((f) => narinfoGets(upstream, f))).toEqual(Array(20).fill(1));
+    expect(leaves.map((f) => narinfoGets(upstream, f))).toEqual(Array(30).fill(1));
   });
 });
 
