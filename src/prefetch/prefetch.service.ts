@@ -66,8 +66,8 @@ export class PrefetchService implements OnModuleDestroy {
 
   /**
    * First of the shutdown hooks: nothing new starts, the queue is dropped, running lookups are
-   * aborted (before they store anything) and awaited. Running NAR downloads are aborted by
-   * ActiveDownloads' own shutdown, like any download nobody waits for.
+   * aborted (before they store anything) and awaited. Running NAR downloads are not awaited here:
+   * ActiveDownloads' own shutdown, which comes next, aborts them like any download nobody waits for.
    */
   async onModuleDestroy(): Promise<void> {
     this.closed = true;
@@ -135,19 +135,26 @@ export class PrefetchService implements OnModuleDestroy {
     this.add(
       'nar',
       key,
-      () => this.nar(e.narKey),
+      (signal) => this.nar(e.narKey, signal),
       () => up === undefined || this.hasRoom(up),
     );
   }
 
-  private async nar(name: string): Promise<void> {
-    const result = await this.nars.prefetch(name).catch((e: unknown) => {
+  private async nar(name: string, signal: AbortSignal): Promise<void> {
+    const download = this.nars.prefetch(name).catch((e: unknown) => {
       if (!this.closed && !this.db.noteFailure(e)) {
         this.logger.debug(`prefetching nar/${name}: ${String(e)}`);
       }
       return 'failed' as const;
     });
-    if (this.closed) return;
+    // At shutdown the job ends at once: the download itself is aborted and awaited by
+    // ActiveDownloads' shutdown, which runs after this module's.
+    const aborted = new Promise<'aborted'>((done) => {
+      if (signal.aborted) done('aborted');
+      else signal.addEventListener('abort', () => done('aborted'), { once: true });
+    });
+    const result = await Promise.race([download, aborted]);
+    if (this.closed || result === 'aborted') return;
     const counted: PrefetchResult =
       result === 'downloaded' ? 'fetched' : result === 'failed' ? 'failed' : 'skipped';
     this.count('nar', counted);

@@ -269,14 +269,19 @@ describe('prefetch at shutdown', () => {
     try {
       const leaves = await publishLeaves(upstream, 20, { delayMs: 200 });
       const top = await publishPath(upstream, leaves);
+      // top's NAR (prefetched once its narinfo is asked for) is still downloading at close.
+      upstream.set(`/nar/${top.narName}`, { kind: 'serve', body: top.file, chunkDelayMs: 5000 });
       expect((await nw.app.inject({ method: 'GET', url: `/${top.hash}.narinfo` })).statusCode).toBe(
         200,
       );
       const prefetch = nw.app.get(PrefetchService);
       await eventually(
-        () => prefetch.state.running > 0 && prefetch.state.queued > 0,
+        () =>
+          prefetch.state.running > 0 &&
+          prefetch.state.queued > 0 &&
+          upstream.count('GET', `/nar/${top.narName}`) === 1,
         5000,
-        'prefetch running with more queued',
+        'prefetch running with more queued, and the NAR downloading',
       );
       await nw.close();
       const closedAt = Date.now();
@@ -286,6 +291,8 @@ describe('prefetch at shutdown', () => {
       expect(nw.lines.slice(linesAtClose)).toEqual([]);
       expect(upstream.requests.slice(requestsAtClose).filter((r) => r.at > closedAt)).toEqual([]);
       expect(nw.lines.filter((l) => Number(l.level) >= 50)).toEqual([]);
+      // Every prefetch ended when asked to (none was still running when the wait ran out).
+      expect(nw.lines.filter((l) => l.context === 'prefetch' && Number(l.level) >= 40)).toEqual([]);
       // Most of the closure was never fetched: the queue was dropped.
       expect(leaves.filter((f) => narinfoGets(upstream, f) === 0).length).toBeGreaterThan(0);
       expect(rejections).toEqual([]);
