@@ -2,6 +2,8 @@ import { randomUUID } from 'node:crypto';
 import { AsyncResource } from 'node:async_hooks';
 import type { IncomingMessage } from 'node:http';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import type { Logger } from 'pino';
+import { accessLineWriter, type AccessFields } from './access-line';
 import { runInRequestContext } from './request-context';
 
 export const REQUEST_ID_HEADER = 'x-request-id';
@@ -33,13 +35,14 @@ const scopes = new WeakMap<FastifyRequest, AsyncResource>();
  * (or is cut).
  */
 export function installRequestLogging(fastify: FastifyInstance): void {
+  const write = accessLineWriter(fastify.log as Logger);
   fastify.addHook('onRequest', (request, reply, done) => {
     void reply.header(REQUEST_ID_HEADER, request.id);
     let logged = false;
     const log = (completed: boolean) => {
       if (logged) return;
       logged = true;
-      logAccess(request, reply, completed);
+      logAccess(write, request, reply, completed);
     };
     reply.raw.once('finish', () => log(true)); // the whole response went to the socket
     reply.raw.once('close', () => log(false)); // closed without 'finish': cut short
@@ -58,9 +61,14 @@ export function installRequestLogging(fastify: FastifyInstance): void {
   });
 }
 
-function logAccess(request: FastifyRequest, reply: FastifyReply, completed: boolean): void {
-  const path = request.url.split('?')[0];
-  const fields = {
+function logAccess(
+  write: ReturnType<typeof accessLineWriter>,
+  request: FastifyRequest,
+  reply: FastifyReply,
+  completed: boolean,
+): void {
+  const fields: AccessFields = {
+    reqId: request.id,
     method: request.method,
     url: request.url,
     statusCode: reply.statusCode,
@@ -69,10 +77,10 @@ function logAccess(request: FastifyRequest, reply: FastifyReply, completed: bool
   if (!completed) {
     // The connection closed before the whole response went out: the client left, or narwhal cut a
     // body it could not complete honestly.
-    request.log.info({ ...fields, aborted: true }, 'response aborted');
-  } else if (PROBE_PATHS.has(path)) {
-    request.log.debug(fields, 'request completed');
+    write('info', { ...fields, aborted: true }, 'response aborted');
+  } else if (PROBE_PATHS.has(request.url.split('?')[0])) {
+    write('debug', fields, 'request completed');
   } else {
-    request.log.info(fields, 'request completed');
+    write('info', fields, 'request completed');
   }
 }

@@ -10,6 +10,8 @@ import { openDataSource } from '../database/data-source';
 import { NarFileRepository } from '../database/nar-file.repository';
 import { NarInfoRepository } from '../database/narinfo.repository';
 import { LocalLocker } from '../locking/local/local-locker';
+import { LocalNotices } from '../locking/notices';
+import { RememberedNars } from '../nar/stored-nar-memory';
 import { makeInstance } from '../instances/instance';
 import { InstanceLiveness } from '../instances/instance-liveness';
 import { TakeoverLocks } from '../instances/takeover-locks';
@@ -71,7 +73,17 @@ function lru(maxSize: number | undefined, schedule = '0 2 * * *'): LruService {
     new InstanceLiveness(config, self),
     metrics,
   );
-  return new LruService(config, locks, store, files, new PinRepository(ds), scheduler, metrics);
+  const remembered = new RememberedNars(new LocalNotices());
+  return new LruService(
+    config,
+    locks,
+    store,
+    files,
+    new PinRepository(ds),
+    scheduler,
+    metrics,
+    remembered,
+  );
 }
 
 interface Cached {

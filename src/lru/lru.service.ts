@@ -10,6 +10,7 @@ import { LRU_LOCK_KEY } from '../locking/lock-keys';
 import { TakeoverLocks } from '../instances/takeover-locks';
 import { MetricsService } from '../metrics/metrics.service';
 import { NAR_STORE, type NarStore } from '../storage/nar-store';
+import { RememberedNars } from '../nar/stored-nar-memory';
 
 export interface LruReport {
   /** False when another run held the LRU lock. */
@@ -62,6 +63,7 @@ export class LruService implements OnModuleInit {
     private readonly pins: PinRepository,
     private readonly scheduler: SchedulerRegistry,
     private readonly metrics: MetricsService,
+    private readonly remembered: RememberedNars,
   ) {
     metrics.watchStoredBytes(() => files.storedBytes());
   }
@@ -155,6 +157,7 @@ export class LruService implements OnModuleInit {
           // Rows first: from here on nothing points at the object, so deleting it cannot break a lookup.
           await this.files.deleteWithNarInfos(f.key);
           await this.store.delete(f.key);
+          void this.remembered.forgetEverywhere(f.key);
           size -= f.storedSize ?? 0;
           report.evicted++;
           report.evictedBytes += f.storedSize ?? 0;

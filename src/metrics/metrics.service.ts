@@ -93,6 +93,13 @@ export class MetricsService {
   private readonly httpDuration: Histogram<'route' | 'method'>;
   private readonly narInfoRequests: Counter<'result'>;
   private readonly narRequests: Counter<'result'>;
+  /** The labelled series of the per-request counters, looked up once (see httpResponse). */
+  private readonly httpSeries = new Map<
+    string,
+    { requests: Counter.Internal; duration: Histogram.Internal<'route' | 'method'> }
+  >();
+  private readonly narInfoResults: Record<NarInfoResult, Counter.Internal>;
+  private readonly narResults: Record<NarResult, Counter.Internal>;
   private readonly upstreamRequests: Counter<'upstream' | 'kind' | 'outcome'>;
   private readonly upstreamDuration: Histogram<'upstream' | 'kind'>;
   private readonly upstreamBytes: Counter<'upstream'>;
@@ -122,6 +129,7 @@ export class MetricsService {
   private circuitSource: () => Iterable<{ url: string; state: keyof typeof CIRCUIT_STATE_VALUES }> =
     () => [];
   private negativeSize: () => number = () => 0;
+  private narMemory: () => { entries: number; bytes: number } = () => ({ entries: 0, bytes: 0 });
   private storedSource: () => Promise<number> = () => Promise.resolve(0);
   private stored?: { bytes: number; at: number };
   /** The last stored size read, kept when a later read fails. */
@@ -266,6 +274,18 @@ export class MetricsService {
       registers,
       collect: () => negativeEntries.set(this.negativeSize()),
     });
+    const memoryEntries: Gauge = new Gauge({
+      name: name('nar_memory_entries'),
+      help: 'Stored NARs this instance remembers (served lately: a hit asks neither the database nor, for small ones, the disk).',
+      registers,
+      collect: () => memoryEntries.set(this.narMemory().entries),
+    });
+    const memoryBytes: Gauge = new Gauge({
+      name: name('nar_memory_bytes'),
+      help: 'Bytes of small stored NARs held in memory (at most 32 MiB).',
+      registers,
+      collect: () => memoryBytes.set(this.narMemory().bytes),
+    });
     this.documentRequests = new Counter({
       name: name('document_requests_total'),
       help: 'Requests for listings (.ls), build logs and realisations, by kind and result: hit (stored), fetched (from an upstream), generated (a listing made from the stored NAR), not_found.',
@@ -339,8 +359,21 @@ export class MetricsService {
     }
 
     // Known label values start at 0, so that rates and absent-series alerts work from the start.
-    for (const r of ['hit', 'miss', 'not_found']) this.narInfoRequests.labels(r).inc(0);
-    for (const r of ['hit', 'download', 'joined', 'peer']) this.narRequests.labels(r).inc(0);
+    const narInfoResult = (r: NarInfoResult) => this.narInfoRequests.labels(r);
+    this.narInfoResults = {
+      hit: narInfoResult('hit'),
+      miss: narInfoResult('miss'),
+      not_found: narInfoResult('not_found'),
+    };
+    const narResult = (r: NarResult) => this.narRequests.labels(r);
+    this.narResults = {
+      hit: narResult('hit'),
+      download: narResult('download'),
+      joined: narResult('joined'),
+      peer: narResult('peer'),
+    };
+    for (const c of [...Object.values(this.narInfoResults), ...Object.values(this.narResults)])
+      c.inc(0);
     for (const s of ['storage', 'download', 'peer']) this.servedBytes.labels(s).inc(0);
     for (const o of ['stored', 'discarded']) this.downloads.labels(o).inc(0);
     for (const r of ['ran', 'skipped']) this.lruRuns.labels(r).inc(0);
@@ -436,16 +469,26 @@ export class MetricsService {
 
   /** One answered HTTP request; `route` is the matched pattern (never the raw URL). */
   httpResponse(route: string, method: string, status: number, seconds: number): void {
-    this.httpRequests.labels(route, method, String(status)).inc();
-    this.httpDuration.labels(route, method).observe(seconds);
+    // Once per request: the labelled children are looked up once per label set, not hashed each time.
+    const key = `${method} ${status} ${route}`;
+    let series = this.httpSeries.get(key);
+    if (!series) {
+      series = {
+        requests: this.httpRequests.labels(route, method, String(status)),
+        duration: this.httpDuration.labels(route, method),
+      };
+      this.httpSeries.set(key, series);
+    }
+    series.requests.inc();
+    series.duration.observe(seconds);
   }
 
   narInfoRequest(result: NarInfoResult): void {
-    this.narInfoRequests.labels(result).inc();
+    this.narInfoResults[result].inc();
   }
 
   narRequest(result: NarResult): void {
-    this.narRequests.labels(result).inc();
+    this.narResults[result].inc();
   }
 
   /** Starts timing one upstream request; call `answered` when headers arrive, `failed` otherwise. */
@@ -490,6 +533,11 @@ export class MetricsService {
   /** Where the negative-cache size gauge reads from. */
   watchNegativeCache(size: () => number): void {
     this.negativeSize = size;
+  }
+
+  /** Where the NAR memory gauges read from (see RememberedNars). */
+  watchNarMemory(source: () => { entries: number; bytes: number }): void {
+    this.narMemory = source;
   }
 
   documentRequest(kind: DocumentKind, result: DocumentResult): void {
@@ -547,6 +595,12 @@ export class MetricsService {
    * `body` as it streams to a client, counting its bytes; errors and early closes pass through in
    * both directions (a broken source breaks the client's stream, a gone client closes the source).
    */
+  /** NAR bytes sent without a stream (from memory, or a stored file): counted as served. */
+  countServedBytes<T extends Buffer | number>(source: ServedSource, body: T): T {
+    this.servedBytes.labels(source).inc(typeof body === 'number' ? body : body.length);
+    return body;
+  }
+
   countServed(source: ServedSource, body: Readable): Readable {
     const bytes = this.servedBytes.labels(source);
     const counter = new Transform({

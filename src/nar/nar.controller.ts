@@ -1,5 +1,6 @@
 import { Controller, Get, Head, Headers, Param, Res } from '@nestjs/common';
 import type { FastifyReply } from 'fastify';
+import type { OutgoingHttpHeaders } from 'node:http';
 import { Access } from '../common/access';
 import { NotFoundError } from '../common/errors';
 import { MetricsService } from '../metrics/metrics.service';
@@ -9,8 +10,9 @@ import { contentRange, type ByteRange } from './byte-range';
 import { NarService } from './nar.service';
 import { PEER_DOWNLOADS_PATH, PeerClient } from './peer-client';
 import { StallGuard } from './stall-guard';
+import { StoredFile } from './stored-file';
 
-const NAR_CONTENT_TYPE = 'application/x-nix-nar';
+export const NAR_CONTENT_TYPE = 'application/x-nix-nar';
 
 @Controller()
 export class NarController {
@@ -31,8 +33,27 @@ export class NarController {
     void reply.type(NAR_CONTENT_TYPE).header('x-narwhal-source', nar.source);
     setLength(reply, nar);
     this.stalls.watch(reply.raw);
+    if (nar.body instanceof StoredFile) {
+      await this.sendFile(reply, nar.body);
+      return;
+    }
     // A stream error after the headers makes Fastify destroy the socket: no clean end for bad bytes.
-    await reply.send(this.metrics.countServed(nar.source, nar.body));
+    const body = Buffer.isBuffer(nar.body)
+      ? this.metrics.countServedBytes(nar.source, nar.body)
+      : this.metrics.countServed(nar.source, nar.body);
+    await reply.send(body);
+  }
+
+  /**
+   * Sends a stored file past Fastify's stream handling (see StoredFile): the head as Fastify would
+   * write it (status and every header set so far, the request id's too), then the bytes. Fastify's
+   * onResponse hooks and the access line still run when the response finishes or closes.
+   */
+  private async sendFile(reply: FastifyReply, file: StoredFile): Promise<void> {
+    reply.hijack();
+    const res = reply.raw;
+    res.writeHead(reply.statusCode, reply.getHeaders() as OutgoingHttpHeaders);
+    await file.sendTo(res, (bytes) => this.metrics.countServedBytes('storage', bytes));
   }
 
   @Head('nar/:name')

@@ -12,6 +12,7 @@ import { APP_CONFIG, type AppConfig } from '../config/app-config';
 import type { NarFileEntity } from '../database/entities';
 import { DatabaseHealth } from '../database/database-health';
 import { NarFileRepository } from '../database/nar-file.repository';
+import { TOUCH_GRANULARITY_MS } from '../database/narinfo.repository';
 import { isUploadOrigin } from '../database/upload-origin';
 import { narLockKey } from '../locking/lock-keys';
 import { INSTANCE, parseHolderInfo, type Instance } from '../instances/instance';
@@ -25,10 +26,16 @@ import { ActiveDownloads, type ActiveDownload } from './active-downloads';
 import { resolveRange, type ByteRange } from './byte-range';
 import { NarFetcher } from './nar-fetcher';
 import { PeerClient } from './peer-client';
+import { StoredFile } from './stored-file';
+import { RememberedNars, type RememberedNar } from './stored-nar-memory';
 
 /** What the controller streams to one client. */
 export interface NarResponse {
-  body: Readable;
+  /**
+   * A stream; the whole answer at once (a small NAR remembered in memory); or a stored file to send
+   * without a stream (see StoredFile).
+   */
+  body: Readable | Buffer | StoredFile;
   /** Length of the whole NAR file, when known. */
   length?: number;
   /** Set when `body` is only this part of the file (a 206 answer). */
@@ -61,7 +68,6 @@ export class NarService {
   private readonly logger = new Logger('nar');
   /** Concurrent local requests for a NAR that is not stored decide once who fetches it. */
   private readonly claims = new SingleFlight<string, Claim>();
-
   constructor(
     @Inject(APP_CONFIG) private readonly config: AppConfig,
     @Inject(NAR_STORE) private readonly store: NarStore,
@@ -75,7 +81,23 @@ export class NarService {
     @Inject(INSTANCE) private readonly instance: Instance,
     private readonly active: ActiveDownloads,
     private readonly metrics: MetricsService,
-  ) {}
+    /** NARs served from storage lately: a hit costs no database round trip. */
+    private readonly memory: RememberedNars,
+  ) {
+    metrics.watchNarMemory(() => ({ entries: this.memory.size, bytes: this.memory.heldBytes }));
+  }
+
+  /**
+   * The hot path of a hit (see HotHits): the whole answer of a small stored NAR that this instance
+   * served lately, without touching the database or the disk; undefined for anything else.
+   */
+  rememberedBytes(name: string): Buffer | undefined {
+    const now = Date.now();
+    const entry = this.memory.get(name, now);
+    if (!entry?.bytes) return undefined;
+    this.servedFromMemory(name, entry, now);
+    return entry.bytes;
+  }
 
   /**
    * GET: a stream of the NAR, from storage, from this instance's download or from a peer's; with a
@@ -84,6 +106,8 @@ export class NarService {
    */
   async get(name: string, rangeHeader?: string): Promise<NarResponse> {
     parseNarFileName(name); // 400 for anything that is not a NAR file name
+    const remembered = await this.openRemembered(name, rangeHeader);
+    if (remembered) return remembered;
     const { maxAttempts, initialDelayMs, maxDelayMs, jitter } = this.config.lock.retry;
     let delay = initialDelayMs;
     for (let attempt = 0; attempt < maxAttempts; attempt++) {
@@ -213,19 +237,84 @@ export class NarService {
   ): Promise<NarResponse | null> {
     if (row?.storedSize == null) return null;
     const name = row.key;
-    const range = resolveRange(rangeHeader, row.storedSize);
+    const now = Date.now();
+    const entry = this.memory.remember(name, row.storedSize, row.lastAccessedAt, now);
+    const opened = await this.openStoredCopy(name, entry, rangeHeader);
+    if (opened) this.touchIfStale(name, entry, now);
+    return opened;
+  }
+
+  /** A NAR this instance served from storage lately, without asking the database; else null. */
+  private async openRemembered(name: string, rangeHeader?: string): Promise<NarResponse | null> {
+    const now = Date.now();
+    const entry = this.memory.get(name, now);
+    if (!entry) return null;
+    const opened = await this.openStoredCopy(name, entry, rangeHeader);
+    if (!opened) return null;
+    this.servedFromMemory(name, entry, now);
+    return opened;
+  }
+
+  /**
+   * The stored copy of `name`: from memory when it is held there, else from storage (and kept in
+   * memory when it is small and asked for whole). Null when storage has lost it: the row is then
+   * marked missing, so that the flow fetches it again.
+   */
+  private async openStoredCopy(
+    name: string,
+    entry: RememberedNar,
+    rangeHeader?: string,
+  ): Promise<NarResponse | null> {
+    const range = resolveRange(rangeHeader, entry.size);
+    if (entry.bytes) {
+      const body = range ? entry.bytes.subarray(range.start, range.end + 1) : entry.bytes;
+      return { body, length: entry.size, range, source: 'storage' };
+    }
     try {
-      const body = await this.store.read(name, range);
-      this.files.touch(name).catch((e: Error) => {
-        if (!this.db.noteFailure(e)) this.logger.warn(`touch ${name}: ${e.message}`);
-      });
-      return { body, length: row.storedSize, range, source: 'storage' };
+      if (!range && this.memory.fits(entry.size)) {
+        const bytes = await readWhole(await this.store.read(name), entry.size);
+        if (bytes) {
+          this.memory.keepBytes(name, bytes);
+          return { body: bytes, length: entry.size, source: 'storage' };
+        }
+        // The file is not the size its row says: stream it as the row says, as before.
+      }
+      const body = await this.openBody(name, entry.size, range);
+      return { body, length: entry.size, range, source: 'storage' };
     } catch (e) {
       if (!(e instanceof NotFoundError)) throw e;
+      this.memory.forget(name);
       this.logger.warn(`${name} is recorded as stored but missing from storage; fetching it again`);
       await this.files.markMissing(name);
       return null;
     }
+  }
+
+  /** The stored file of `name` (`size` bytes) to send whole or as `range`. */
+  private async openBody(
+    name: string,
+    size: number,
+    range: ByteRange | undefined,
+  ): Promise<Readable | StoredFile> {
+    if (!this.store.openFile) return this.store.read(name, range);
+    const handle = await this.store.openFile(name);
+    return new StoredFile(handle, range?.start ?? 0, range?.end ?? size - 1);
+  }
+
+  /** A hit answered from what this instance remembers: counted, and its access recorded. */
+  private servedFromMemory(name: string, entry: RememberedNar, now: number): void {
+    this.metrics.narRequest('hit');
+    this.memory.touch(name, entry);
+    this.touchIfStale(name, entry, now);
+  }
+
+  /** Records the access in the database at most once per TOUCH_GRANULARITY_MS per NAR. */
+  private touchIfStale(name: string, entry: RememberedNar, now: number): void {
+    if (now - entry.touchedAt < TOUCH_GRANULARITY_MS) return;
+    entry.touchedAt = now;
+    this.files.touch(name, now).catch((e: Error) => {
+      if (!this.db.noteFailure(e)) this.logger.warn(`touch ${name}: ${e.message}`);
+    });
   }
 
   /** Decides, once for all concurrent local requests, who fetches `name`. */
@@ -267,4 +356,23 @@ export class NarService {
     const row = await this.files.find(name);
     return row?.storedSize != null && (await this.store.stat(name)) !== null;
   }
+}
+
+/**
+ * The whole of a small stream, if it has exactly `size` bytes (else null: the caller streams it
+ * instead). Reads at most `size` + 1 bytes before giving up.
+ */
+async function readWhole(body: Readable, size: number): Promise<Buffer | null> {
+  const chunks: Buffer[] = [];
+  let got = 0;
+  try {
+    for await (const chunk of body as AsyncIterable<Buffer>) {
+      got += chunk.length;
+      if (got > size) return null;
+      chunks.push(chunk);
+    }
+  } finally {
+    body.destroy();
+  }
+  return got === size ? Buffer.concat(chunks, got) : null;
 }

@@ -7,6 +7,7 @@ import { TakeoverLocks } from '../instances/takeover-locks';
 import { NAR_STORE, type NarStore } from '../storage/nar-store';
 import { NarMismatchError } from '../common/errors';
 import { expectationsOf } from './nar-verifier';
+import { RememberedNars } from './stored-nar-memory';
 import { VerifierPool } from './verification/verifier-pool';
 
 /** What became of a stored NAR checked against a narinfo that arrived after it. */
@@ -28,6 +29,7 @@ export class StoredNarCheck {
     private readonly files: NarFileRepository,
     private readonly verifiers: VerifierPool,
     private readonly locks: TakeoverLocks,
+    private readonly remembered: RememberedNars,
   ) {}
 
   /**
@@ -46,6 +48,7 @@ export class StoredNarCheck {
       } catch (e) {
         // Unproven bytes are not served as this narinfo's NAR: the next request fetches it again.
         await this.files.markMissing(key);
+        await this.remembered.forgetEverywhere(key);
         await this.files.setNarHash(key, narHash, narSize);
         if (e instanceof NarMismatchError) {
           await this.store.delete(key);

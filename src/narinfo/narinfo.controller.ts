@@ -5,7 +5,8 @@ import { sendJson } from '../documents/documents.controller';
 import { ListingService } from '../documents/listing.service';
 import { NarInfoService } from './narinfo.service';
 
-const NARINFO_SUFFIX = '.narinfo';
+export const NARINFO_SUFFIX = '.narinfo';
+export const NARINFO_CONTENT_TYPE = 'text/x-nix-narinfo';
 const LISTING_SUFFIX = '.ls';
 
 /** Top-level files of the cache: `<hash>.narinfo` and `<hash>.ls` (the NAR's file listing). */
@@ -23,7 +24,7 @@ export class NarInfoController {
       return;
     }
     const text = await this.narinfos.get(hashOf(file));
-    await reply.type('text/x-nix-narinfo').send(text);
+    await reply.type(NARINFO_CONTENT_TYPE).send(text);
   }
 
   @Head(':file')
@@ -33,7 +34,7 @@ export class NarInfoController {
       return;
     }
     const text = await this.narinfos.get(hashOf(file));
-    await reply.type('text/x-nix-narinfo').header('content-length', Buffer.byteLength(text)).send();
+    await reply.type(NARINFO_CONTENT_TYPE).header('content-length', Buffer.byteLength(text)).send();
   }
 }
 

@@ -6,12 +6,13 @@ import { SigningModule } from '../signing/signing.module';
 import { UpstreamModule } from '../upstream/upstream.module';
 import { NarInfoController } from './narinfo.controller';
 import { NarInfoEvents } from './narinfo-events';
+import { NarInfoHotPath } from './narinfo-hot-path';
 import { NarInfoService } from './narinfo.service';
 
 @Module({
   imports: [DocumentsModule, LockingModule, NarModule, SigningModule, UpstreamModule],
   controllers: [NarInfoController],
-  providers: [NarInfoService, NarInfoEvents],
+  providers: [NarInfoService, NarInfoEvents, NarInfoHotPath],
   exports: [NarInfoService, NarInfoEvents],
 })
 export class NarInfoModule {}

@@ -20,6 +20,7 @@ import { StoredNarCheck } from '../nar/stored-nar-check';
 import { VERIFIER_POOL_PROVIDER } from '../nar/verification/verifier-pool';
 import { NarInfoEvents } from './narinfo-events';
 import { NarInfoService } from './narinfo.service';
+import { RememberedNars } from '../nar/stored-nar-memory';
 
 /**
  * The narinfo request flow, step by step, on the real providers: SQLite, LocalLocker, narwhal's own
@@ -28,6 +29,7 @@ import { NarInfoService } from './narinfo.service';
 
 // NarInfoService checks a NAR stored before its narinfo with StoredNarCheck, from the NAR module.
 const t = useServiceModule([
+  RememberedNars,
   NarInfoService,
   NarInfoEvents,
   StoredNarCheck,

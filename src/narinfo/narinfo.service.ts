@@ -26,6 +26,8 @@ import { NegativeCache } from './negative-cache';
 
 interface RecentNarInfo {
   text: string;
+  /** `text` as the bytes sent (encoded once). */
+  body: Buffer;
   narKey: string;
   touchedAt: number;
   until: number;
@@ -110,6 +112,20 @@ export class NarInfoService {
     }
   }
 
+  /**
+   * The hot path of a hit (see HotHits): the bytes of a narinfo this instance served lately, without
+   * touching the database; undefined for anything else (the caller then goes through get()).
+   */
+  recentBytes(hash: string): Buffer | undefined {
+    const cached = this.recent.get(hash);
+    if (!cached) return undefined;
+    const now = Date.now();
+    if (cached.until <= now) return undefined;
+    this.metrics.narInfoRequest('hit');
+    this.touchIfStale(hash, cached, now);
+    return cached.body;
+  }
+
   /** The narinfo text for a store path hash; NotFoundError when no upstream has a valid one. */
   async get(hash: string): Promise<string> {
     if (!isStorePathHash(hash))
@@ -142,8 +158,10 @@ export class NarInfoService {
     this.metrics.narInfoRequest(stored ? 'hit' : row ? 'miss' : 'not_found');
     if (!row) throw new NotFoundError(`${hash}.narinfo not found`);
     this.events.asked({ hash, narKey: row.narKey, upstreamUrl: row.upstreamUrl });
+    const text = this.render(row);
     const entry = {
-      text: this.render(row),
+      text,
+      body: Buffer.from(text),
       narKey: row.narKey,
       touchedAt: row.lastAccessedAt,
       until: now + RECENT_TTL_MS,

@@ -1,3 +1,4 @@
+import type { FileHandle } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import type { DiskSpace, SpoolArea } from './spool-area';
 
@@ -18,6 +19,12 @@ export interface NarStore {
   stat(key: string): Promise<{ size: number } | null>;
   /** Streams a stored object (optionally a byte range, inclusive end). Rejects with NotFoundError if absent. */
   read(key: string, range?: { start: number; end?: number }): Promise<Readable>;
+  /**
+   * The object's open file, for stores that keep objects in local files (the filesystem store): a
+   * client is then sent its bytes through two reused buffers instead of a stream that allocates a
+   * new buffer per chunk (see StoredFile). NotFoundError if it is not stored.
+   */
+  openFile?(key: string): Promise<FileHandle>;
   /**
    * Commits a complete, verified spool file under `key`, atomically: readers see either nothing or the
    * whole object. The spool file is consumed (moved or deleted).

@@ -6,6 +6,7 @@ import { NarFileRepository } from '../database/nar-file.repository';
 import { NarInfoRepository } from '../database/narinfo.repository';
 import { TakeoverLocks } from '../instances/takeover-locks';
 import { narInfoLockKey, narLockKey } from '../locking/lock-keys';
+import { RememberedNars } from '../nar/stored-nar-memory';
 import { NarInfoService } from '../narinfo/narinfo.service';
 import { parseNarFileName } from '../nix/compression';
 import { InvalidHashError, quoteForError } from '../nix/errors';
@@ -30,6 +31,7 @@ export class DeleteService {
     private readonly documents: DocumentStore,
     private readonly locks: TakeoverLocks,
     private readonly narInfos: NarInfoService,
+    private readonly remembered: RememberedNars,
   ) {}
 
   /**
@@ -53,6 +55,7 @@ export class DeleteService {
       return deleted?.narRowDeleted ? deleted.narKey : null;
     });
     await this.narInfos.forgetEverywhere(hash);
+    if (narKey) await this.remembered.forgetEverywhere(narKey);
     const nar = narKey ? ` and nar/${narKey}` : '';
     this.logger.log(`deleted ${hash}.narinfo${nar} with token "${who}"`);
   }
@@ -72,6 +75,7 @@ export class DeleteService {
       await this.store.delete(name);
       return pointing;
     });
+    await this.remembered.forgetEverywhere(name);
     for (const hash of hashes) {
       await this.documents.delete(documentKeys.listing(hash));
       await this.narInfos.forgetEverywhere(hash);

@@ -100,6 +100,17 @@ describe('with --cache-require-read-token', () => {
     expect((await get(nw, '/nix-cache-info', basic(token, 'anyone'))).statusCode).toBe(200);
   });
 
+  it('hits answered from memory need the token too', async () => {
+    // Served lately with a token (the test above): in memory now, and still refused without one.
+    expect((await get(nw, `/${f.hash}.narinfo`, auth.reader)).statusCode).toBe(200);
+    expect((await get(nw, `/nar/${f.narName}`, auth.reader)).statusCode).toBe(200);
+    for (const url of [`/${f.hash}.narinfo`, `/nar/${f.narName}`]) {
+      expect({ url, status: (await get(nw, url)).statusCode }).toEqual({ url, status: 401 });
+      const writeOnly = await get(nw, url, auth.writer);
+      expect({ url, status: writeOnly.statusCode }).toEqual({ url, status: 403 });
+    }
+  });
+
   it('health checks, the public key and the status page files stay open', async () => {
     for (const url of [
       '/healthz',

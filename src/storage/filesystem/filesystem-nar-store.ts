@@ -1,4 +1,14 @@
-import { mkdir, open, readdir, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
+import {
+  mkdir,
+  open,
+  readdir,
+  rename,
+  rm,
+  stat,
+  unlink,
+  writeFile,
+  type FileHandle,
+} from 'node:fs/promises';
 import { createWriteStream } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
@@ -7,6 +17,9 @@ import { NotFoundError } from '../../common/errors';
 import type { NarStore } from '../nar-store';
 import { isDocumentKey, isNarKey } from '../object-keys';
 import { diskSpace, SpoolArea, type DiskSpace } from '../spool-area';
+
+/** Bytes read from a stored file at a time (1 MiB measured no faster, and costs more memory). */
+const READ_CHUNK_BYTES = 256 * 1024;
 
 /**
  * NARs as files under `<root>/nar/<k0>/<k0k1>/<key>`; side documents (listings, logs,
@@ -61,12 +74,18 @@ export class FilesystemNarStore implements NarStore {
         autoClose: true,
         start: range?.start,
         end: range?.end,
-        highWaterMark: 256 * 1024,
+        highWaterMark: READ_CHUNK_BYTES,
       });
     } catch (e) {
       await handle.close();
       throw e;
     }
+  }
+
+  openFile(key: string): Promise<FileHandle> {
+    return open(this.pathOf(key), 'r').catch((e: unknown) => {
+      throw isNotFound(e) ? new NotFoundError(`${key} is not stored`) : e;
+    });
   }
 
   async putFile(key: string, spoolPath: string): Promise<void> {

@@ -1,0 +1,38 @@
+import pino, { type Logger } from 'pino';
+import { redactCredentials } from './redact';
+
+/** The fields of one access line, in the order they are written. */
+export interface AccessFields {
+  reqId: string;
+  method: string;
+  url: string;
+  statusCode: number;
+  responseTime: number;
+  aborted?: boolean;
+}
+
+/**
+ * Writes access lines to `logger`'s destination as the same JSON pino would write for
+ * `logger.info({ reqId, … }, msg)` — level, time, the logger's own bindings (pid, hostname), the
+ * fields, msg — without going through pino's generic path. That path (merging objects, the redaction
+ * hooks, serializing with a generic stringifier) cost ~3 µs a line, a tenth of a hot hit's time;
+ * this costs a sixth of that. The URL goes through the same credential scrubbing as any logged
+ * string. Returns false (nothing written) when `level` is not enabled.
+ */
+export function accessLineWriter(
+  logger: Logger,
+): (level: 'info' | 'debug', fields: AccessFields, msg: string) => boolean {
+  const stream = (logger as unknown as Record<symbol, { write(line: string): unknown }>)[
+    pino.symbols.streamSym
+  ];
+  const bindings =
+    (logger as unknown as Record<symbol, string | undefined>)[pino.symbols.chindingsSym] ?? '';
+  return (level, f, msg) => {
+    if (!logger.isLevelEnabled(level)) return false;
+    const url = f.url.includes('@') ? redactCredentials(f.url) : f.url;
+    stream.write(
+      `{"level":"${level}","time":"${new Date().toISOString()}"${bindings},"reqId":${JSON.stringify(f.reqId)},"method":${JSON.stringify(f.method)},"url":${JSON.stringify(url)},"statusCode":${f.statusCode},"responseTime":${f.responseTime}${f.aborted ? ',"aborted":true' : ''},"msg":${JSON.stringify(msg)}}\n`,
+    );
+    return true;
+  };
+}

@@ -1,0 +1,126 @@
+import { rm } from 'node:fs/promises';
+import { describe, expect, it, vi } from 'vitest';
+import { NarService } from '../../src/nar/nar.service';
+import { NarInfoService } from '../../src/narinfo/narinfo.service';
+import { RememberedNars } from '../../src/nar/stored-nar-memory';
+import { FakeUpstream } from '../support/fake-upstream';
+import { objectPath, useNarwhal, waitStored, type Narwhal } from '../support/narwhal-app';
+import { parseMetrics, valueOf } from '../support/metrics';
+import { makeKey } from '../support/signing-keys';
+import { makeStorePath, type StorePathFixture } from '../support/store-paths';
+
+/**
+ * Hits answered from memory: a narinfo served lately and a small NAR served lately are answered
+ * without the database or the disk (and before Nest's pipeline), with the same headers and counters
+ * as any hit; a large NAR is streamed from storage as before; a NAR that is forgotten (deleted) is
+ * looked up again.
+ */
+
+const key = makeKey('up-1');
+const upstream = new FakeUpstream();
+const nw = useNarwhal([upstream], () => ({
+  'cache-upstream-url': [upstream.url],
+  'cache-upstream-public-key': [key.publicText],
+  'prometheus-enabled': 'true',
+}));
+
+const get = (url: string, headers: Record<string, string> = {}) =>
+  nw.app.inject({ method: 'GET', url, headers });
+
+async function metric(name: string, labels: Record<string, string>): Promise<number> {
+  const scrape = await get('/metrics');
+  return valueOf(parseMetrics(scrape.body), name, labels) ?? 0;
+}
+
+/** Fetches `f` cold, then once from storage (which is when a small NAR is kept in memory). */
+async function warm(n: Narwhal, f: StorePathFixture): Promise<void> {
+  expect((await get(`/${f.hash}.narinfo`)).statusCode).toBe(200);
+  expect((await get(`/nar/${f.narName}`)).statusCode).toBe(200);
+  await waitStored(n, f.narName, f.file);
+  const stored = await get(`/nar/${f.narName}`);
+  expect(stored.headers['x-narwhal-source']).toBe('storage');
+}
+
+describe('hits answered from memory', () => {
+  it('a small NAR served lately is answered without its file, with the headers of any stored hit', async () => {
+    const f = await makeStorePath([key], { name: 'small', size: 2048 });
+    upstream.publish(f);
+    await warm(nw, f);
+    const fromDisk = await get(`/nar/${f.narName}`);
+    const hitsBefore = await metric('narwhal_nar_requests_total', { result: 'hit' });
+    const bytesBefore = await metric('narwhal_served_bytes_total', { source: 'storage' });
+
+    // Its file gone: the bytes come from memory (they are the verified bytes stored under the name).
+    await rm(objectPath(nw, f.narName));
+    const flow = vi.spyOn(nw.app.get(NarService), 'get');
+    const fromMemory = await get(`/nar/${f.narName}`);
+    expect(fromMemory.statusCode).toBe(200);
+    expect(flow).not.toHaveBeenCalled(); // answered before the controller
+    expect(fromMemory.rawPayload.equals(f.file)).toBe(true);
+    for (const h of ['content-type', 'content-length', 'accept-ranges', 'x-narwhal-source'])
+      expect({ h, v: fromMemory.headers[h] }).toEqual({ h, v: fromDisk.headers[h] });
+    expect(fromMemory.headers['x-request-id']).toMatch(/^[0-9a-f-]{36}$/);
+    expect(await metric('narwhal_nar_requests_total', { result: 'hit' })).toBe(hitsBefore + 1);
+    expect(await metric('narwhal_served_bytes_total', { source: 'storage' })).toBe(
+      bytesBefore + f.file.length,
+    );
+    expect(
+      await metric('narwhal_http_requests_total', {
+        route: '/nar/:name',
+        method: 'GET',
+        status: '200',
+      }),
+    ).toBeGreaterThanOrEqual(4);
+    expect(await metric('narwhal_nar_memory_bytes', {})).toBeGreaterThanOrEqual(f.file.length);
+
+    // A range of it, too (through the controller, from the same memory).
+    const part = await get(`/nar/${f.narName}`, { range: 'bytes=100-199' });
+    expect(part.statusCode).toBe(206);
+    expect(part.rawPayload.equals(f.file.subarray(100, 200))).toBe(true);
+    expect(flow).toHaveBeenCalledTimes(1);
+    flow.mockRestore();
+    expect(upstream.count('GET', `/nar/${f.narName}`)).toBe(1);
+
+    // Forgotten (what a delete does on every instance): looked up again, found missing, fetched.
+    await nw.app.get(RememberedNars).forgetEverywhere(f.narName);
+    const again = await get(`/nar/${f.narName}`);
+    expect(again.statusCode).toBe(200);
+    expect(again.rawPayload.equals(f.file)).toBe(true);
+    expect(again.headers['x-narwhal-source']).toBe('download');
+    expect(upstream.count('GET', `/nar/${f.narName}`)).toBe(2);
+  });
+
+  it('a large NAR is not kept in memory: without its file it is fetched again', async () => {
+    const f = await makeStorePath([key], { name: 'large', size: 200_000 });
+    upstream.publish(f);
+    await warm(nw, f);
+    await rm(objectPath(nw, f.narName));
+    const again = await get(`/nar/${f.narName}`);
+    expect(again.statusCode).toBe(200);
+    expect(again.rawPayload.equals(f.file)).toBe(true);
+    expect(again.headers['x-narwhal-source']).toBe('download');
+    expect(upstream.count('GET', `/nar/${f.narName}`)).toBe(2);
+  });
+
+  it('a narinfo served lately is answered the same from memory, and counted as a hit', async () => {
+    const f = await makeStorePath([key], { name: 'info' });
+    upstream.publish(f);
+    const first = await get(`/${f.hash}.narinfo`);
+    const hitsBefore = await metric('narwhal_narinfo_requests_total', { result: 'hit' });
+    const flow = vi.spyOn(nw.app.get(NarInfoService), 'get');
+    const second = await get(`/${f.hash}.narinfo`);
+    expect(flow).not.toHaveBeenCalled();
+    flow.mockRestore();
+    expect(second.statusCode).toBe(200);
+    expect(second.body).toBe(first.body);
+    expect(second.headers['content-type']).toBe(first.headers['content-type']);
+    expect(second.headers['content-length']).toBe(String(Buffer.byteLength(first.body)));
+    expect(await metric('narwhal_narinfo_requests_total', { result: 'hit' })).toBe(hitsBefore + 1);
+    expect(upstream.count('GET', `/${f.hash}.narinfo`)).toBe(1);
+    // HEAD and names that are not narinfos go through the controller as before.
+    const head = await nw.app.inject({ method: 'HEAD', url: `/${f.hash}.narinfo` });
+    expect(head.statusCode).toBe(200);
+    expect(head.headers['content-length']).toBe(String(Buffer.byteLength(first.body)));
+    expect((await get(`/${f.hash}.nope`)).statusCode).toBe(404);
+  });
+});
