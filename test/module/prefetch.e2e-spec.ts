@@ -6,6 +6,7 @@ import {
   narInfoStored,
   startNarwhal,
   storedSize,
+  uncaughtDuring,
   useNarwhal,
   waitStored,
   type Narwhal,
@@ -300,5 +301,30 @@ describe('prefetch at shutdown', () => {
       process.off('unhandledRejection', onRejection);
       await nw.close();
     }
+  });
+});
+
+describe('prefetch at shutdown, NAR just started', () => {
+  const upstream = new FakeUpstream();
+  beforeAll(() => upstream.listen());
+  afterAll(() => upstream.close());
+
+  it('closing the application while prefetched NAR downloads start raises no uncaught exception', async () => {
+    const errors = await uncaughtDuring(async () => {
+      for (let round = 0; round < 5; round++) {
+        const nw = await startNarwhal(settings(upstream));
+        try {
+          const paths = await publishLeaves(upstream, 8);
+          await Promise.all(
+            paths.map((f) => nw.app.inject({ method: 'GET', url: `/${f.hash}.narinfo` })),
+          );
+          // Close as the NAR downloads are being opened.
+          await eventually(() => upstream.narGets() > round * 8, 5000, 'a NAR download started');
+        } finally {
+          await nw.close();
+        }
+      }
+    });
+    expect(errors).toEqual([]);
   });
 });
