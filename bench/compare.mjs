@@ -25,7 +25,9 @@
 //              big path into a fresh store with a fresh client cache: cold (straight from the
 //              upstream, through nginx, through narwhal), then warm (through each peer).
 //   cold-closure  only the cold copies, with the upstream adding 20 ms per request by default
-//              (issue 15's setup: "a cache across a continent").
+//              (issue 15's setup: "a cache across a continent"), then two more cold copies through
+//              narwhal with part of its prefetch off (narinfos only, none) to show what each part
+//              is worth; BENCH_PREFETCH_VARIANTS=0 skips them.
 //   all        (default) closure, hot and cold-herd, in that order.
 // Every mode also reports the peak RSS of narwhal (VmHWM) and of nginx (sum over its processes).
 //
@@ -43,6 +45,7 @@
 //   BENCH_UPSTREAM_MBPS=100        per-response rate of upstream NAR bodies in MB/s (10^6 B); 0: none
 //   BENCH_NODE_ARGS                extra node options for narwhal ("--cpu-prof --cpu-prof-dir=/tmp/p")
 //   BENCH_NARWHAL_ARGS             extra narwhal flags ("--cache-sign-narinfo false")
+//   BENCH_PREFETCH_VARIANTS=0      cold-closure: no copies through narwhal with prefetch turned off
 //   BENCH_KEEP=1                   keep the temporary directory (narwhal's log and data, nginx's)
 //   BENCH_CACHE_DIR                where the built closure is cached (default <repo>/.bench-tmp)
 //   NARWHAL_DIST                   directory with main.js (default <repo>/dist)
@@ -202,6 +205,7 @@ function readSettings() {
     run: {
       closureCold: ['all', 'closure', 'cold-closure'].includes(mode),
       closureWarm: ['all', 'closure'].includes(mode),
+      prefetchVariants: mode === 'cold-closure' && process.env.BENCH_PREFETCH_VARIANTS !== '0',
       hot: ['all', 'hot'].includes(mode),
       herd: ['all', 'cold-herd'].includes(mode),
     },
@@ -1077,7 +1081,24 @@ async function nixCopy(column, fromUrl, fixture, settings, work, kind) {
   }
 }
 
-async function closureMeasures(peers, fixture, settings, upstream, work) {
+/**
+ * narwhal with part of its closure prefetch turned off (cold-closure mode): what each part is
+ * worth, and narwhal's own cold per-request cost (without prefetch) against nginx's.
+ */
+const PREFETCH_VARIANTS = [
+  {
+    id: 'closureColdNarinfoPrefetch',
+    label: 'narinfo prefetch only (--cache-prefetch-nars false)',
+    args: ['--cache-prefetch-nars', 'false'],
+  },
+  {
+    id: 'closureColdNoPrefetch',
+    label: 'no prefetch (--cache-prefetch-narinfos false --cache-prefetch-nars false)',
+    args: ['--cache-prefetch-narinfos', 'false', '--cache-prefetch-nars', 'false'],
+  },
+];
+
+async function closureMeasures(peers, fixture, settings, upstream, work, nodeFlags) {
   const n = fixture.small.length + 1;
   if (settings.run.closureCold) {
     const columns = [{ name: 'direct', base: upstream.url }, ...peers];
@@ -1097,6 +1118,31 @@ async function closureMeasures(peers, fixture, settings, upstream, work) {
           );
         },
       );
+    }
+  }
+  if (settings.run.prefetchVariants) {
+    for (const v of PREFETCH_VARIANTS) {
+      await attempt('cold nix copy', [v.id, `${v.id}Upstream`], 'narwhal', async () => {
+        const dir = join(work, v.id);
+        await mkdir(dir, { recursive: true });
+        const variant = { ...settings, narwhalArgs: [...settings.narwhalArgs, ...v.args] };
+        const peer = await startNarwhal(variant, dir, upstream, fixture.publicKey, nodeFlags);
+        try {
+          const before = await upstream.counts();
+          const secs = await nixCopy(peer.name, peer.base, fixture, settings, dir, 'cold');
+          const reqs = upstreamTotal(before, await upstream.counts());
+          // The same direct and nginx figures as the main row, for the ratios.
+          record(v.id, 'direct', results.get('closureCold')?.direct);
+          record(v.id, 'nginx', results.get('closureCold')?.nginx);
+          record(v.id, 'narwhal', secs);
+          record(`${v.id}Upstream`, 'narwhal', reqs);
+          log(
+            `cold nix copy via narwhal, ${v.label}: ${secs.toFixed(2)} s, ${reqs} upstream requests`,
+          );
+        } finally {
+          await peer.stop();
+        }
+      });
     }
   }
   if (settings.run.closureWarm) {
@@ -1202,6 +1248,10 @@ function measureRows(settings, fixture) {
     ],
     ['closureCold', `cold nix copy, ${closure}${lat}`, 's', 'lower', 2],
     ['closureColdUpstream', 'upstream requests during that cold copy', 'requests', 'info', 0],
+    ...PREFETCH_VARIANTS.flatMap((v) => [
+      [v.id, `the same, narwhal with ${v.label}`, 's', 'lower', 2],
+      [`${v.id}Upstream`, 'upstream requests during that cold copy', 'requests', 'info', 0],
+    ]),
     ['closureWarm', `warm nix copy, ${closure}, fresh store and client cache`, 's', 'lower', 2],
     ['rss', 'peak RSS over the run (VmHWM; nginx: sum over its processes)', 'MiB', 'lower', 0],
   ];
@@ -1323,7 +1373,7 @@ async function benchMain() {
     const load0 = loadavg();
 
     if (settings.run.closureCold || settings.run.closureWarm) {
-      await closureMeasures(peers, fixture, settings, upstream, workDir);
+      await closureMeasures(peers, fixture, settings, upstream, workDir, NODE_FLAGS);
     }
     if (settings.run.hot) {
       for (const peer of peers) await hotMeasures(peer, fixture, settings, upstream, workDir);

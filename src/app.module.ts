@@ -14,6 +14,7 @@ import { MetricsModule } from './metrics/metrics.module';
 import { NarModule } from './nar/nar.module';
 import { NarInfoModule } from './narinfo/narinfo.module';
 import { PinsModule } from './pins/pins.module';
+import { PrefetchModule } from './prefetch/prefetch.module';
 import { UploadsModule } from './uploads/uploads.module';
 
 /** Wires narwhal's modules together; nothing else. */
@@ -32,6 +33,7 @@ export class AppModule {
         CacheInfoModule,
         NarInfoModule,
         NarModule,
+        PrefetchModule,
         UploadsModule.forRoot(config.access),
         PinsModule,
         LruModule,

@@ -152,6 +152,13 @@ describe.skipIf(!haveNix).each(BACKENDS)('real Nix client through narwhal on $na
     });
     const paths = listed.stdout.split('\n').filter(Boolean).sort();
     expect(paths).toEqual([fx.leaf.path, fx.mid.path, fx.top.path].sort());
+    // The client's lookups met narwhal's prefetches (narinfos of references, NARs of narinfos
+    // asked for) and joined them or found them stored: no upstream document was fetched twice.
+    for (const u of [upstreamA, upstreamB]) {
+      const gets = u.requests.filter((r) => r.method === 'GET').map((r) => r.url.split('?')[0]);
+      expect(gets.length, JSON.stringify(gets)).toBe(new Set(gets).size);
+      expect(gets.filter((g) => g.endsWith('.narinfo')).length).toBeLessThanOrEqual(paths.length);
+    }
   });
 
   it('2. a second client is served from narwhal without touching the upstreams', async () => {

@@ -150,6 +150,12 @@ export function buildConfig(raw: RawSettings, cwd = process.cwd()): AppConfig {
     upstreamHedge: parsed('cache-upstream-hedge', parseBool),
     upstreamBreaker: upstreamBreaker(parsed, positiveDuration),
     negativeTtlMs: parsed('cache-negative-ttl', parseDuration),
+    prefetch: {
+      narinfos: parsed('cache-prefetch-narinfos', parseBool),
+      nars: parsed('cache-prefetch-nars', parseBool),
+      concurrency: parsed('cache-prefetch-concurrency', (s) => parseIntStrict(s, 1, 1000)),
+      perUpstream: parsed('cache-prefetch-per-upstream', (s) => parseIntStrict(s, 1, 10_000)),
+    },
     upstreamTimeouts: {
       connectMs: parsed('cache-upstream-dialer-timeout', positiveDuration),
       headersMs: parsed('cache-upstream-response-header-timeout', positiveDuration),

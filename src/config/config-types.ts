@@ -67,6 +67,18 @@ export interface AccessConfig {
   metricsRequireToken: boolean;
 }
 
+/** What narwhal fetches before clients ask, and how much of it at once. */
+export interface PrefetchConfig {
+  /** The References of a narinfo fetched from an upstream, recursively. */
+  narinfos: boolean;
+  /** The NAR of a narinfo a client asked for. */
+  nars: boolean;
+  /** Most prefetches running at once. */
+  concurrency: number;
+  /** A prefetch starts only while each upstream it asks has fewer requests than this waiting. */
+  perUpstream: number;
+}
+
 export interface AppConfig {
   server: { host: string; port: number };
   hostname: string;
@@ -94,6 +106,8 @@ export interface AppConfig {
   upstreamBreaker: { failures: number; backoffMs: number; maxBackoffMs: number };
   /** How long an upstream "no" for a narinfo is remembered; 0: not at all. */
   negativeTtlMs: number;
+  /** Background fetches ahead of clients (src/prefetch/). */
+  prefetch: PrefetchConfig;
   signing: { secretKeyPath: string; signNarInfo: boolean };
   lru: { maxSize?: number; schedule: string };
   lock: LockConfig;

@@ -190,6 +190,32 @@ export const SETTINGS: readonly SettingDef[] = [
     default: '15s',
   },
   {
+    name: 'cache-prefetch-narinfos',
+    description:
+      "When a narinfo is fetched from an upstream, fetch the narinfos of its References too, in the background and recursively (the whole closure), so that the client's next lookups are hits.",
+    default: 'true',
+    boolean: true,
+  },
+  {
+    name: 'cache-prefetch-nars',
+    description:
+      "When a client asks for a narinfo, start downloading its NAR in the background (unless stored or running), so that the client's `GET /nar/…` joins the download or finds it stored. Only for narinfos clients ask for, never for a whole closure.",
+    default: 'true',
+    boolean: true,
+  },
+  {
+    name: 'cache-prefetch-concurrency',
+    description:
+      'Most prefetches (narinfo lookups and NAR downloads) an instance runs at once; more wait in a queue (at most 10,000).',
+    default: '16',
+  },
+  {
+    name: 'cache-prefetch-per-upstream',
+    description:
+      "A prefetch starts only while, for each upstream it asks, the clients' requests waiting for that upstream plus the prefetches running stay below this: clients come first, prefetches get the capacity left.",
+    default: '16',
+  },
+  {
     name: 'cache-upstream-min-rate',
     description:
       'Slowest acceptable NAR transfer from an upstream, in bytes per second averaged over each `--cache-upstream-body-timeout` (`4K`, `1M`); a slower one is abandoned like a broken one. `0` turns the check off.',

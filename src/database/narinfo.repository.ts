@@ -1,5 +1,5 @@
 import { Injectable } from '@nestjs/common';
-import { DataSource, LessThan } from 'typeorm';
+import { DataSource, In, LessThan } from 'typeorm';
 import { inTransaction } from './transaction';
 import type { NarInfo } from '../nix/narinfo';
 import {
@@ -11,6 +11,8 @@ import {
 
 /** Touches closer together than this are not written again (keeps hits from turning into writes). */
 export const TOUCH_GRANULARITY_MS = 60_000;
+/** Hashes per `IN (…)` list: far below every dialect's limit on bound parameters. */
+const STORED_AMONG_CHUNK = 500;
 
 /** Every narinfos column but the key: a narinfo saved again replaces all of them. */
 const NARINFO_REPLACED_COLUMNS = [
@@ -39,6 +41,8 @@ export interface NewNarInfo {
   upstreamUrl: string;
   /** Absolute upstream URL of the NAR bytes. */
   narUpstreamUrl: string;
+  /** narwhal's own signature, cached as `<public key>|<sig>`, when made before saving. */
+  ownSignature?: string;
 }
 
 @Injectable()
@@ -54,8 +58,24 @@ export class NarInfoRepository {
     return row;
   }
 
-  /** Records a verified upstream narinfo and the NAR file it points to, in one transaction. */
-  async save(n: NewNarInfo, now = Date.now()): Promise<void> {
+  /** Which of `hashes` have a stored narinfo (one query per 500 hashes). */
+  async storedAmong(hashes: readonly string[]): Promise<Set<string>> {
+    const stored = new Set<string>();
+    for (let i = 0; i < hashes.length; i += STORED_AMONG_CHUNK) {
+      const rows = await this.ds.getRepository(NarInfoEntity).find({
+        select: { hash: true },
+        where: { hash: In(hashes.slice(i, i + STORED_AMONG_CHUNK)) },
+      });
+      for (const r of rows) stored.add(r.hash);
+    }
+    return stored;
+  }
+
+  /**
+   * Records a verified upstream narinfo and the NAR file it points to, in one transaction, and
+   * resolves the row as written (what `find` would read back now, without reading it).
+   */
+  async save(n: NewNarInfo, now = Date.now()): Promise<NarInfoEntity> {
     const ni = n.narInfo;
     await inTransaction(this.ds, async (m) => {
       await m
@@ -95,7 +115,7 @@ export class NarInfoRepository {
           system: ni.system ?? null,
           ca: ni.ca ?? null,
           upstreamUrl: n.upstreamUrl,
-          ownSignature: null,
+          ownSignature: n.ownSignature ?? null,
           createdAt: now,
           lastAccessedAt: now,
         })
@@ -120,6 +140,7 @@ export class NarInfoRepository {
         );
       }
     });
+    return writtenRow(n, now);
   }
 
   /** NarHash and NarSize of a narinfo pointing at NAR `narKey`, or null when none does. */
@@ -212,4 +233,32 @@ export class NarInfoRepository {
       .getRepository(NarFileEntity)
       .update({ key: narKey, lastAccessedAt: stale }, { lastAccessedAt: now });
   }
+}
+
+/** The narinfos row `save` wrote for `n`, with its references and signatures in order. */
+function writtenRow(n: NewNarInfo, now: number): NarInfoEntity {
+  const ni = n.narInfo;
+  return Object.assign(new NarInfoEntity(), {
+    hash: n.hash,
+    storePath: ni.storePath,
+    narKey: n.narKey,
+    compression: ni.compression,
+    fileHash: ni.fileHash ?? null,
+    fileSize: ni.fileSize ?? null,
+    narHash: ni.narHash,
+    narSize: ni.narSize,
+    deriver: ni.deriver ?? null,
+    system: ni.system ?? null,
+    ca: ni.ca ?? null,
+    upstreamUrl: n.upstreamUrl,
+    ownSignature: n.ownSignature ?? null,
+    createdAt: now,
+    lastAccessedAt: now,
+    references: ni.references.map((reference, position) =>
+      Object.assign(new NarInfoReferenceEntity(), { narInfoHash: n.hash, position, reference }),
+    ),
+    signatures: ni.sigs.map((signature, position) =>
+      Object.assign(new NarInfoSignatureEntity(), { narInfoHash: n.hash, position, signature }),
+    ),
+  });
 }

@@ -32,6 +32,15 @@ export type LockKind = 'narinfo' | 'nar' | 'lru';
 export type UploadKind = 'nar' | 'narinfo' | 'listing' | 'log' | 'realisation';
 /** stored: kept; exists: the same was already here; rejected: refused for what it carries (4xx). */
 export type UploadResult = 'stored' | 'exists' | 'rejected';
+/**
+ * What became of a prefetch: fetched (stored now), skipped (stored, remembered as missing or being
+ * fetched already), not_found (no upstream has it), failed, dropped (the queue was full).
+ */
+export type PrefetchResult = 'fetched' | 'skipped' | 'not_found' | 'failed' | 'dropped';
+const PREFETCH_RESULTS: Record<'narinfo' | 'nar', readonly PrefetchResult[]> = {
+  narinfo: ['fetched', 'skipped', 'not_found', 'failed', 'dropped'],
+  nar: ['fetched', 'skipped', 'failed', 'dropped'],
+};
 /** Why a request was refused: 401 (no valid token) or 403 (a token without the permission). */
 export type AuthRefusal = 'unauthorized' | 'forbidden';
 
@@ -109,6 +118,11 @@ export class MetricsService {
   private readonly locksLost: Counter<'kind'>;
   private readonly uploads: Counter<'kind' | 'result'>;
   private readonly authRefusals: Counter<'reason' | 'permission'>;
+  private readonly prefetches: Counter<'kind' | 'result'>;
+  private prefetchSource: () => { queued: number; running: number } = () => ({
+    queued: 0,
+    running: 0,
+  });
 
   private readonly registers: Registry[];
   private downloadSource: () => Iterable<{ readerCount: number }> = () => [];
@@ -308,6 +322,24 @@ export class MetricsService {
       labelNames: ['reason', 'permission'],
       registers,
     });
+    this.prefetches = new Counter({
+      name: name('prefetch_total'),
+      help: 'Prefetches (work done before a client asks), by kind (narinfo: a reference of a fetched narinfo; nar: the NAR of a narinfo a client asked for) and result: fetched, skipped (stored, known missing or being fetched already), not_found, failed, dropped (queue full).',
+      labelNames: ['kind', 'result'],
+      registers,
+    });
+    const prefetchQueued: Gauge = new Gauge({
+      name: name('prefetch_queued'),
+      help: 'Prefetches waiting to start.',
+      registers,
+      collect: () => prefetchQueued.set(this.prefetchSource().queued),
+    });
+    const prefetchRunning: Gauge = new Gauge({
+      name: name('prefetch_running'),
+      help: 'Prefetches running now.',
+      registers,
+      collect: () => prefetchRunning.set(this.prefetchSource().running),
+    });
     const storage: Gauge = new Gauge({
       name: name('storage_bytes'),
       help: `Bytes of stored NARs, from the database (re-read at most every ${STORAGE_CACHE_MS / 1000} s).`,
@@ -361,6 +393,8 @@ export class MetricsService {
     for (const kind of ['nar', 'narinfo', 'listing', 'log', 'realisation'])
       for (const result of ['stored', 'exists', 'rejected'])
         this.uploads.labels(kind, result).inc(0);
+    for (const [kind, results] of Object.entries(PREFETCH_RESULTS))
+      for (const result of results) this.prefetches.labels(kind, result).inc(0);
     for (const { url } of config.upstreams) {
       this.upstreamBytes.labels(url).inc(0);
       this.upstreamSkips.labels(url).inc(0);
@@ -512,6 +546,15 @@ export class MetricsService {
 
   upload(kind: UploadKind, result: UploadResult): void {
     this.uploads.labels(kind, result).inc();
+  }
+
+  prefetch(kind: 'narinfo' | 'nar', result: PrefetchResult): void {
+    this.prefetches.labels(kind, result).inc();
+  }
+
+  /** Where the prefetch queue gauges read from at scrape time. */
+  watchPrefetch(source: () => { queued: number; running: number }): void {
+    this.prefetchSource = source;
   }
 
   authRefused(reason: AuthRefusal, permission: string): void {

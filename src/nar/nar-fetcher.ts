@@ -75,6 +75,9 @@ export class NarFetcher {
         `${name}: ${expect.compression} NAR without FileHash cannot be verified; checking its size only`,
       );
     }
+    // Aborted before the spool reads the body (a shutdown right after the start), the body's error
+    // must not go unhandled (an uncaught exception); reading it later still throws it.
+    body.on('error', () => undefined);
     const counted = this.metrics.countUpstreamBody(this.upstream.labelOf(url), body);
     // Breaking the upstream body fails the download the normal way: readers break, spool deleted.
     const abort = (why: string) => body.destroy(new DownloadFailedError(why));

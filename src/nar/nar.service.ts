@@ -44,6 +44,9 @@ export interface NarResponse {
   source: 'storage' | 'download' | 'peer';
 }
 
+/** What a prefetch did: found it stored or running (here or on a peer), downloaded it, or failed. */
+export type NarPrefetchResult = 'stored' | 'running' | 'downloaded' | 'failed';
+
 /** What a row lookup gives while the database is down. */
 const WITHOUT_DATABASE: unique symbol = Symbol('without database');
 
@@ -152,6 +155,22 @@ export class NarService {
       delay = Math.min(maxDelayMs, delay * 2);
     }
     throw new ServiceUnavailableError(`${name}: another instance is still downloading it`);
+  }
+
+  /**
+   * For the prefetcher: downloads `name` the way a client's GET would (the same claim, lock and
+   * verification; clients that ask meanwhile join it) without streaming it anywhere, and resolves
+   * once it has settled. Nothing is started when it is stored, already running here, or being
+   * downloaded by another instance. Rejects when no upstream serves it.
+   */
+  async prefetch(name: string): Promise<NarPrefetchResult> {
+    if (this.active.get(name) !== undefined || this.claims.has(name)) return 'running';
+    if (await this.storedNow(name)) return 'stored';
+    const claim = await this.claim(name);
+    if (claim.kind === 'peer') return 'running';
+    if (claim.kind === 'retry') return (await this.storedNow(name)) ? 'stored' : 'running';
+    await claim.download.settled;
+    return (await this.storedNow(name)) ? 'downloaded' : 'failed';
   }
 
   /** HEAD: the size if the NAR is stored or can be fetched, without downloading it. */

@@ -18,6 +18,7 @@ import {
 import { PeerClient } from '../nar/peer-client';
 import { StoredNarCheck } from '../nar/stored-nar-check';
 import { VERIFIER_POOL_PROVIDER } from '../nar/verification/verifier-pool';
+import { NarInfoEvents } from './narinfo-events';
 import { NarInfoService } from './narinfo.service';
 import { RememberedNars } from '../nar/stored-nar-memory';
 
@@ -30,6 +31,7 @@ import { RememberedNars } from '../nar/stored-nar-memory';
 const t = useServiceModule([
   RememberedNars,
   NarInfoService,
+  NarInfoEvents,
   StoredNarCheck,
   PeerClient,
   VERIFIER_POOL_PROVIDER,

@@ -21,6 +21,7 @@ import { SigningService } from '../signing/signing.service';
 import { answerOfError, askUpstreams, type Answer } from '../upstream/ask-upstreams';
 import type { UpstreamClient } from '../upstream/upstream-client';
 import { UpstreamService } from '../upstream/upstream.service';
+import { NarInfoEvents } from './narinfo-events';
 import { NegativeCache } from './negative-cache';
 
 interface RecentNarInfo {
@@ -44,7 +45,12 @@ export const NEGATIVE_MAX = 100_000;
 interface LookupResult {
   row: NarInfoEntity | null;
   definite: boolean;
+  /** True when this lookup fetched the row from an upstream (false: it was stored already). */
+  fetched?: boolean;
 }
+
+/** What a prefetch lookup did: known already (skipped), found stored, fetched, or found nowhere. */
+export type NarInfoPrefetchResult = 'known' | 'stored' | 'fetched' | 'not_found';
 
 /**
  * The narinfo request flow: hit → serve from the database; a hash every upstream recently said it
@@ -74,6 +80,7 @@ export class NarInfoService {
     private readonly metrics: MetricsService,
     private readonly failures: RecentFailures,
     @Inject(NOTICES) private readonly notices: Notices,
+    private readonly events: NarInfoEvents,
   ) {
     this.misses = new NegativeCache(config.negativeTtlMs, NEGATIVE_MAX);
     metrics.watchNegativeCache(() => this.misses.size);
@@ -150,6 +157,7 @@ export class NarInfoService {
     if (!row) row = (await this.lookupOnce(hash)).row;
     this.metrics.narInfoRequest(stored ? 'hit' : row ? 'miss' : 'not_found');
     if (!row) throw new NotFoundError(`${hash}.narinfo not found`);
+    this.events.asked({ hash, narKey: row.narKey, upstreamUrl: row.upstreamUrl });
     const text = this.render(row);
     const entry = {
       text,
@@ -179,13 +187,25 @@ export class NarInfoService {
       this.recent.delete(this.recent.keys().next().value as string);
   }
 
-  private lookupOnce(hash: string): Promise<LookupResult> {
+  /**
+   * A lookup started by the prefetcher, not by a client: the very lookup of a client miss (under
+   * the hash's lock, verified, remembered in the negative cache), which a client asking meanwhile
+   * joins. Skipped when the hash is known: served lately, remembered as missing, or being looked
+   * up. `signal` (shutdown) stops it before anything is stored.
+   */
+  async prefetch(hash: string, signal?: AbortSignal): Promise<NarInfoPrefetchResult> {
+    if (this.recent.has(hash) || this.misses.has(hash) || this.lookups.has(hash)) return 'known';
+    const { row, fetched } = await this.lookupOnce(hash, signal);
+    return !row ? 'not_found' : fetched ? 'fetched' : 'stored';
+  }
+
+  private lookupOnce(hash: string, signal?: AbortSignal): Promise<LookupResult> {
     return this.lookups.run(hash, async () => {
       const result = await this.locks.withLock(
         narInfoLockKey(hash),
         this.config.lock.downloadTtlMs,
         'narinfo',
-        () => this.lookup(hash),
+        () => this.lookup(hash, signal),
       );
       if (result.row) this.misses.forget(hash);
       else if (result.definite) this.misses.add(hash);
@@ -193,28 +213,34 @@ export class NarInfoService {
     });
   }
 
-  private async lookup(hash: string): Promise<LookupResult> {
+  private async lookup(hash: string, stop?: AbortSignal): Promise<LookupResult> {
     const existing = await this.repo.find(hash); // stored by another holder while we waited
     if (existing) return { row: existing, definite: true };
     const { found, allAbsent } = await askUpstreams(
       this.upstream.upstreams,
-      (up, signal) => this.fetchVerified(up, hash, signal),
+      (up, signal) => this.fetchVerified(up, hash, stop ? AbortSignal.any([signal, stop]) : signal),
       { hedge: this.config.upstreamHedge },
     );
+    if (stop?.aborted) return { row: null, definite: false };
     if (!found) return { row: null, definite: allAbsent };
     const { upstream: up, value: narInfo } = found;
     const narKey = narKeyOf(narInfo);
-    await this.repo.save({
+    // narwhal's own signature is made now and stored with the row (no write when first served).
+    const row = await this.repo.save({
       hash,
       narInfo,
       narKey,
       upstreamUrl: up.url,
       narUpstreamUrl: up.resolveNarUrl(narInfo.url),
+      ownSignature: this.signing.enabled
+        ? `${this.signing.publicKey}|${this.signing.sign(narInfoFingerprint(narInfo, this.config.storeDir))}`
+        : undefined,
     });
     // A NAR stored before this narinfo (fetched by name) must match what the narinfo signs.
     await this.storedNars.adopt(narKey, narInfo.narHash, narInfo.narSize);
     this.logger.log(`cached ${hash}.narinfo from ${up.url}`);
-    return { row: await this.repo.find(hash), definite: true };
+    this.events.fetched({ hash, references: narInfo.references, upstreamUrl: up.url });
+    return { row, definite: true, fetched: true };
   }
 
   /**

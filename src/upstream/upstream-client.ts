@@ -6,6 +6,7 @@ import {
   type BreakerOptions,
   type CircuitSnapshot,
 } from './circuit-breaker';
+import { isBackground } from './background';
 import {
   HttpClient,
   discard,
@@ -45,6 +46,8 @@ export class UpstreamClient {
   private readonly breaker: CircuitBreaker;
   /** Its own short-lived connections, so that a probe measures reaching the upstream. */
   private readonly probeHttp: HttpClient;
+  private waiting = 0;
+  private waitingInBackground = 0;
 
   constructor(
     config: UpstreamConfig,
@@ -90,12 +93,18 @@ export class UpstreamClient {
     const headers = { ...req.headers };
     if (this.authorization && this.owns(url)) headers.authorization = this.authorization;
     let res: HttpAnswer;
+    const counted = isBackground() ? 1 : 0;
+    this.waiting++;
+    this.waitingInBackground += counted;
     try {
       res = await this.http.request(url, { ...req, headers });
     } catch (e) {
       if (req.signal?.aborted) this.breaker.released();
       else this.breaker.failed();
       throw e;
+    } finally {
+      this.waiting--;
+      this.waitingInBackground -= counted;
     }
     if (res.status >= 500 || res.status === 429) {
       const honoured = res.status === 429 || res.status === 503;
@@ -104,6 +113,16 @@ export class UpstreamClient {
       this.breaker.succeeded();
     }
     return res;
+  }
+
+  /** Requests to this upstream sent and still waiting for their response headers. */
+  get inFlight(): number {
+    return this.waiting;
+  }
+
+  /** Of those, the ones made by clients (not by background work, see inBackground). */
+  get clientsInFlight(): number {
+    return this.waiting - this.waitingInBackground;
   }
 
   /** The circuit breaker's state: closed (asked), open (skipped until `retryAt`) or half-open. */

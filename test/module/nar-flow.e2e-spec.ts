@@ -14,7 +14,10 @@ import { useTwoUpstreams } from '../support/two-upstreams';
  * asked for without its narinfo and one that vanished from storage.
  */
 
-const { keyA, primary, secondary, nw, inject } = useTwoUpstreams();
+// NAR prefetch off: these tests count the upstream GETs that clients' requests (HEAD, GET) cause.
+const { keyA, primary, secondary, nw, inject } = useTwoUpstreams({
+  'cache-prefetch-nars': 'false',
+});
 
 describe('NAR download flow', () => {
   it('GET after the narinfo: the right bytes and length from upstream, then from storage without asking again', async () => {

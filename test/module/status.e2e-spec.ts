@@ -37,6 +37,8 @@ const nw = useNarwhal([upstream], () => ({
   'cache-max-size': '1G',
   // Every upstream error reaches the failures list: no upstream is skipped after a few.
   'cache-upstream-breaker-failures': '0',
+  // The exact NAR counts are of clients' requests; NAR prefetch would add downloads of its own.
+  'cache-prefetch-nars': 'false',
 }));
 beforeAll(() => nw.listen());
 

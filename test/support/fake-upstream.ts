@@ -91,6 +91,9 @@ export class FakeUpstream {
   private readonly faults = new Map<string, Fault>();
   private readonly sockets = new Set<Socket>();
   private bytesPerSecond: number | null = null;
+  private active = 0;
+  /** Most requests (probes aside) this upstream was answering at once, since start or resetPeak. */
+  peakConcurrency = 0;
   private server: Server | undefined;
   private address: string | undefined;
 
@@ -191,6 +194,11 @@ export class FakeUpstream {
     return this.requests.filter((r) => r.method === 'GET' && r.url.startsWith('/nar/')).length;
   }
 
+  /** Requests being answered now (probes aside). */
+  get concurrency(): number {
+    return this.active;
+  }
+
   /** Limits NAR bodies (`/nar/…`) to this rate (per response); `null` lifts the limit. */
   throttle(bytesPerSecond: number | null): void {
     this.bytesPerSecond = bytesPerSecond;
@@ -236,6 +244,11 @@ export class FakeUpstream {
       authorization: req.headers.authorization,
       at: Date.now(),
     });
+    if (path !== '/nix-cache-info') {
+      this.active++;
+      this.peakConcurrency = Math.max(this.peakConcurrency, this.active);
+      res.once('close', () => this.active--);
+    }
     const reply = await this.replyFor(method, url, path, res);
     if (reply) await this.send(method, path, res, reply);
   }

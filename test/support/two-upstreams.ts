@@ -59,9 +59,9 @@ export interface TwoUpstreams extends Omit<UpstreamPair, 'settings'> {
   injectRange: (url: string, range: string) => Promise<LightMyRequestResponse>;
 }
 
-export function useTwoUpstreams(): TwoUpstreams {
+export function useTwoUpstreams(more: RawSettings = {}): TwoUpstreams {
   const { settings, ...pair } = upstreamPair();
-  const nw = useNarwhal([pair.primary, pair.secondary], settings);
+  const nw = useNarwhal([pair.primary, pair.secondary], () => ({ ...settings(), ...more }));
   beforeAll(() => nw.listen());
 
   return {
