@@ -1,5 +1,4 @@
 import { randomUUID } from 'node:crypto';
-import { AsyncResource } from 'node:async_hooks';
 import type { IncomingMessage } from 'node:http';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
@@ -27,8 +26,6 @@ export function requestIdFor(req: IncomingMessage): string {
   return id !== undefined && ACCEPTED_ID.test(id) ? id : randomUUID();
 }
 
-const scopes = new WeakMap<FastifyRequest, AsyncResource>();
-
 /**
  * Per request: echo the id in an `x-request-id` response header, run the rest of the request in a
  * context that Nest's loggers read the id from, and write one access line when the response ends
@@ -46,18 +43,12 @@ export function installRequestLogging(fastify: FastifyInstance): void {
     };
     reply.raw.once('finish', () => log(true)); // the whole response went to the socket
     reply.raw.once('close', () => log(false)); // closed without 'finish': cut short
-    runInRequestContext({ reqId: request.id }, () => {
-      const scope = new AsyncResource('narwhal.request');
-      scopes.set(request, scope);
-      scope.runInAsyncScope(done);
-    });
+    runInRequestContext({ reqId: request.id }, done);
   });
   // A request body is read in the socket's own async context; enter the request's again before the
-  // handler runs (as @fastify/request-context does).
+  // handler runs.
   fastify.addHook('preValidation', (request, _reply, done) => {
-    const scope = scopes.get(request);
-    if (scope) scope.runInAsyncScope(done);
-    else done();
+    runInRequestContext({ reqId: request.id }, done);
   });
 }
 
