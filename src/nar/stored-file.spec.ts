@@ -73,7 +73,7 @@ function fetchBody(
 }
 
 async function lastSent(count: number) {
-  for (let i = 0; i < 200 && sent.length < count; i++) await new Promise((r) => setTimeout(r, 10));
+  for (let i = 0; i < 1000 && sent.length < count; i++) await new Promise((r) => setTimeout(r, 10));
   return sent[count - 1];
 }
 

@@ -43,14 +43,22 @@ export class StoredFile {
     ];
     /** The write of each buffer still in flight (the buffer is not reused before it settles). */
     const writing = [Promise.resolve(true), Promise.resolve(true)];
-    let gone = false;
-    const onClose = () => (gone = true);
+    // A write still pending when the connection closes may never call back: 'close' settles it.
+    let gone = res.destroyed;
+    let onClose!: () => void;
+    const closed = new Promise<boolean>((resolve) => {
+      onClose = () => {
+        gone = true;
+        resolve(false);
+      };
+    });
     res.once('close', onClose);
+    const settled = (write: Promise<boolean>) => Promise.race([write, closed]);
     let position = this.start;
     let sent = 0;
     try {
       for (let i = 0; position <= this.end && !gone; i ^= 1) {
-        if (!(await writing[i])) break; // that write failed: the client is gone
+        if (!(await settled(writing[i]))) break; // that write failed: the client is gone
         const buffer = buffers[i];
         const want = Math.min(buffer.length, this.end - position + 1);
         const { bytesRead } = await this.handle.read(buffer, 0, want, position);
@@ -68,11 +76,11 @@ export class StoredFile {
           });
         });
       }
-      await Promise.all(writing);
+      await Promise.all(writing.map(settled));
       if (!gone && position > this.end) res.end();
     } catch (e) {
       res.destroy(e as Error);
-      await Promise.all(writing);
+      await Promise.all(writing.map(settled));
     } finally {
       res.removeListener('close', onClose);
       await this.close();
