@@ -13,6 +13,7 @@ export default defineConfig({
         test: {
           name: 'unit',
           include: ['src/**/*.spec.ts'],
+          setupFiles: ['test/support/settle-native.ts'],
           environment: 'node',
           testTimeout: 60_000,
         },
@@ -23,6 +24,7 @@ export default defineConfig({
         test: {
           name: 'module',
           include: ['test/module/**/*.e2e-spec.ts'],
+          setupFiles: ['test/support/settle-native.ts'],
           environment: 'node',
           testTimeout: 60_000,
         },

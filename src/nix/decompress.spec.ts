@@ -6,7 +6,7 @@ import { pipeline } from 'node:stream/promises';
 import { describe, expect, it } from 'vitest';
 import { NIX_NARS, STORE_DIR, fixtureBytes, fixtureText, seqText } from './__fixtures__/vectors';
 import { type Compression } from './compression';
-import { canDecompress, createNarDecompressor } from './decompress';
+import { asyncXzIdle, canDecompress, createNarDecompressor } from './decompress';
 import { parseNarInfo } from './narinfo';
 import { sha256Nix32 } from './hash';
 
@@ -180,5 +180,22 @@ describe('destroying a decoder mid-stream (client went away)', () => {
     await sleep(50);
     expect(decoder.destroyed).toBe(true);
     expect(errors).toEqual([]);
+  });
+});
+
+describe('asyncXzIdle', () => {
+  it('resolves once the slice a destroyed asynchronous xz decoder was decoding has finished', async () => {
+    const decoder = createNarDecompressor('xz');
+    if (decoder === null) throw new Error('no xz decoder');
+    decoder.on('data', () => undefined);
+    decoder.on('error', () => undefined);
+    decoder.write(fixtureBytes('cli/zeros-64MiB.xz')); // each 4 KiB slice inflates to megabytes
+    await sleep(5);
+    decoder.destroy();
+    // Its timeout is past the test's own: resolving at all means the slice finished.
+    await asyncXzIdle(120_000);
+    // Nothing left in flight: it resolves again.
+    await asyncXzIdle(120_000);
+    expect(decoder.destroyed).toBe(true);
   });
 });

@@ -24,6 +24,36 @@ function asError(err: unknown): Error {
 const XZ_SLICE = 4096;
 const ZSTD_SLICE = 256;
 
+/** xz slices being decoded on lzma-native's own threads right now. */
+let asyncXzSlices = 0;
+let idleWaiters: (() => void)[] = [];
+
+function settleAsyncXzSlice(): void {
+  asyncXzSlices--;
+  if (asyncXzSlices > 0) return;
+  const waiters = idleWaiters;
+  idleWaiters = [];
+  for (const w of waiters) w();
+}
+
+/**
+ * Resolves once no xz slice is being decoded on lzma-native's threads (or after `timeoutMs`).
+ * lzma-native aborts the whole process ("terminate called after throwing an instance of
+ * 'Napi::Error'") when it exits while one of its threads is still decoding — a decoder destroyed
+ * mid-way lets its current slice finish in the background. Whoever ends a process that may have
+ * used asynchronous xz decoders (the test runner's workers) waits for this first.
+ */
+export function asyncXzIdle(timeoutMs = 2_000): Promise<void> {
+  if (asyncXzSlices <= 0) return Promise.resolve();
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, timeoutMs);
+    idleWaiters.push(() => {
+      clearTimeout(timer);
+      resolve();
+    });
+  });
+}
+
 /**
  * lzma-native's decoder (a readable-stream v3 Transform, not a node:stream one) behind a real
  * node:stream Transform, so callers get one stream family: `instanceof Transform`, the same
@@ -34,7 +64,7 @@ class XzDecompressStream extends Transform {
   private readonly inner: LzmaStream;
   private onInnerEnd: TransformCallback | undefined;
 
-  constructor(synchronous: boolean) {
+  constructor(private readonly synchronous: boolean) {
     super();
     this.inner = createDecompressor({ synchronous });
     this.inner.on('data', (chunk: Buffer) => {
@@ -51,7 +81,15 @@ class XzDecompressStream extends Transform {
       if (offset >= chunk.length) return callback();
       const slice = chunk.subarray(offset, offset + XZ_SLICE);
       offset += slice.length;
-      this.inner.write(slice, next);
+      if (this.synchronous) {
+        this.inner.write(slice, next);
+        return;
+      }
+      asyncXzSlices++;
+      this.inner.write(slice, (e?: Error | null) => {
+        settleAsyncXzSlice();
+        next(e);
+      });
     };
     next();
   }
