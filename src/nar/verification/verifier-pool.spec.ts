@@ -10,6 +10,7 @@ import { makeSample } from '../../../test/support/nar-spool-kit';
 import { DownloadFailedError } from '../../common/errors';
 import { NarMismatchError } from '../../common/errors';
 import { VerifierPool } from './verifier-pool';
+import { eventually } from '../../../test/support/wait';
 
 // Checks run in real worker threads (the build's dist/nar/verification/verifier-worker.js).
 
@@ -88,6 +89,28 @@ describe('VerifierPool.checkFile (a spool that grows)', () => {
     const next = pool.checkFile(path, SAMPLE.expect);
     await spoolInPieces(path, SAMPLE.file, (n) => next.grew(n));
     await expect(next.finish(SAMPLE.file.length)).resolves.toBeUndefined();
+  });
+});
+
+describe('VerifierPool: idle threads', () => {
+  it('ends a thread that has had nothing to check for a while, and starts one again for the next check', async () => {
+    const idlePool = new VerifierPool(1, 50);
+    try {
+      const first = join(dir, 'idle-1.part');
+      const check = idlePool.checkFile(first, SAMPLE.expect);
+      expect(idlePool.threads).toBe(1);
+      await spoolInPieces(first, SAMPLE.file, (n) => check.grew(n));
+      await check.finish(SAMPLE.file.length);
+      await eventually(() => idlePool.threads === 0, 10_000, 'the idle thread ended');
+
+      const second = join(dir, 'idle-2.part');
+      const again = idlePool.checkFile(second, SAMPLE.expect);
+      expect(idlePool.threads).toBe(1);
+      await spoolInPieces(second, SAMPLE.file, (n) => again.grew(n));
+      await expect(again.finish(SAMPLE.file.length)).resolves.toBeUndefined();
+    } finally {
+      await idlePool.onApplicationShutdown();
+    }
   });
 });
 

@@ -44,7 +44,16 @@ const STREAM_WINDOW = 4 * 1024 * 1024;
 interface Slot {
   worker: Worker;
   jobs: Map<number, Job>;
+  /** Ends an idle thread (see IDLE_MS). */
+  idle?: NodeJS.Timeout;
 }
+
+/**
+ * A thread that has had nothing to check for this long is ended (the next check starts one again,
+ * in ~40 ms): an idle verifier holds ~20 MB (its heap, the decoders' last buffers). Its checks
+ * decode on the thread itself, so ending it between checks never interrupts a native decoder.
+ */
+export const IDLE_MS = 10_000;
 
 interface Job {
   settle(error?: Error, listing?: string): void;
@@ -54,7 +63,8 @@ interface Job {
 /**
  * Verifier threads: every NAR narwhal downloads (or checks in storage) is hashed and decompressed in
  * one of them, so that a slow decoder or a decompression bomb never blocks the event loop that serves
- * clients. Threads start on first use and each runs several checks at once.
+ * clients. Threads start on first use, each runs several checks at once, and one that has been idle
+ * for IDLE_MS is ended.
  */
 @Injectable()
 export class VerifierPool implements OnApplicationShutdown {
@@ -63,8 +73,16 @@ export class VerifierPool implements OnApplicationShutdown {
   private nextId = 1;
   private closed = false;
 
-  constructor(threads = defaultThreads()) {
+  constructor(
+    threads = defaultThreads(),
+    private readonly idleMs = IDLE_MS,
+  ) {
     this.slots = new Array<Slot | undefined>(threads).fill(undefined);
+  }
+
+  /** Threads running now. */
+  get threads(): number {
+    return this.slots.filter((s) => s !== undefined).length;
   }
 
   /** Starts checking the spool file at `path` against `expect`; report its growth with `grew`. */
@@ -141,6 +159,7 @@ export class VerifierPool implements OnApplicationShutdown {
       this.slots.map(async (slot, i) => {
         this.slots[i] = undefined;
         if (!slot) return;
+        clearTimeout(slot.idle);
         for (const job of slot.jobs.values()) job.settle(new DownloadFailedError('shutting down'));
         await slot.worker.terminate();
       }),
@@ -168,12 +187,26 @@ export class VerifierPool implements OnApplicationShutdown {
       if (settled) return;
       settled = true;
       slot.jobs.delete(id);
+      if (slot.jobs.size === 0) this.idleSoon(slot);
       if (error) failEarly(error);
       settleResult(error, listing);
     };
+    clearTimeout(slot.idle);
     slot.jobs.set(id, { settle, consumed });
     this.send(slot, { ...message, id });
     return { id, slot, failed, result, settle };
+  }
+
+  /** Ends `slot`'s thread if it is still without work after idleMs. */
+  private idleSoon(slot: Slot): void {
+    clearTimeout(slot.idle);
+    slot.idle = setTimeout(() => {
+      if (slot.jobs.size > 0 || this.closed) return;
+      const i = this.slots.indexOf(slot);
+      if (i >= 0) this.slots[i] = undefined;
+      slot.worker.terminate().catch(() => undefined);
+    }, this.idleMs);
+    slot.idle.unref();
   }
 
   private abandon(slot: Slot, id: number, settle: (error?: Error) => void): void {
