@@ -11,6 +11,7 @@ import { mib } from '../support/proc-memory';
 import { makeKey } from '../support/signing-keys';
 import { makeStorePath } from '../support/store-paths';
 import { mountTmpfs, type Tmpfs } from '../support/tmpfs';
+import { eventually } from '../support/wait';
 
 /**
  * narwhal's disk fills up and is freed again: the data path (SQLite and the filesystem store) is a
@@ -107,6 +108,12 @@ describe.each([
     const logBefore = n.logs().length;
     const onFullDisk = await httpGet(`${n.url}/nar/${f.narName}`);
     await spoolsRemoved(n);
+    // The process's output reaches this one through a pipe, after the spool is gone at the earliest.
+    await eventually(
+      () => n.logs().slice(logBefore).includes('ENOSPC'),
+      10_000,
+      'an ENOSPC line in the log',
+    ).catch(() => undefined); // asserted below, with the figures printed first
     const enospcLines = n
       .logs()
       .slice(logBefore)
