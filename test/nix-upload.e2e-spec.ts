@@ -198,7 +198,11 @@ describe.skipIf(!haveNix).each(BACKENDS)(
       }
       // Nothing came from the upstream: narwhal only asked it about the paths before they were pushed.
       expect(upstream.requests.filter((r) => !r.url.endsWith('.narinfo'))).toEqual([]);
-      expect(narwhal.logs()).toMatch(
+      expect(
+        await narwhal.logsMatching(
+          /stored \S+\.narinfo \(\/nix\/store\/\S+-narwhal-e2e-push-top\) uploaded with token \\"ci\\"/,
+        ),
+      ).toMatch(
         /stored \S+\.narinfo \(\/nix\/store\/\S+-narwhal-e2e-push-top\) uploaded with token \\"ci\\"/,
       );
     });
@@ -311,7 +315,11 @@ describe.skipIf(!haveNix).each(BACKENDS)(
           expect(asked.every((r) => r === `GET /${paths.victim.hashPart}.narinfo`)).toBe(true);
         }
       }
-      expect(narwhal.logs()).toMatch(
+      expect(
+        await narwhal.logsMatching(
+          /refused PUT \/nar\/\S+ \(needs write\): token \\"fleet\\" lacks the write permission/,
+        ),
+      ).toMatch(
         /refused PUT \/nar\/\S+ \(needs write\): token \\"fleet\\" lacks the write permission/,
       );
       expect((await narinfo(paths.victim, tokens.fleet)).status).toBe(404);
@@ -378,7 +386,9 @@ describe.skipIf(!haveNix).each(BACKENDS)(
       });
       expect(deleted.status).toBe(200);
       expect((await narinfo(paths.victim, tokens.fleet)).status).toBe(404);
-      expect(narwhal.logs()).toMatch(/deleted \S+\.narinfo and nar\/\S+ with token \\"janitor\\"/);
+      expect(
+        await narwhal.logsMatching(/deleted \S+\.narinfo and nar\/\S+ with token \\"janitor\\"/),
+      ).toMatch(/deleted \S+\.narinfo and nar\/\S+ with token \\"janitor\\"/);
       const listed = await cli(['token', 'list']);
       expect(listed.stdout).toMatch(/^ci +read,write +\S+ +20\d\d-/m); // last used: a time
       expect(listed.stdout).not.toContain(tokens.ci);

@@ -109,6 +109,16 @@ export class NarwhalProcess {
     return this.output;
   }
 
+  /**
+   * The output once it matches `pattern` (or as it is after `timeoutMs`): lines reach this process
+   * through a pipe, a moment after whatever the line is about.
+   */
+  async logsMatching(pattern: RegExp, timeoutMs = 10_000): Promise<string> {
+    const deadline = Date.now() + timeoutMs;
+    while (!pattern.test(this.output) && Date.now() < deadline) await sleep(20);
+    return this.output;
+  }
+
   static async start(options: NarwhalOptions): Promise<NarwhalProcess> {
     const port = await freePort();
     const args = [...NODE_FLAGS, options.entry ?? 'dist/main.js', 'serve'];
