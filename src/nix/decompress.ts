@@ -63,6 +63,10 @@ export function asyncXzIdle(timeoutMs = 2_000): Promise<void> {
 class XzDecompressStream extends Transform {
   private readonly inner: LzmaStream;
   private onInnerEnd: TransformCallback | undefined;
+  /** An asynchronous slice is being decoded on lzma-native's threads. */
+  private sliceInFlight = false;
+  /** Destroyed while a slice was in flight: release the native decoder once it is back. */
+  private releaseWhenBack = false;
 
   constructor(private readonly synchronous: boolean) {
     super();
@@ -86,7 +90,10 @@ class XzDecompressStream extends Transform {
         return;
       }
       asyncXzSlices++;
+      this.sliceInFlight = true;
       this.inner.write(slice, (e?: Error | null) => {
+        this.sliceInFlight = false;
+        if (this.releaseWhenBack) this.inner.cleanup();
         settleAsyncXzSlice();
         next(e);
       });
@@ -106,6 +113,10 @@ class XzDecompressStream extends Transform {
 
   override _destroy(err: Error | null, callback: (error?: Error | null) => void): void {
     this.inner.destroy();
+    // Release the native decoder now rather than when it is garbage-collected (a process that ends
+    // with one still held can be aborted by lzma-native); not while a slice is being decoded.
+    if (this.sliceInFlight) this.releaseWhenBack = true;
+    else this.inner.cleanup();
     callback(err);
   }
 }

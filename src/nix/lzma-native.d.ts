@@ -17,6 +17,8 @@ declare module 'lzma-native' {
     pause(): void;
     resume(): void;
     destroy(err?: Error): void;
+    /** Releases the native decoder (lzma-native calls it itself after the last chunk or an error). */
+    cleanup(): void;
   }
 
   /** An auto-detecting (.xz / .lzma) streaming decoder; concatenated .xz streams are accepted. */
