@@ -102,23 +102,7 @@ export class NarInfoRepository {
         .createQueryBuilder()
         .insert()
         .into(NarInfoEntity)
-        .values({
-          hash: n.hash,
-          storePath: ni.storePath,
-          narKey: n.narKey,
-          compression: ni.compression,
-          fileHash: ni.fileHash ?? null,
-          fileSize: ni.fileSize ?? null,
-          narHash: ni.narHash,
-          narSize: ni.narSize,
-          deriver: ni.deriver ?? null,
-          system: ni.system ?? null,
-          ca: ni.ca ?? null,
-          upstreamUrl: n.upstreamUrl,
-          ownSignature: n.ownSignature ?? null,
-          createdAt: now,
-          lastAccessedAt: now,
-        })
+        .values(rowColumns(n, now))
         .orUpdate(NARINFO_REPLACED_COLUMNS, ['hash'])
         .execute();
       await m.delete(NarInfoReferenceEntity, { narInfoHash: n.hash });
@@ -235,10 +219,10 @@ export class NarInfoRepository {
   }
 }
 
-/** The narinfos row `save` wrote for `n`, with its references and signatures in order. */
-function writtenRow(n: NewNarInfo, now: number): NarInfoEntity {
+/** The columns of the narinfos row `save` writes for `n` at `now`. */
+function rowColumns(n: NewNarInfo, now: number) {
   const ni = n.narInfo;
-  return Object.assign(new NarInfoEntity(), {
+  return {
     hash: n.hash,
     storePath: ni.storePath,
     narKey: n.narKey,
@@ -254,6 +238,13 @@ function writtenRow(n: NewNarInfo, now: number): NarInfoEntity {
     ownSignature: n.ownSignature ?? null,
     createdAt: now,
     lastAccessedAt: now,
+  };
+}
+
+/** The narinfos row `save` wrote for `n`, with its references and signatures in order. */
+function writtenRow(n: NewNarInfo, now: number): NarInfoEntity {
+  const ni = n.narInfo;
+  return Object.assign(new NarInfoEntity(), rowColumns(n, now), {
     references: ni.references.map((reference, position) =>
       Object.assign(new NarInfoReferenceEntity(), { narInfoHash: n.hash, position, reference }),
     ),
