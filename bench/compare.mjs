@@ -716,6 +716,9 @@ async function startNginx(nginx, work, upstream) {
     alive: () => child.exitCode === null && child.signalCode === null,
     /** Sum of the peak RSS of the master and every child (workers, cache manager). */
     peakRss: () => [child.pid, ...childPids(child.pid)].reduce((s, p) => s + procHwm(p), 0),
+    /** CPU seconds used so far by the master and its workers. */
+    cpuSeconds: () =>
+      [child.pid, ...childPids(child.pid)].reduce((s, p) => s + procCpuSeconds(p), 0),
     stop: () => stopChild(child, true, 'SIGTERM', 10_000),
   };
 }
@@ -774,6 +777,7 @@ async function startNarwhal(settings, work, upstream, publicKey, nodeFlags) {
     output,
     alive: () => child.exitCode === null && child.signalCode === null,
     peakRss: () => procHwm(child.pid),
+    cpuSeconds: () => procCpuSeconds(child.pid),
     // Its shutdown lets responses in flight finish (up to --shutdown-timeout, 30 s by default).
     stop: () => stopChild(child, true, 'SIGTERM', 40_000),
   };
@@ -788,6 +792,19 @@ function procHwm(pid) {
     return 0;
   }
 }
+
+/** CPU time (user + system, all threads) a process has used so far, in seconds; 0 if it is gone. */
+function procCpuSeconds(pid) {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // Fields after the command name (which may hold spaces): utime and stime are the 12th and 13th.
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS;
+  } catch {
+    return 0;
+  }
+}
+const CLOCK_TICKS = 100;
 
 function childPids(parent) {
   const found = [];
@@ -882,14 +899,23 @@ async function runWrk(url, seconds, script) {
   return { rps, requests, socketErrors };
 }
 
+/**
+ * Requests per second under wrk, and the server's CPU time per request (user + system over all of
+ * its threads and processes): what a request costs, apart from how much of the cores it gets.
+ */
 async function wrkMeasure(peer, label, url, seconds, script) {
   await runWrk(url, Math.min(2, seconds), script); // warm-up: JIT, connections, page cache
+  const cpu0 = peer.cpuSeconds();
   const w = await runWrk(url, seconds, script);
+  const cpuUs = ((peer.cpuSeconds() - cpu0) / w.requests) * 1e6;
   if (w.socketErrors > 0) {
     notes.push(`${label} via ${peer.name}: wrk counted ${w.socketErrors} socket errors`);
   }
-  log(`  ${label}: ${Math.round(w.rps)} req/s (${w.requests} requests)`);
-  return w.rps;
+  log(
+    `  ${label}: ${Math.round(w.rps)} req/s (${w.requests} requests), ${cpuUs.toFixed(1)} µs CPU each, ` +
+      `${((cpuUs * w.rps) / 1e6).toFixed(2)} cores busy`,
+  );
+  return { rps: w.rps, cpuUs };
 }
 
 async function hotMeasures(peer, fixture, settings, upstream, work) {
@@ -898,8 +924,8 @@ async function hotMeasures(peer, fixture, settings, upstream, work) {
   const small = fixture.small[0];
   const big = fixture.blob;
   const ids = {
-    narinfo: ['narinfoRps', 'narinfoP50', 'narinfoP99'],
-    small: ['smallNarRps'],
+    narinfo: ['narinfoRps', 'narinfoCpu', 'narinfoP50', 'narinfoP99'],
+    small: ['smallNarRps', 'smallNarCpu'],
     big: ['bigSeqSeconds', 'bigSeqRate', 'bigParSeconds', 'bigParRate'],
   };
   log(`hot measures through ${peer.name}`);
@@ -931,8 +957,9 @@ async function hotMeasures(peer, fixture, settings, upstream, work) {
       `local paths = {\n  ${list}\n}\nlocal i = 0\n` +
         'request = function()\n  i = i % #paths + 1\n  return wrk.format(nil, paths[i])\nend\n',
     );
-    const rps = await wrkMeasure(peer, 'hot narinfo', peer.base, settings.wrkSeconds, script);
-    record('narinfoRps', peer.name, rps);
+    const w = await wrkMeasure(peer, 'hot narinfo', peer.base, settings.wrkSeconds, script);
+    record('narinfoRps', peer.name, w.rps);
+    record('narinfoCpu', peer.name, w.cpuUs);
     // One keep-alive connection making sequential requests.
     const one = new Agent({ keepAlive: true, maxSockets: 1 });
     for (let i = 0; i < 200; i++) await getOk(narinfoUrls[i % narinfoUrls.length], { agent: one });
@@ -951,8 +978,9 @@ async function hotMeasures(peer, fixture, settings, upstream, work) {
   });
 
   await attempt('hot small NAR', ids.small, peer.name, async () => {
-    const rps = await wrkMeasure(peer, 'hot small NAR', smallUrl, settings.wrkSeconds);
-    record('smallNarRps', peer.name, rps);
+    const w = await wrkMeasure(peer, 'hot small NAR', smallUrl, settings.wrkSeconds);
+    record('smallNarRps', peer.name, w.rps);
+    record('smallNarCpu', peer.name, w.cpuUs);
   });
 
   await attempt('hot big NAR', ids.big, peer.name, async () => {
@@ -1193,6 +1221,7 @@ function measureRows(settings, fixture) {
   const closure = `${fixture.small.length + 1} small paths + one ${big} path`;
   return [
     ['narinfoRps', `hot narinfo, ${wrk} (${HOT_URLS} URLs)`, 'req/s', 'higher', 0],
+    ['narinfoCpu', 'hot narinfo under wrk, server CPU per request', 'µs', 'lower', 1],
     ['narinfoP50', `hot narinfo, 1 connection, p50 of ${LATENCY_REQUESTS}`, 'ms', 'lower', 3],
     ['narinfoP99', `hot narinfo, 1 connection, p99 of ${LATENCY_REQUESTS}`, 'ms', 'lower', 3],
     [
@@ -1202,6 +1231,7 @@ function measureRows(settings, fixture) {
       'higher',
       0,
     ],
+    ['smallNarCpu', 'hot small NAR under wrk, server CPU per request', 'µs', 'lower', 1],
     [
       'bigSeqSeconds',
       `hot ${big} NAR, ${SEQUENTIAL_DOWNLOADS} sequential curl downloads`,

@@ -1,12 +1,18 @@
 import { NestFactory } from '@nestjs/core';
 import { FastifyAdapter, type NestFastifyApplication } from '@nestjs/platform-fastify';
-import { LogController } from 'fastify';
-import type { DestinationStream } from 'pino';
+import { createServer, type RequestListener, type Server } from 'node:http';
+import { LogController, type FastifyServerOptions } from 'fastify';
+import type { DestinationStream, Logger } from 'pino';
 import { AppModule } from './app.module';
+import { FrontDoor } from './common/front-door';
 import type { AppConfig, LogLevel } from './config/app-config';
 import { PinoNestLogger } from './logging/nest-logger';
 import { createPinoLogger } from './logging/pino-logger';
-import { installRequestLogging, requestIdFor } from './logging/request-logging';
+import {
+  frontDoorAccessLine,
+  installRequestLogging,
+  requestIdFor,
+} from './logging/request-logging';
 
 /**
  * The process's logger: pino (JSON lines, or human lines on a terminal) with Nest's LoggerService
@@ -24,7 +30,11 @@ export async function createApp(
   config: AppConfig,
   logger = createLogger(config.logLevel),
 ): Promise<NestFastifyApplication> {
+  // Hot hits are answered before Fastify (see FrontDoor); the hot-path providers add their routes.
+  const door = new FrontDoor(config.access.requireReadToken, requestIdFor);
   const adapter = new FastifyAdapter({
+    serverFactory: (handler: RequestListener, options: FastifyServerOptions) =>
+      serveThrough(door, handler, options),
     // HEAD routes are explicit: a HEAD must never start a NAR download.
     exposeHeadRoutes: false,
     return503OnClosing: true,
@@ -39,6 +49,11 @@ export async function createApp(
     skipMiddie: true,
   });
   installRequestLogging(adapter.getInstance());
+  door.observe({ accessLine: frontDoorAccessLine(adapter.getInstance().log as Logger) });
+  adapter.getInstance().addHook('preClose', (done) => {
+    door.close();
+    done();
+  });
   const app = await NestFactory.create<NestFastifyApplication>(AppModule.forRoot(config), adapter, {
     logger,
     abortOnError: false,
@@ -67,4 +82,23 @@ export async function createApp(
   // No enableShutdownHooks(): `narwhal serve` handles SIGTERM/SIGINT with GracefulShutdown, which
   // drains connections first and exits 0 (Nest's handler would re-raise the signal).
   return app;
+}
+
+/**
+ * The node:http server Fastify would make (its timeouts), with `door` asked first for every request.
+ */
+function serveThrough(
+  door: FrontDoor,
+  fastify: RequestListener,
+  options: FastifyServerOptions,
+): Server {
+  const server = createServer((req, res) => {
+    if (!door.answer(req, res)) fastify(req, res);
+  });
+  if (options.keepAliveTimeout !== undefined) server.keepAliveTimeout = options.keepAliveTimeout;
+  if (options.requestTimeout !== undefined) server.requestTimeout = options.requestTimeout;
+  server.setTimeout(options.connectionTimeout ?? 0);
+  if (options.maxRequestsPerSocket) server.maxRequestsPerSocket = options.maxRequestsPerSocket;
+  door.attach(server);
+  return server;
 }

@@ -76,6 +76,21 @@ export class AccessGuard implements CanActivate {
       : this.decide(request, level, check);
   }
 
+  /**
+   * Whether a read with this Authorization header may be answered at once, without a word: no token
+   * needed, or a token this instance knows to be valid with the read permission (the front door's
+   * check, see FrontDoor). False says nothing: the full check (admit) then decides, logs and counts.
+   */
+  admitsReadAtOnce(authorization: string | undefined): boolean {
+    if (!this.needsToken('read')) return true;
+    const check = this.tokens.authenticate(authorization);
+    if (check instanceof Promise) {
+      check.catch(() => undefined); // looked up again by the full check, which reports a failure
+      return false;
+    }
+    return check.kind === 'valid' && check.token.permissions.has('read');
+  }
+
   private decide(request: FastifyRequest, level: Permission, check: TokenCheck): true {
     if (check.kind === 'none') {
       this.refused(request, level, 'unauthorized', 'no token');

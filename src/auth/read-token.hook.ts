@@ -2,6 +2,7 @@ import { Injectable, Logger, type OnModuleInit } from '@nestjs/common';
 import { HttpAdapterHost } from '@nestjs/core';
 import type { FastifyInstance, FastifyReply } from 'fastify';
 import type { AccessRouteConfig } from '../common/access';
+import { FrontDoor } from '../common/front-door';
 import { ForbiddenError, ServiceUnavailableError, UnauthorizedError } from '../common/errors';
 import { sendError } from '../common/http-error.filter';
 import { AccessGuard } from './access.guard';
@@ -12,7 +13,8 @@ import { AccessGuard } from './access.guard';
  * hits) pay for a sha256 and a map lookup and nothing of Nest's guard machinery, and a refused
  * request is answered before routing reaches Nest at all. The route's level comes from its Fastify
  * config (see Access); routes that need `write`, `delete` or `pin` are left to AccessGuard, and
- * paths no route takes to the 404 they get anyway. Installed only when one of the two settings asks
+ * paths no route takes to the 404 they get anyway. The front door's hot hits are checked by
+ * AccessGuard.admitsReadAtOnce. Installed only when one of the two settings asks
  * for tokens: otherwise reads cost nothing extra.
  */
 @Injectable()
@@ -25,6 +27,10 @@ export class ReadTokenHook implements OnModuleInit {
   ) {}
 
   onModuleInit(): void {
+    // Hot hits answered before Fastify pass the same check first (see FrontDoor).
+    FrontDoor.of(this.adapterHost.httpAdapter.getHttpServer())?.checkReads((authorization) =>
+      this.access.admitsReadAtOnce(authorization),
+    );
     const fastify = this.adapterHost.httpAdapter.getInstance<FastifyInstance>();
     fastify.addHook('onRequest', (request, reply, done) => {
       if (request.method !== 'GET' && request.method !== 'HEAD') return done();

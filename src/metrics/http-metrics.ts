@@ -1,6 +1,7 @@
 import { Injectable, type OnModuleInit } from '@nestjs/common';
 import { HttpAdapterHost } from '@nestjs/core';
 import type { FastifyInstance } from 'fastify';
+import { FrontDoor } from '../common/front-door';
 import { MetricsService } from './metrics.service';
 
 /** Route label of requests that matched no route (Fastify's not-found handler). */
@@ -8,7 +9,8 @@ export const UNMATCHED_ROUTE = 'unmatched';
 
 /**
  * Counts every HTTP response by its matched route pattern (`/nar/:name`, never the raw URL, which
- * would make one series per store path), method and status, from a Fastify `onResponse` hook.
+ * would make one series per store path), method and status, from a Fastify `onResponse` hook, and
+ * the front door's answers the same way.
  */
 @Injectable()
 export class HttpMetrics implements OnModuleInit {
@@ -18,6 +20,10 @@ export class HttpMetrics implements OnModuleInit {
   ) {}
 
   onModuleInit(): void {
+    FrontDoor.of(this.adapterHost.httpAdapter.getHttpServer())?.observe({
+      response: (route, method, status, seconds) =>
+        this.metrics.httpResponse(route, method, status, seconds),
+    });
     const fastify = this.adapterHost.httpAdapter.getInstance<FastifyInstance>();
     fastify.addHook('onResponse', (request, reply, done) => {
       this.metrics.httpResponse(

@@ -1,14 +1,23 @@
 import { Injectable, type OnModuleInit } from '@nestjs/common';
 import { HttpAdapterHost } from '@nestjs/core';
-import type { FastifyInstance } from 'fastify';
-import { installHotPath, type HotAnswer } from '../common/hot-path';
+import { FrontDoor, type HotAnswer } from '../common/front-door';
 import { MetricsService } from '../metrics/metrics.service';
 import { NAR_CONTENT_TYPE } from './nar.controller';
 import { NarService } from './nar.service';
 
+const PREFIX = '/nar/';
+const HEADERS = [
+  'content-type',
+  NAR_CONTENT_TYPE,
+  'x-narwhal-source',
+  'storage',
+  'accept-ranges',
+  'bytes',
+];
+
 /**
  * `GET /nar/<name>` of a small NAR served lately: answered from memory, with the same headers as the
- * controller's answer from storage (see installHotPath).
+ * controller's answer from storage (see FrontDoor).
  */
 @Injectable()
 export class NarHotPath implements OnModuleInit {
@@ -19,21 +28,18 @@ export class NarHotPath implements OnModuleInit {
   ) {}
 
   onModuleInit(): void {
-    const fastify = this.adapterHost.httpAdapter.getInstance<FastifyInstance>();
-    installHotPath(fastify, '/nar/:name', (name) => this.answer(name), 'name');
+    FrontDoor.of(this.adapterHost.httpAdapter.getHttpServer())?.addRoute({
+      route: '/nar/:name',
+      answer: (url) => this.answer(url),
+    });
   }
 
-  private answer(name: string): HotAnswer | undefined {
-    const body = this.nars.rememberedBytes(name);
+  /** `/nar/<name>`: only names of NARs kept in memory are found, so nothing else needs checking. */
+  private answer(url: string): HotAnswer | undefined {
+    if (!url.startsWith(PREFIX)) return undefined;
+    const body = this.nars.rememberedBytes(url.slice(PREFIX.length));
     if (!body) return undefined;
     this.metrics.countServedBytes('storage', body);
-    return {
-      body,
-      headers: {
-        'content-type': NAR_CONTENT_TYPE,
-        'x-narwhal-source': 'storage',
-        'accept-ranges': 'bytes',
-      },
-    };
+    return { body, headers: HEADERS };
   }
 }

@@ -1,13 +1,12 @@
 import { Injectable, type OnModuleInit } from '@nestjs/common';
 import { HttpAdapterHost } from '@nestjs/core';
-import type { FastifyInstance } from 'fastify';
-import { installHotPath, type HotAnswer } from '../common/hot-path';
+import { FrontDoor, type HotAnswer } from '../common/front-door';
 import { NARINFO_CONTENT_TYPE, NARINFO_SUFFIX } from './narinfo.controller';
 import { NarInfoService } from './narinfo.service';
 
-const HEADERS = { 'content-type': NARINFO_CONTENT_TYPE };
+const HEADERS = ['content-type', NARINFO_CONTENT_TYPE];
 
-/** `GET /<hash>.narinfo` of a narinfo served lately: answered from memory (see installHotPath). */
+/** `GET /<hash>.narinfo` of a narinfo served lately: answered from memory (see FrontDoor). */
 @Injectable()
 export class NarInfoHotPath implements OnModuleInit {
   constructor(
@@ -16,13 +15,16 @@ export class NarInfoHotPath implements OnModuleInit {
   ) {}
 
   onModuleInit(): void {
-    const fastify = this.adapterHost.httpAdapter.getInstance<FastifyInstance>();
-    installHotPath(fastify, '/:file', (file) => this.answer(file), 'file');
+    FrontDoor.of(this.adapterHost.httpAdapter.getHttpServer())?.addRoute({
+      route: '/:file',
+      answer: (url) => this.answer(url),
+    });
   }
 
-  private answer(file: string): HotAnswer | undefined {
-    if (!file.endsWith(NARINFO_SUFFIX)) return undefined;
-    const body = this.narinfos.recentBytes(file.slice(0, -NARINFO_SUFFIX.length));
+  /** `/<hash>.narinfo`: only hashes kept in memory are found, so nothing else needs checking. */
+  private answer(url: string): HotAnswer | undefined {
+    if (!url.endsWith(NARINFO_SUFFIX) || url.charCodeAt(0) !== 0x2f) return undefined;
+    const body = this.narinfos.recentBytes(url.slice(1, -NARINFO_SUFFIX.length));
     return body && { body, headers: HEADERS };
   }
 }

@@ -1,9 +1,10 @@
 import { rm } from 'node:fs/promises';
-import { describe, expect, it, vi } from 'vitest';
+import { beforeAll, describe, expect, it, vi } from 'vitest';
 import { NarService } from '../../src/nar/nar.service';
 import { NarInfoService } from '../../src/narinfo/narinfo.service';
 import { RememberedNars } from '../../src/nar/stored-nar-memory';
 import { FakeUpstream } from '../support/fake-upstream';
+import { getOverSocket } from '../support/http-client';
 import { objectPath, useNarwhal, waitStored, type Narwhal } from '../support/narwhal-app';
 import { parseMetrics, valueOf } from '../support/metrics';
 import { makeKey } from '../support/signing-keys';
@@ -11,8 +12,8 @@ import { makeStorePath, type StorePathFixture } from '../support/store-paths';
 
 /**
  * Hits answered from memory: a narinfo served lately and a small NAR served lately are answered
- * without the database or the disk (and before Nest's pipeline), with the same headers and counters
- * as any hit; a large NAR is streamed from storage as before; a NAR that is forgotten (deleted) is
+ * without the database or the disk (by the front door, before Fastify and Nest), with the same
+ * headers, access line and counters as any hit; a large NAR is streamed from storage as before; a NAR that is forgotten (deleted) is
  * looked up again.
  */
 
@@ -24,8 +25,10 @@ const nw = useNarwhal([upstream], () => ({
   'prometheus-enabled': 'true',
 }));
 
+// Over a real connection: hot hits are answered at the node:http server, which inject bypasses.
+beforeAll(() => nw.listen());
 const get = (url: string, headers: Record<string, string> = {}) =>
-  nw.app.inject({ method: 'GET', url, headers });
+  getOverSocket(`${nw.url}${url}`, headers);
 
 async function metric(name: string, labels: Record<string, string>): Promise<number> {
   const scrape = await get('/metrics');

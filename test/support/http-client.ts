@@ -194,3 +194,25 @@ export function stalledGet(
   const closed = new Promise<void>((done) => socket.once('close', () => done()));
   return { socket, closed, received: () => received };
 }
+
+/** What getOverSocket returns: the fields of Fastify inject's response that the tests read. */
+export interface SocketResponse {
+  statusCode: number;
+  headers: IncomingHttpHeaders;
+  rawPayload: Buffer;
+  body: string;
+}
+
+/**
+ * A GET over a real connection, answered in the shape of Fastify inject's response. For what is
+ * answered before Fastify (see FrontDoor): `inject` calls Fastify's handler straight, past the
+ * node:http server, and would never see it.
+ */
+export async function getOverSocket(
+  url: string,
+  headers: OutgoingHttpHeaders = {},
+): Promise<SocketResponse> {
+  const r = await httpGet(url, { keepBody: true, headers });
+  if (r.status === 0) throw new Error(`GET ${url}: ${r.error ?? 'no response'}`);
+  return { statusCode: r.status, headers: r.headers, rawPayload: r.body, body: r.body.toString() };
+}

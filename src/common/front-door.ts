@@ -1,0 +1,143 @@
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
+import { performance } from 'node:perf_hooks';
+
+/** What a hot route answers with: the whole body and the headers that go with it. */
+export interface HotAnswer {
+  body: Buffer;
+  /** Header names and values, flat: `[name, value, name, value, …]`. */
+  headers: readonly string[];
+}
+
+/** A route the front door may answer: a Fastify route pattern (for metrics) and a lookup by URL. */
+export interface HotRoute {
+  /** The Fastify route the same request would reach (`/:file`, `/nar/:name`): the metrics label. */
+  route: string;
+  /**
+   * The answer for this raw request URL when it is at hand in memory, else undefined (the request
+   * goes on to Fastify and Nest). Called only for GETs without a Range header that the read-token
+   * check admitted; a lookup that answers counts its own hit.
+   */
+  answer(url: string): HotAnswer | undefined;
+}
+
+/** How the front door's answers are logged and counted, the same as Fastify's hooks do. */
+export interface FrontDoorObservers {
+  /** One access line (see installRequestLogging): completed false when the connection was cut. */
+  accessLine?(reqId: string, url: string, ms: number, completed: boolean): void;
+  /** The HTTP metrics' per-response count (see HttpMetrics). */
+  response?(route: string, method: string, status: number, seconds: number): void;
+}
+
+/**
+ * The read-token check of a hot answer: true only when the request may be answered at once (no
+ * token needed, or a known valid token with the read permission). Anything else — no token, a bad
+ * one, a token the instance must first look up — goes on to Fastify's hook, which decides, answers
+ * 401/403/503, logs and counts.
+ */
+export type ReadAdmission = (authorization: string | undefined) => boolean;
+
+const doors = new WeakMap<Server, FrontDoor>();
+
+/**
+ * Answers the hottest requests — a narinfo or a small NAR served in the last seconds, whole in
+ * memory — at the node:http server, before Fastify's request object, its hooks and Nest's route
+ * pipeline are built; every other request goes to Fastify unchanged.
+ *
+ * Under load a hit of a few hundred bytes spent most of its time in that machinery (Nest's adapter
+ * alone adds six `onRequest` hooks), not in narwhal's lookup. What those hooks do for such a request
+ * is done here the same way: the read-token check (ReadAdmission, installed by ReadTokenHook), the
+ * `x-request-id` echo, one access line and the HTTP metrics. While the server is closing, every
+ * request goes to Fastify, which answers 503 with `Connection: close`.
+ */
+export class FrontDoor {
+  private readonly routes: HotRoute[] = [];
+  private observers: FrontDoorObservers = {};
+  private admitRead: ReadAdmission | undefined;
+  private closing = false;
+
+  /**
+   * @param requireReadToken with --cache-require-read-token the door answers nothing until a
+   *   ReadAdmission is installed: a missing check never lets a read through.
+   */
+  constructor(
+    private readonly requireReadToken: boolean,
+    private readonly requestId: (req: IncomingMessage) => string,
+  ) {}
+
+  /** The front door of `server` (Nest's getHttpServer(), made by createApp), if it has one. */
+  static of(server: unknown): FrontDoor | undefined {
+    return doors.get(server as Server);
+  }
+
+  /** Makes this the front door of `server`: its request listener must call `answer` first. */
+  attach(server: Server): void {
+    doors.set(server, this);
+  }
+
+  addRoute(route: HotRoute): void {
+    this.routes.push(route);
+  }
+
+  observe(observers: FrontDoorObservers): void {
+    this.observers = { ...this.observers, ...observers };
+  }
+
+  /** Installs the read-token check (see ReadAdmission). */
+  checkReads(admit: ReadAdmission): void {
+    this.admitRead = admit;
+  }
+
+  /** From now on every request goes to Fastify (the server is closing). */
+  close(): void {
+    this.closing = true;
+  }
+
+  /** Answers `req` when it is a hot hit and returns true; false leaves it to Fastify untouched. */
+  answer(req: IncomingMessage, res: ServerResponse): boolean {
+    if (this.closing || this.routes.length === 0) return false;
+    if (req.method !== 'GET' || req.headers.range !== undefined) return false;
+    if (this.requireReadToken) {
+      const admit = this.admitRead;
+      if (!admit || !admit(req.headers.authorization)) return false;
+    }
+    const start = performance.now();
+    const url = req.url ?? '';
+    for (const route of this.routes) {
+      const hot = route.answer(url);
+      if (hot) {
+        this.send(req, res, start, route.route, url, hot);
+        return true;
+      }
+    }
+    return false;
+  }
+
+  private send(
+    req: IncomingMessage,
+    res: ServerResponse,
+    start: number,
+    route: string,
+    url: string,
+    hot: HotAnswer,
+  ): void {
+    const reqId = this.requestId(req);
+    res.writeHead(200, [
+      'x-request-id',
+      reqId,
+      ...hot.headers,
+      'content-length',
+      String(hot.body.length),
+    ]);
+    res.end(hot.body);
+    const observers = this.observers;
+    // 'close' follows 'finish' once the whole response went to the socket, or comes alone when the
+    // connection was cut first.
+    let finished = false;
+    res.once('finish', () => (finished = true));
+    res.once('close', () => {
+      const ms = performance.now() - start;
+      observers.response?.(route, 'GET', 200, ms / 1000);
+      observers.accessLine?.(reqId, url, Math.round(ms), finished);
+    });
+  }
+}
