@@ -1,6 +1,7 @@
 import type { IncomingHttpHeaders } from 'node:http';
 import type { Readable } from 'node:stream';
-import { Agent, interceptors, request, type Dispatcher } from 'undici';
+import { Agent, buildConnector, interceptors, request, type Dispatcher } from 'undici';
+import { guardSocketEnd } from './socket-end-guard';
 
 /** Connect, response-header and between-chunk timeouts of outgoing requests. */
 export interface HttpTimeouts {
@@ -36,8 +37,14 @@ export class HttpClient {
     timeouts: HttpTimeouts,
     options: { keepAliveMs?: number; maxRedirections?: number } = {},
   ) {
+    const connect = buildConnector({ timeout: timeouts.connectMs });
     this.agent = new Agent({
-      connect: { timeout: timeouts.connectMs },
+      // Every connection is guarded against undici's crash on a server's close (see guardSocketEnd).
+      connect: (opts, done) =>
+        connect(opts, (...result) => {
+          if (result[1]) guardSocketEnd(result[1]);
+          done(...result);
+        }),
       headersTimeout: timeouts.headersMs,
       bodyTimeout: timeouts.bodyMs,
       keepAliveTimeout: options.keepAliveMs ?? 30_000,
