@@ -1,5 +1,5 @@
-import { describe, expect, it } from 'vitest';
-import { LineBatch } from './line-batch';
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { FLUSH_MS, LineBatch } from './line-batch';
 
 function target() {
   const writes: string[] = [];
@@ -8,18 +8,25 @@ function target() {
 
 const nextTurn = () => new Promise((resolve) => setImmediate(resolve));
 
+afterEach(() => {
+  vi.useRealTimers();
+});
+
 describe('LineBatch', () => {
-  it('writes the lines of one turn of the event loop together, at the end of that turn', async () => {
+  it('writes the lines of 10 ms together, 10 ms after the first', async () => {
+    vi.useFakeTimers({ toFake: ['setTimeout'] });
     const { writes, stream } = target();
     const batch = new LineBatch(stream);
     batch.write('a\n');
+    await nextTurn(); // later turns of the event loop add to the same write
     batch.write('b\n');
+    vi.advanceTimersByTime(FLUSH_MS - 1);
     batch.write('c\n');
     expect(writes).toEqual([]);
-    await nextTurn();
+    vi.advanceTimersByTime(1);
     expect(writes).toEqual(['a\nb\nc\n']);
     batch.write('d\n');
-    await nextTurn();
+    vi.advanceTimersByTime(FLUSH_MS);
     expect(writes).toEqual(['a\nb\nc\n', 'd\n']);
   });
 

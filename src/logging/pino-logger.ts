@@ -26,8 +26,8 @@ export interface PinoLoggerOptions {
  * request's child logger) and so does Nest (PinoNestLogger). JSON lines with an ISO time and the level
  * as a word; credentials in URLs and authorization/cookie headers never reach the output.
  *
- * Lines go to stdout through LineBatch: the lines of one turn of the event loop are written
- * together, synchronously, at the end of that turn (see there).
+ * Lines go to stdout through LineBatch: the lines of up to 10 ms are written together,
+ * synchronously (see there).
  */
 export function createPinoLogger(options: PinoLoggerOptions): Logger {
   const pretty = options.pretty ?? process.stdout.isTTY === true;
