@@ -752,8 +752,6 @@ async function startNarwhal(settings, work, upstream, publicKey, nodeFlags) {
       detached: true,
       env: {
         ...env,
-        // The environment every launcher gives narwhal (MALLOC_ARENA_MAX, see src/runtime-flags.ts).
-        ...require(join(settings.dist, 'runtime-flags.js')).RUNTIME_ENV,
         SERVER_ADDR: `127.0.0.1:${port}`,
         CACHE_DATA_PATH: dataPath,
         CACHE_UPSTREAM_URL: upstream.url,
