@@ -1,21 +1,30 @@
 import { Injectable } from '@nestjs/common';
-import { DataSource, In, IsNull, LessThan, MoreThan, Not } from 'typeorm';
+import { DataSource, In, IsNull, MoreThan, Not } from 'typeorm';
 import { NarFileEntity, NarInfoEntity } from './entities';
 import { TOUCH_GRANULARITY_MS } from './narinfo.repository';
+import { num, numOrNull, SqlDialect } from './sql-dialect';
+import { NAR_FILE_COLUMNS } from './table-columns';
 import { inTransaction } from './transaction';
+
+const COLUMNS = NAR_FILE_COLUMNS;
+
+type Row = Record<(typeof COLUMNS)[number], string | number | null>;
 
 @Injectable()
 export class NarFileRepository {
-  constructor(private readonly ds: DataSource) {}
+  private readonly sql: ReturnType<typeof statements>;
 
-  find(key: string): Promise<NarFileEntity | null> {
-    return this.ds.getRepository(NarFileEntity).findOneBy({ key });
+  constructor(private readonly ds: DataSource) {
+    this.sql = statements(new SqlDialect(ds));
+  }
+
+  async find(key: string): Promise<NarFileEntity | null> {
+    const rows = await this.ds.query<Row[]>(this.sql.find, [key]);
+    return rows.length === 0 ? null : entityOf(rows[0]);
   }
 
   async markStored(key: string, size: number, now = Date.now()): Promise<void> {
-    await this.ds
-      .getRepository(NarFileEntity)
-      .update({ key }, { storedSize: size, lastAccessedAt: now });
+    await this.ds.query(this.sql.markStored, [size, now, key]);
   }
 
   /** Records a NAR fetched without a narinfo (its name carried the FileHash it was checked against). */
@@ -26,24 +35,18 @@ export class NarFileRepository {
     size: number,
     now = Date.now(),
   ): Promise<void> {
-    await this.ds
-      .createQueryBuilder()
-      .insert()
-      .into(NarFileEntity)
-      .values({
-        key,
-        upstreamUrl,
-        compression: expect.compression,
-        fileHash: expect.fileHash ?? null,
-        fileSize: size,
-        narHash: null,
-        narSize: null,
-        storedSize: size,
-        createdAt: now,
-        lastAccessedAt: now,
-      })
-      .orIgnore()
-      .execute();
+    await this.ds.query(this.sql.insertIgnore, [
+      key,
+      upstreamUrl,
+      expect.compression,
+      expect.fileHash ?? null,
+      size,
+      null,
+      null,
+      size,
+      now,
+      now,
+    ]);
     await this.markStored(key, size, now);
   }
 
@@ -68,12 +71,7 @@ export class NarFileRepository {
   }
 
   async touch(key: string, now = Date.now()): Promise<void> {
-    await this.ds
-      .getRepository(NarFileEntity)
-      .update(
-        { key, lastAccessedAt: LessThan(now - TOUCH_GRANULARITY_MS) },
-        { lastAccessedAt: now },
-      );
+    await this.ds.query(this.sql.touch, [now, key, now - TOUCH_GRANULARITY_MS]);
   }
 
   /** Total bytes of stored NARs. */
@@ -152,4 +150,31 @@ export class NarFileRepository {
       await m.delete(NarFileEntity, { key });
     });
   }
+}
+
+/** The statements of the request path, in `d`'s dialect (see SqlDialect). */
+function statements(d: SqlDialect) {
+  const q = (name: string) => d.q(name);
+  const table = q('nar_files');
+  return {
+    find: `SELECT ${COLUMNS.map(q).join(', ')} FROM ${table} WHERE ${q('key')} = ${d.p(1)}`,
+    markStored: `UPDATE ${table} SET ${q('stored_size')} = ${d.p(1)}, ${q('last_accessed_at')} = ${d.p(2)} WHERE ${q('key')} = ${d.p(3)}`,
+    insertIgnore: d.insertIgnore('nar_files', COLUMNS),
+    touch: `UPDATE ${table} SET ${q('last_accessed_at')} = ${d.p(1)} WHERE ${q('key')} = ${d.p(2)} AND ${q('last_accessed_at')} < ${d.p(3)}`,
+  };
+}
+
+function entityOf(r: Row): NarFileEntity {
+  return Object.assign(new NarFileEntity(), {
+    key: r.key as string,
+    upstreamUrl: r.upstream_url as string,
+    compression: r.compression as string,
+    fileHash: r.file_hash as string | null,
+    fileSize: numOrNull(r.file_size),
+    narHash: r.nar_hash as string | null,
+    narSize: numOrNull(r.nar_size),
+    storedSize: numOrNull(r.stored_size),
+    createdAt: num(r.created_at),
+    lastAccessedAt: num(r.last_accessed_at),
+  });
 }

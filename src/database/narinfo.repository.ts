@@ -1,6 +1,8 @@
 import { Injectable } from '@nestjs/common';
-import { DataSource, In, LessThan } from 'typeorm';
+import { DataSource } from 'typeorm';
 import { inTransaction } from './transaction';
+import { num, numOrNull, SqlDialect } from './sql-dialect';
+import { NAR_FILE_COLUMNS, NARINFO_COLUMNS, NARINFO_REPLACED_COLUMNS } from './table-columns';
 import type { NarInfo } from '../nix/narinfo';
 import {
   NarFileEntity,
@@ -14,23 +16,8 @@ export const TOUCH_GRANULARITY_MS = 60_000;
 /** Hashes per `IN (…)` list: far below every dialect's limit on bound parameters. */
 const STORED_AMONG_CHUNK = 500;
 
-/** Every narinfos column but the key: a narinfo saved again replaces all of them. */
-const NARINFO_REPLACED_COLUMNS = [
-  'store_path',
-  'nar_key',
-  'compression',
-  'file_hash',
-  'file_size',
-  'nar_hash',
-  'nar_size',
-  'deriver',
-  'system',
-  'ca',
-  'upstream_url',
-  'own_signature',
-  'created_at',
-  'last_accessed_at',
-];
+/** Rows per multi-row insert of references or signatures (3 parameters each). */
+const CHILD_ROWS_PER_INSERT = 200;
 
 export interface NewNarInfo {
   hash: string;
@@ -47,25 +34,27 @@ export interface NewNarInfo {
 
 @Injectable()
 export class NarInfoRepository {
-  constructor(private readonly ds: DataSource) {}
+  private readonly sql: ReturnType<typeof statements>;
 
+  constructor(private readonly ds: DataSource) {
+    this.sql = statements(new SqlDialect(ds));
+  }
+
+  /** The narinfo `hash` with its references and signatures in order (one statement), or null. */
   async find(hash: string): Promise<NarInfoEntity | null> {
-    const row = await this.ds.getRepository(NarInfoEntity).findOne({
-      where: { hash },
-      relations: { references: true, signatures: true },
-      order: { references: { position: 'ASC' }, signatures: { position: 'ASC' } },
-    });
-    return row;
+    const rows = await this.ds.query<FoundRow[]>(this.sql.find, [hash, hash, hash]);
+    return rows.length === 0 ? null : entityOf(rows);
   }
 
   /** Which of `hashes` have a stored narinfo (one query per 500 hashes). */
   async storedAmong(hashes: readonly string[]): Promise<Set<string>> {
     const stored = new Set<string>();
     for (let i = 0; i < hashes.length; i += STORED_AMONG_CHUNK) {
-      const rows = await this.ds.getRepository(NarInfoEntity).find({
-        select: { hash: true },
-        where: { hash: In(hashes.slice(i, i + STORED_AMONG_CHUNK)) },
-      });
+      const chunk = hashes.slice(i, i + STORED_AMONG_CHUNK);
+      const rows = await this.ds.query<{ hash: string }[]>(
+        this.sql.storedAmong(chunk.length),
+        chunk,
+      );
       for (const r of rows) stored.add(r.hash);
     }
     return stored;
@@ -77,51 +66,53 @@ export class NarInfoRepository {
    */
   async save(n: NewNarInfo, now = Date.now()): Promise<NarInfoEntity> {
     const ni = n.narInfo;
+    const row = rowColumns(n, now);
+    const sql = this.sql;
     await inTransaction(this.ds, async (m) => {
-      await m
-        .createQueryBuilder()
-        .insert()
-        .into(NarFileEntity)
-        .values({
-          key: n.narKey,
-          upstreamUrl: n.narUpstreamUrl,
-          compression: ni.compression,
-          fileHash: ni.fileHash ?? null,
-          fileSize: ni.fileSize ?? null,
-          narHash: ni.narHash,
-          narSize: ni.narSize,
-          storedSize: null,
-          createdAt: now,
-          lastAccessedAt: now,
-        })
-        .orIgnore()
-        .execute();
+      await m.query(sql.insertNarFile, [
+        n.narKey,
+        n.narUpstreamUrl,
+        ni.compression,
+        ni.fileHash ?? null,
+        ni.fileSize ?? null,
+        ni.narHash,
+        ni.narSize,
+        null,
+        now,
+        now,
+      ]);
       // An upsert, not delete + insert: it locks the narinfo row, so that concurrent saves of one
       // hash (from other instances) take turns instead of failing on the primary key.
-      await m
-        .createQueryBuilder()
-        .insert()
-        .into(NarInfoEntity)
-        .values(rowColumns(n, now))
-        .orUpdate(NARINFO_REPLACED_COLUMNS, ['hash'])
-        .execute();
-      await m.delete(NarInfoReferenceEntity, { narInfoHash: n.hash });
-      await m.delete(NarInfoSignatureEntity, { narInfoHash: n.hash });
-      if (ni.references.length > 0) {
-        await m.insert(
-          NarInfoReferenceEntity,
-          ni.references.map((reference, position) => ({
-            narInfoHash: n.hash,
-            position,
-            reference,
-          })),
-        );
-      }
-      if (ni.sigs.length > 0) {
-        await m.insert(
-          NarInfoSignatureEntity,
-          ni.sigs.map((signature, position) => ({ narInfoHash: n.hash, position, signature })),
-        );
+      await m.query(sql.upsertNarInfo, [
+        row.hash,
+        row.storePath,
+        row.narKey,
+        row.compression,
+        row.fileHash,
+        row.fileSize,
+        row.narHash,
+        row.narSize,
+        row.deriver,
+        row.system,
+        row.ca,
+        row.upstreamUrl,
+        row.ownSignature,
+        row.createdAt,
+        row.lastAccessedAt,
+      ]);
+      await m.query(sql.deleteReferences, [n.hash]);
+      await m.query(sql.deleteSignatures, [n.hash]);
+      for (const [insert, values] of [
+        [sql.insertReferences, ni.references],
+        [sql.insertSignatures, ni.sigs],
+      ] as const) {
+        for (let i = 0; i < values.length; i += CHILD_ROWS_PER_INSERT) {
+          const chunk = values.slice(i, i + CHILD_ROWS_PER_INSERT);
+          await m.query(
+            insert(chunk.length),
+            chunk.flatMap((value, j) => [n.hash, i + j, value]),
+          );
+        }
       }
     });
     return writtenRow(n, now);
@@ -209,13 +200,9 @@ export class NarInfoRepository {
 
   /** Marks a narinfo and its NAR file as used now (at most once per TOUCH_GRANULARITY_MS). */
   async touch(hash: string, narKey: string, now = Date.now()): Promise<void> {
-    const stale = LessThan(now - TOUCH_GRANULARITY_MS);
-    await this.ds
-      .getRepository(NarInfoEntity)
-      .update({ hash, lastAccessedAt: stale }, { lastAccessedAt: now });
-    await this.ds
-      .getRepository(NarFileEntity)
-      .update({ key: narKey, lastAccessedAt: stale }, { lastAccessedAt: now });
+    const stale = now - TOUCH_GRANULARITY_MS;
+    await this.ds.query(this.sql.touchNarInfo, [now, hash, stale]);
+    await this.ds.query(this.sql.touchNarFile, [now, narKey, stale]);
   }
 }
 
@@ -252,4 +239,120 @@ function writtenRow(n: NewNarInfo, now: number): NarInfoEntity {
       Object.assign(new NarInfoSignatureEntity(), { narInfoHash: n.hash, position, signature }),
     ),
   });
+}
+
+/** The statements of the request path, in `d`'s dialect (see SqlDialect). */
+function statements(d: SqlDialect) {
+  const q = (name: string) => d.q(name);
+  const childInsert = (table: string, column: string) => {
+    const texts = new Map<number, string>();
+    return (rows: number): string => {
+      let text = texts.get(rows);
+      if (text === undefined) {
+        text = d.insert(table, ['narinfo_hash', 'position', column], rows);
+        texts.set(rows, text);
+      }
+      return text;
+    };
+  };
+  // The narinfo row once per child (kind 0: references, 1: signatures), or alone without any: one
+  // statement reads all of it at one point in time, as a save replaces the children in a
+  // transaction.
+  const find =
+    `SELECT ${NARINFO_COLUMNS.map((c) => `n.${q(c)}`).join(', ')}, c.kind, c.position, c.value ` +
+    `FROM ${q('narinfos')} n LEFT JOIN (` +
+    `SELECT 0 AS kind, ${q('position')}, ${q('reference')} AS value FROM ${q('narinfo_references')} WHERE ${q('narinfo_hash')} = ${d.p(1)} ` +
+    `UNION ALL ` +
+    `SELECT 1 AS kind, ${q('position')}, ${q('signature')} AS value FROM ${q('narinfo_signatures')} WHERE ${q('narinfo_hash')} = ${d.p(2)}` +
+    `) c ON 1 = 1 WHERE n.${q('hash')} = ${d.p(3)} ORDER BY c.kind, c.position`;
+  const storedAmongTexts = new Map<number, string>();
+  const touch = (table: string, key: string) =>
+    `UPDATE ${q(table)} SET ${q('last_accessed_at')} = ${d.p(1)} WHERE ${q(key)} = ${d.p(2)} AND ${q('last_accessed_at')} < ${d.p(3)}`;
+  return {
+    find,
+    storedAmong(count: number): string {
+      let text = storedAmongTexts.get(count);
+      if (text === undefined) {
+        text = `SELECT ${q('hash')} FROM ${q('narinfos')} WHERE ${q('hash')} IN (${d.params(1, count)})`;
+        storedAmongTexts.set(count, text);
+      }
+      return text;
+    },
+    insertNarFile: d.insertIgnore('nar_files', NAR_FILE_COLUMNS),
+    upsertNarInfo: d.upsert('narinfos', NARINFO_COLUMNS, 'hash', NARINFO_REPLACED_COLUMNS),
+    deleteReferences: `DELETE FROM ${q('narinfo_references')} WHERE ${q('narinfo_hash')} = ${d.p(1)}`,
+    deleteSignatures: `DELETE FROM ${q('narinfo_signatures')} WHERE ${q('narinfo_hash')} = ${d.p(1)}`,
+    insertReferences: childInsert('narinfo_references', 'reference'),
+    insertSignatures: childInsert('narinfo_signatures', 'signature'),
+    touchNarInfo: touch('narinfos', 'hash'),
+    touchNarFile: touch('nar_files', 'key'),
+  };
+}
+
+/** A row of the `find` statement: the narinfo's columns and one child (or none). */
+interface FoundRow {
+  hash: string;
+  store_path: string;
+  nar_key: string;
+  compression: string;
+  file_hash: string | null;
+  file_size: string | number | null;
+  nar_hash: string;
+  nar_size: string | number;
+  deriver: string | null;
+  system: string | null;
+  ca: string | null;
+  upstream_url: string;
+  own_signature: string | null;
+  created_at: string | number;
+  last_accessed_at: string | number;
+  kind: string | number | null;
+  position: string | number | null;
+  value: string | null;
+}
+
+/** The entity the rows of `find` describe (there is at least one row). */
+function entityOf(rows: FoundRow[]): NarInfoEntity {
+  const r = rows[0];
+  const e = Object.assign(new NarInfoEntity(), {
+    hash: r.hash,
+    storePath: r.store_path,
+    narKey: r.nar_key,
+    compression: r.compression,
+    fileHash: r.file_hash,
+    fileSize: numOrNull(r.file_size),
+    narHash: r.nar_hash,
+    narSize: num(r.nar_size),
+    deriver: r.deriver,
+    system: r.system,
+    ca: r.ca,
+    upstreamUrl: r.upstream_url,
+    ownSignature: r.own_signature,
+    createdAt: num(r.created_at),
+    lastAccessedAt: num(r.last_accessed_at),
+    references: [] as NarInfoReferenceEntity[],
+    signatures: [] as NarInfoSignatureEntity[],
+  });
+  for (const c of rows) {
+    if (c.kind === null || c.value === null) continue;
+    const position = num(c.position);
+    if (num(c.kind) === 0) {
+      e.references.push(
+        Object.assign(new NarInfoReferenceEntity(), {
+          narInfoHash: r.hash,
+          position,
+          reference: c.value,
+        }),
+      );
+    } else {
+      e.signatures.push(
+        Object.assign(new NarInfoSignatureEntity(), {
+          narInfoHash: r.hash,
+          position,
+          signature: c.value,
+        }),
+      );
+    }
+  }
+  return e;
 }
