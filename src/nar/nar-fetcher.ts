@@ -106,7 +106,7 @@ export class NarFetcher {
     upload?.catch(() => undefined); // awaited below; keep an early failure from counting as unhandled
     const stopWatching = this.watchRate(spool, abort);
     try {
-      await spool.receive(body, this.verifiers.checkFile(spool.path, source.expect));
+      await spool.receive(body, this.verifiers.checkSpool(spool.path, source.expect, spool.length));
       stopWatching();
       let spoolLeft = upload !== null;
       if (upload) await upload;

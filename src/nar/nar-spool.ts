@@ -81,7 +81,7 @@ export class NarSpool extends EventEmitter {
         await this.writeAll(chunk);
         this.remember(chunk);
         this.written += chunk.length;
-        check.grew(this.written);
+        check.grew(this.written, chunk);
         this.emit('progress');
       }
       this.received = true;

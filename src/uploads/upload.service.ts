@@ -119,7 +119,7 @@ export class UploadService {
             : null;
         upload?.catch(() => undefined); // awaited below
         try {
-          await spool.receive(body, this.verifiers.checkFile(spool.path, expect));
+          await spool.receive(body, this.verifiers.checkSpool(spool.path, expect, spool.length));
           if (upload) await upload;
           else await this.store.putFile(name, spool.path);
           await this.files.recordStored(name, uploadOrigin(who), expect, spool.written);

@@ -6,7 +6,7 @@ import { Worker } from 'node:worker_threads';
 import { DownloadFailedError } from '../../common/errors';
 import type { Compression } from '../../nix/compression';
 import { NarMismatchError, NarTooLargeError } from '../../common/errors';
-import type { NarExpectations } from '../nar-verifier';
+import { NarVerifier, type NarExpectations } from '../nar-verifier';
 import type { FromWorker, ToWorker } from './protocol';
 
 /** A running check of one NAR in a verifier thread. */
@@ -21,8 +21,8 @@ export interface NarCheck {
 
 /** Checks a file that grows as a download is spooled to it. */
 export interface SpoolCheck extends NarCheck {
-  /** The spool now holds `size` bytes. */
-  grew(size: number): void;
+  /** The spool now holds `size` bytes, the last of them `chunk`. */
+  grew(size: number, chunk: Buffer): void;
 }
 
 /** Work on chunks handed to it (a stored object read from storage). */
@@ -37,6 +37,16 @@ export interface StreamJob<T> {
 
 /** Checks chunks handed to it. */
 export type StreamCheck = StreamJob<void>;
+
+/**
+ * A spool announced at most this long (FileSize, or the upstream's Content-Length), whose NAR
+ * decompresses to at most SMALL_NAR_BYTES, is checked on the event loop as its chunks arrive: the
+ * work is a few tens of microseconds, while a verifier thread's round trips (messages, reading the
+ * spool back) held a small cold NAR's last byte ~2.5 ms. The bounds keep the work small whatever the
+ * bytes are: a longer body fails the spool, a longer NAR stops the decoder (NarTooLargeError).
+ */
+export const SMALL_SPOOL_BYTES = 64 * 1024;
+export const SMALL_NAR_BYTES = 256 * 1024;
 
 /** Bytes a stream check may have in flight to its thread before `write` waits. */
 const STREAM_WINDOW = 4 * 1024 * 1024;
@@ -85,7 +95,22 @@ export class VerifierPool implements OnApplicationShutdown {
     return this.slots.filter((s) => s !== undefined).length;
   }
 
-  /** Starts checking the spool file at `path` against `expect`; report its growth with `grew`. */
+  /**
+   * Starts checking a spool against `expect`; report its growth with `grew`. `length` is what the
+   * spool announced (it refuses more): a small NAR is checked here (see SMALL_SPOOL_BYTES), any
+   * other in a verifier thread that reads the spool file at `path`.
+   */
+  checkSpool(path: string, expect: NarExpectations, length: number | undefined): SpoolCheck {
+    if (this.closed) throw new DownloadFailedError('the verifier pool is closed');
+    const small =
+      length !== undefined &&
+      length <= SMALL_SPOOL_BYTES &&
+      (expect.narHash === undefined ||
+        (expect.narSize !== undefined && expect.narSize <= SMALL_NAR_BYTES));
+    return small ? checkOnThisThread(expect) : this.checkFile(path, expect);
+  }
+
+  /** Starts checking the spool file at `path` against `expect` in a verifier thread. */
   checkFile(path: string, expect: NarExpectations): SpoolCheck {
     const { id, slot, failed, result, settle } = this.start({ type: 'file', id: 0, path, expect });
     let finished = false;
@@ -254,6 +279,34 @@ export class VerifierPool implements OnApplicationShutdown {
     worker.on('exit', (code) => lost(`exited with code ${code}`));
     return slot;
   }
+}
+
+/** A check of a small spool's chunks as they arrive, on the calling thread (see checkSpool). */
+function checkOnThisThread(expect: NarExpectations): SpoolCheck {
+  const verifier = new NarVerifier(expect, { onThisThread: true });
+  let failEarly!: (error: Error) => void;
+  const failed = new Promise<never>((_resolve, reject) => (failEarly = reject));
+  failed.catch(() => undefined);
+  verifier.failure.catch((e: Error) => failEarly(e));
+  // Chunks are fed in order, each once the decoder took the one before.
+  let fed: Promise<void> = Promise.resolve();
+  let abandoned = false;
+  return {
+    failed,
+    grew: (_size, chunk) => {
+      fed = fed.then(() => (abandoned ? undefined : verifier.update(chunk)));
+      fed.catch((e: Error) => failEarly(e));
+    },
+    finish: async () => {
+      await fed;
+      if (abandoned) throw new DownloadFailedError('verification abandoned');
+      await verifier.finish();
+    },
+    abandon: () => {
+      abandoned = true;
+      verifier.destroy();
+    },
+  };
 }
 
 function failureOf(m: Extract<FromWorker, { type: 'failed' }>): Error {
