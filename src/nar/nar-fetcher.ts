@@ -111,7 +111,10 @@ export class NarFetcher {
       let spoolLeft = upload !== null;
       if (upload) await upload;
       else if (await alreadyStored()) spoolLeft = true;
-      else await this.store.putFile(name, spool.path);
+      else {
+        await spool.sync();
+        await this.store.putFile(name, spool.path, { synced: true });
+      }
       if (source.row) await this.files.markStored(name, spool.written);
       else await this.files.recordStored(name, url, source.expect, spool.written);
       this.logger.log(`stored ${name} (${spool.written} bytes in ${Date.now() - began} ms)`);

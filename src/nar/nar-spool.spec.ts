@@ -290,6 +290,20 @@ describe('NarSpool spool file', () => {
     await waitFor(() => openFdsOf(download.path).length === 0, 'spool closed by every user');
   });
 
+  it('sync() flushes through the writer handle while the spool is open, and refuses before and after', async () => {
+    const download = new NarSpool(KEY, new SpoolArea(spoolDir));
+    await expect(download.sync()).rejects.toThrow(/spool is not open/);
+    const feed = new Feed();
+    const receiving = download.receive(feed, checkOf(download, SAMPLE.expect));
+    feed.push(SAMPLE.file);
+    feed.end();
+    await receiving;
+    await expect(download.sync()).resolves.toBeUndefined();
+    expect(sha256Hex(await readFile(download.path))).toBe(sha256Hex(SAMPLE.file));
+    await download.finishWriting(true);
+    await expect(download.sync()).rejects.toThrow(/spool is not open/);
+  });
+
   it('deletes the spool on finishWriting(true) and closes it once the last reader is done', async () => {
     const feed = new Feed();
     const download = new NarSpool(KEY, new SpoolArea(spoolDir));

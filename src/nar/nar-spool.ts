@@ -109,6 +109,15 @@ export class NarSpool extends EventEmitter {
     this.emit('progress');
   }
 
+  /**
+   * Flushes the received bytes to disk through the writer's own handle, so that committing the spool
+   * (a rename) does not have to open the file again to do it.
+   */
+  async sync(): Promise<void> {
+    if (!this.handle) throw new Error(`${this.key}: the spool is not open`);
+    await this.handle.sync();
+  }
+
   /** The writer is done with the spool (committed or discarded). */
   async finishWriting(discardSpool: boolean): Promise<void> {
     if (discardSpool) await unlink(this.path).catch(() => undefined);

@@ -27,9 +27,10 @@ export interface NarStore {
   openFile?(key: string): Promise<FileHandle>;
   /**
    * Commits a complete, verified spool file under `key`, atomically: readers see either nothing or the
-   * whole object. The spool file is consumed (moved or deleted).
+   * whole object. The spool file is consumed (moved or deleted). `synced`: the caller has already
+   * flushed the spool file to disk (fsync on its own handle), so a local store need not open it again.
    */
-  putFile(key: string, spoolPath: string): Promise<void>;
+  putFile(key: string, spoolPath: string, options?: { synced?: boolean }): Promise<void>;
   /**
    * Stores `body` under `key`, atomically: the object appears only if `body` ends cleanly; if it errors,
    * nothing appears (no partial object, no leftover upload). `size`, when known, is the exact length.

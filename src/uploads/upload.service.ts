@@ -121,7 +121,10 @@ export class UploadService {
         try {
           await spool.receive(body, this.verifiers.checkSpool(spool.path, expect, spool.length));
           if (upload) await upload;
-          else await this.store.putFile(name, spool.path);
+          else {
+            await spool.sync();
+            await this.store.putFile(name, spool.path, { synced: true });
+          }
           await this.files.recordStored(name, uploadOrigin(who), expect, spool.written);
           await spool.finishWriting(upload !== null);
         } catch (e) {

@@ -199,6 +199,32 @@ describe('FilesystemNarStore.putFile', () => {
     expect(await filesUnder(join(root, 'nar'))).toEqual([]);
   });
 
+  it('commits a spool its writer already synced (synced: true), the same rename', async () => {
+    const bytes = randomBytes(5_000);
+    const path = await spool(bytes);
+    const inode = (await stat(path)).ino;
+    await store.putFile(KEY_A, path, { synced: true });
+    expect((await stat(store.pathOf(KEY_A))).ino).toBe(inode);
+    await expect(stat(path)).rejects.toMatchObject({ code: 'ENOENT' });
+    expectSameBytes(await readFile(store.pathOf(KEY_A)), bytes);
+  });
+
+  it('makes the fan-out directories again when they were removed after an earlier commit', async () => {
+    await store.putFile(KEY_A, await spool(Buffer.from('first')));
+    await rm(join(root, 'nar', '1'), { recursive: true });
+    expect(await store.stat(KEY_A)).toBeNull();
+    await store.putFile(KEY_A, await spool(Buffer.from('second')), { synced: true });
+    expect(await readAll(await store.read(KEY_A))).toEqual(Buffer.from('second'));
+  });
+
+  it('rejects a missing spool also when told it is synced, and stores nothing', async () => {
+    await expect(
+      store.putFile(KEY_A, join(store.spool.dir, 'never-written.part'), { synced: true }),
+    ).rejects.toMatchObject({ code: 'ENOENT' });
+    expect(await store.stat(KEY_A)).toBeNull();
+    expect(await filesUnder(join(root, 'nar'))).toEqual([]);
+  });
+
   it('stores an empty file', async () => {
     await store.putFile(KEY_C, await spool(Buffer.alloc(0)));
     expect(await store.stat(KEY_C)).toEqual({ size: 0 });
