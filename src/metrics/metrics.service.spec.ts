@@ -219,6 +219,29 @@ describe('MetricsService', () => {
       expect(out.readableEnded).toBe(false);
     });
 
+    it('breaks the client stream when the source is destroyed without an error before its end', async () => {
+      const m = metrics();
+      const source = new PassThrough();
+      const out = m.countServed('download', source);
+      out.resume();
+      source.write(Buffer.alloc(10));
+      source.destroy();
+      await expect(finished(out)).rejects.toThrow(/closed before its end/);
+      expect(out.readableEnded).toBe(false);
+    });
+
+    it('ends the client stream cleanly once a source that ended closes', async () => {
+      const m = metrics();
+      const source = new PassThrough();
+      const out = m.countServed('download', source);
+      const got = drain(out);
+      source.end(Buffer.alloc(10));
+      expect(Buffer.concat(await got)).toHaveLength(10);
+      await finished(out);
+      expect(out.readableEnded).toBe(true);
+      expect(out.destroyed).toBe(true);
+    });
+
     it('closes the source when the client goes away', async () => {
       const m = metrics();
       const source = new PassThrough();

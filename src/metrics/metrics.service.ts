@@ -1,6 +1,6 @@
 import { Inject, Injectable, Logger } from '@nestjs/common';
 import { performance } from 'node:perf_hooks';
-import { pipeline, Transform, type Readable } from 'node:stream';
+import { Transform, type Readable } from 'node:stream';
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import { APP_CONFIG, type AppConfig } from '../config/app-config';
 
@@ -609,7 +609,20 @@ export class MetricsService {
         done(null, chunk);
       },
     });
-    pipeline(body, counter, () => undefined);
+    // What stream.pipeline would do here, without the AbortController (and the DOMException of
+    // its abort) that pipeline makes for every stream it finishes: a failing source breaks the
+    // counter (no clean end for bad bytes), a counter closed early (the client left) closes the source.
+    body.once('error', (e: Error) => counter.destroy(e));
+    body.once('close', () => {
+      // Closed before its end without an error (destroyed): still no clean end for the client.
+      if (!body.readableEnded && !counter.destroyed) {
+        counter.destroy(new Error('the body closed before its end'));
+      }
+    });
+    counter.once('close', () => {
+      if (!body.destroyed) body.destroy();
+    });
+    body.pipe(counter);
     return counter;
   }
 
