@@ -29,6 +29,12 @@
 //              (issue 15's setup: "a cache across a continent"), then two more cold copies through
 //              narwhal with part of its prefetch off (narinfos only, none) to show what each part
 //              is worth; BENCH_PREFETCH_VARIANTS=0 skips them.
+//   cold-requests  what one cold request costs: one client asking, one after another on one
+//              keep-alive connection (as `nix copy` does), for the narinfo and then the NAR of each
+//              small path of the closure, straight from the upstream, through a fresh nginx and
+//              through a fresh narwhal with its prefetch off (so that every request is a miss it
+//              answers itself): p50 and mean latency of the cold narinfos and of the cold NARs, and
+//              the peer's CPU time per pair; the first third of the paths only warms up (JIT).
 //   all        (default) closure, hot and cold-herd, in that order.
 // Every mode also reports the peak RSS of narwhal (VmHWM) and of nginx (sum over its processes).
 //
@@ -38,7 +44,7 @@
 // minutes (300 builds, xz of the big NARs).
 //
 // Settings (environment):
-//   BENCH_MODE=all|hot|cold-herd|closure|cold-closure   what to run (above); default all
+//   BENCH_MODE=all|hot|cold-herd|closure|cold-closure|cold-requests   what to run (above); default all
 //   BENCH_NAR_MIB=64               size of each big NAR (random bytes, so its .nar.xz is as large)
 //   BENCH_WRK_SECONDS=8            duration of each measured wrk run (after a 2 s warm-up run)
 //   BENCH_CLOSURE_PATHS=300        small paths in the closure
@@ -185,7 +191,7 @@ function intEnv(name, def, min, max) {
   return n;
 }
 
-const MODES = ['all', 'hot', 'cold-herd', 'closure', 'cold-closure'];
+const MODES = ['all', 'hot', 'cold-herd', 'closure', 'cold-closure', 'cold-requests'];
 
 function readSettings() {
   const mode = process.env.BENCH_MODE || 'all';
@@ -209,6 +215,7 @@ function readSettings() {
       prefetchVariants: mode === 'cold-closure' && process.env.BENCH_PREFETCH_VARIANTS !== '0',
       hot: ['all', 'hot'].includes(mode),
       herd: ['all', 'cold-herd'].includes(mode),
+      coldRequests: mode === 'cold-requests',
     },
   };
 }
@@ -1210,6 +1217,109 @@ async function closureMeasures(peers, fixture, settings, upstream, work, nodeFla
   }
 }
 
+/** narwhal answering every request itself: its closure prefetch off (cold-requests mode). */
+const NO_PREFETCH = ['--cache-prefetch-narinfos', 'false', '--cache-prefetch-nars', 'false'];
+
+/**
+ * One client, one keep-alive connection, one request after another: the narinfo of each small
+ * path, then its NAR (by the URL the narinfo gave), every one of them cold for the peer. The first
+ * third of the paths is not measured (see coldWarmupPaths).
+ */
+async function coldRequests(column, base, fixture, upstream, peer) {
+  const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+  const warmup = coldWarmupPaths(fixture);
+  let cpu0 = 0;
+  const narinfos = [];
+  const nars = [];
+  const before = await upstream.counts();
+  try {
+    for (const [i, info] of fixture.small.entries()) {
+      if (i === warmup) {
+        // The first pairs only warm the peer up (V8 compiles narwhal's cold path meanwhile):
+        // what is measured is a running service's cost, not a just-started process's.
+        narinfos.length = 0;
+        nars.length = 0;
+        cpu0 = peer?.cpuSeconds() ?? 0;
+      }
+      let t0 = now();
+      const r = await getOk(`${base}/${info.hashPart}.narinfo`, { agent, text: true });
+      narinfos.push(msSince(t0));
+      const url = parseNarInfo(r.text).get('URL');
+      if (!url) throw new Error(`${column}: narinfo of ${info.name} has no URL`);
+      t0 = now();
+      const nar = await getOk(new URL(url, `${base}/`).href, { agent });
+      nars.push(msSince(t0));
+      if (nar.bytes !== info.fileSize) {
+        throw new Error(
+          `${column}: NAR of ${info.name} has ${nar.bytes} bytes, not ${info.fileSize}`,
+        );
+      }
+    }
+  } finally {
+    agent.destroy();
+  }
+  if (peer) record('coldPairCpu', column, ((peer.cpuSeconds() - cpu0) / narinfos.length) * 1e3);
+  const reqs = upstreamTotal(before, await upstream.counts());
+  const mean = (xs) => xs.reduce((a, b) => a + b, 0) / xs.length;
+  const sorted = (xs) => [...xs].sort((a, b) => a - b);
+  record('coldNarinfoP50', column, percentile(sorted(narinfos), 50));
+  record('coldNarinfoMean', column, mean(narinfos));
+  record('coldNarP50', column, percentile(sorted(nars), 50));
+  record('coldNarMean', column, mean(nars));
+  record('coldRequestsUpstream', column, reqs);
+  log(
+    `cold requests via ${column}: narinfo p50 ${percentile(sorted(narinfos), 50).toFixed(2)} ms, ` +
+      `NAR p50 ${percentile(sorted(nars), 50).toFixed(2)} ms, ${reqs} upstream requests`,
+  );
+}
+
+/** Paths of the closure asked for before cold requests are measured (a third of them). */
+function coldWarmupPaths(fixture) {
+  return Math.floor(fixture.small.length / 3);
+}
+
+async function coldRequestMeasures(nginx, fixture, settings, upstream, work, nodeFlags) {
+  const ids = [
+    'coldNarinfoP50',
+    'coldNarinfoMean',
+    'coldNarP50',
+    'coldNarMean',
+    'coldPairCpu',
+    'coldRequestsUpstream',
+  ];
+  await attempt('cold requests', ids, 'direct', () =>
+    coldRequests('direct', upstream.url, fixture, upstream),
+  );
+  // Fresh peers, so that every request is cold for them.
+  const starts = [
+    ['nginx', (dir) => startNginx(nginx, dir, upstream)],
+    [
+      'narwhal',
+      (dir) =>
+        startNarwhal(
+          { ...settings, narwhalArgs: [...settings.narwhalArgs, ...NO_PREFETCH] },
+          dir,
+          upstream,
+          fixture.publicKey,
+          nodeFlags,
+        ),
+    ],
+  ];
+  for (const [name, start] of starts) {
+    await attempt('cold requests', ids, name, async () => {
+      const dir = join(work, `cold-requests-${name}`);
+      await mkdir(dir, { recursive: true });
+      const peer = await start(dir);
+      try {
+        await coldRequests(name, peer.base, fixture, upstream, peer);
+        record('rss', name, peer.peakRss() / MiB);
+      } finally {
+        await peer.stop();
+      }
+    });
+  }
+}
+
 // =============================================================================================
 // The table
 
@@ -1298,6 +1408,30 @@ function measureRows(settings, fixture) {
       's',
       'lower',
       2,
+    ],
+    [
+      'coldNarinfoP50',
+      `cold narinfo, one request after another, p50 (last ${fixture.small.length - coldWarmupPaths(fixture)} of ${fixture.small.length}; narwhal: no prefetch)${lat}`,
+      'ms',
+      'lower',
+      2,
+    ],
+    ['coldNarinfoMean', 'cold narinfo, mean', 'ms', 'lower', 2],
+    [
+      'coldNarP50',
+      `cold small NAR (${fixture.small[0].fileSize}-byte .nar.xz) after its narinfo, p50`,
+      'ms',
+      'lower',
+      2,
+    ],
+    ['coldNarMean', 'cold small NAR, mean', 'ms', 'lower', 2],
+    ['coldPairCpu', 'cold narinfo + NAR, server CPU per pair (all threads)', 'ms', 'lower', 2],
+    [
+      'coldRequestsUpstream',
+      `upstream requests for those ${fixture.small.length} narinfos and NARs`,
+      'requests',
+      'info',
+      0,
     ],
     ['rss', 'peak RSS over the run (VmHWM; nginx: sum over its processes)', 'MiB', 'lower', 0],
   ];
@@ -1412,14 +1546,20 @@ async function benchMain() {
     log(
       `upstream at ${upstream.url} (NARs ${settings.mbps ? `${settings.mbps} MB/s` : 'unthrottled'}, +${settings.latencyMs} ms per request)`,
     );
-    peers.push(await startNginx(nginx, workDir, upstream));
-    log(`nginx (pid ${peers[0].pid}) at ${peers[0].base}`);
-    peers.push(await startNarwhal(settings, workDir, upstream, fixture.publicKey, NODE_FLAGS));
-    log(`narwhal (pid ${peers[1].pid}) at ${peers[1].base}`);
+    // cold-requests starts fresh peers of its own.
+    if (!settings.run.coldRequests) {
+      peers.push(await startNginx(nginx, workDir, upstream));
+      log(`nginx (pid ${peers[0].pid}) at ${peers[0].base}`);
+      peers.push(await startNarwhal(settings, workDir, upstream, fixture.publicKey, NODE_FLAGS));
+      log(`narwhal (pid ${peers[1].pid}) at ${peers[1].base}`);
+    }
     const load0 = loadavg();
 
     if (settings.run.closureCold || settings.run.closureWarm) {
       await closureMeasures(peers, fixture, settings, upstream, workDir, NODE_FLAGS);
+    }
+    if (settings.run.coldRequests) {
+      await coldRequestMeasures(nginx, fixture, settings, upstream, workDir, NODE_FLAGS);
     }
     if (settings.run.hot) {
       for (const peer of peers) await hotMeasures(peer, fixture, settings, upstream, workDir);
