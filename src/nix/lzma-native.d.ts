@@ -23,4 +23,23 @@ declare module 'lzma-native' {
 
   /** An auto-detecting (.xz / .lzma) streaming decoder; concatenated .xz streams are accepted. */
   export function createDecompressor(options?: LzmaOptions): LzmaStream;
+
+  /**
+   * The native coder under lzma-native's streams. Synchronous `code` calls `bufferHandler` before
+   * it returns: once per output buffer, then `(null, undefined, err)` at the end of the data or on
+   * an error (`err` null at the end), then `(undefined, chunks)` for the input it consumed.
+   */
+  export class Stream {
+    /** An auto-detecting decoder; `flags` are liblzma's decoder flags (e.g. LZMA_CONCATENATED). */
+    autoDecoder(options: { memlimit?: number | null; flags?: number }): void;
+    /** Feeds `input` (null: the end of the input) and codes it, here (`async` false) or on a thread. */
+    code(input: Buffer | null, async: boolean): void;
+    bufferHandler: (
+      buf: Buffer | null | undefined,
+      processedChunks: number | undefined,
+      err: Error | null | undefined,
+    ) => void;
+    /** Ends the native coder (lzma_end); the stream is unusable afterwards. */
+    resetUnderlying(): void;
+  }
 }
