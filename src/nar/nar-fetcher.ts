@@ -111,10 +111,7 @@ export class NarFetcher {
       let spoolLeft = upload !== null;
       if (upload) await upload;
       else if (await alreadyStored()) spoolLeft = true;
-      else {
-        await spool.sync();
-        await this.store.putFile(name, spool.path, { synced: true });
-      }
+      else await spool.commitTo(this.store);
       if (source.row) await this.files.markStored(name, spool.written);
       else await this.files.recordStored(name, url, source.expect, spool.written);
       this.logger.log(`stored ${name} (${spool.written} bytes in ${Date.now() - began} ms)`);

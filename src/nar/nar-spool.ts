@@ -3,6 +3,7 @@ import { open, unlink, type FileHandle } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import { DownloadFailedError, InsufficientStorageError } from '../common/errors';
 import type { SpoolArea } from '../storage/spool-area';
+import type { NarStore } from '../storage/nar-store';
 import type { ByteRange } from './byte-range';
 import type { SpoolCheck } from './verification/verifier-pool';
 
@@ -116,6 +117,12 @@ export class NarSpool extends EventEmitter {
   async sync(): Promise<void> {
     if (!this.handle) throw new Error(`${this.key}: the spool is not open`);
     await this.handle.sync();
+  }
+
+  /** Commits the verified spool to a store that takes spool files (`writeMode` `spool`). */
+  async commitTo(store: NarStore): Promise<void> {
+    await this.sync();
+    await store.putFile(this.key, this.path, { synced: true });
   }
 
   /** The writer is done with the spool (committed or discarded). */

@@ -55,8 +55,8 @@ export function asyncXzIdle(timeoutMs = 2_000): Promise<void> {
 }
 
 /**
- * lzma-native's decoder (a readable-stream v3 Transform, not a node:stream one) behind a real
- * node:stream Transform, so callers get one stream family: `instanceof Transform`, the same
+ * xz on lzma-native's own threads: its decoder (a readable-stream v3 Transform, not a node:stream
+ * one) behind a real node:stream Transform, so callers get one stream family: `instanceof Transform`, the same
  * destroy semantics, and backpressure (the inner decoder is paused while our buffer is full; it
  * then stops taking input, which holds back our write callback).
  */
@@ -68,9 +68,9 @@ class XzDecompressStream extends Transform {
   /** Destroyed while a slice was in flight: release the native decoder once it is back. */
   private releaseWhenBack = false;
 
-  constructor(private readonly synchronous: boolean) {
+  constructor() {
     super();
-    this.inner = createDecompressor({ synchronous });
+    this.inner = createDecompressor({ synchronous: false });
     this.inner.on('data', (chunk: Buffer) => {
       if (!this.push(chunk)) this.inner.pause();
     });
@@ -85,10 +85,6 @@ class XzDecompressStream extends Transform {
       if (offset >= chunk.length) return callback();
       const slice = chunk.subarray(offset, offset + XZ_SLICE);
       offset += slice.length;
-      if (this.synchronous) {
-        this.inner.write(slice, next);
-        return;
-      }
       asyncXzSlices++;
       this.sliceInFlight = true;
       this.inner.write(slice, (e?: Error | null) => {
@@ -127,7 +123,7 @@ const LZMA_CONCATENATED = 0x08;
 /**
  * xz on the calling thread, through lzma-native's native coder directly: its stream wrapper takes
  * two turns of the event loop (setImmediate) for every slice, which made decoding 4 KiB slices
- * ~460 ms for 64 MiB of incompressible xz on the development machine, ~240 ms this way — the
+ * ~460 ms for 64 MiB of incompressible xz on the development machine, ~270 ms this way — the
  * difference between a verifier thread keeping up with a 100 MB/s download and falling behind it.
  * The slices and their bound are the same as XzDecompressStream's; the output of a slice waits
  * here, not in the readable buffer, while the reader is full.
@@ -291,7 +287,7 @@ export function createNarDecompressor(
     case 'xz':
       return options.onThisThread === true
         ? new SyncXzDecompressStream()
-        : new XzDecompressStream(false);
+        : new XzDecompressStream();
     case 'zstd':
       return new ZstdDecompressStream();
     case 'br':

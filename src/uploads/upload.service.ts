@@ -121,10 +121,7 @@ export class UploadService {
         try {
           await spool.receive(body, this.verifiers.checkSpool(spool.path, expect, spool.length));
           if (upload) await upload;
-          else {
-            await spool.sync();
-            await this.store.putFile(name, spool.path, { synced: true });
-          }
+          else await spool.commitTo(this.store);
           await this.files.recordStored(name, uploadOrigin(who), expect, spool.written);
           await spool.finishWriting(upload !== null);
         } catch (e) {
