@@ -55,10 +55,10 @@ export function asyncXzIdle(timeoutMs = 2_000): Promise<void> {
 }
 
 /**
- * xz on lzma-native's own threads: its decoder (a readable-stream v3 Transform, not a node:stream
- * one) behind a real node:stream Transform, so callers get one stream family: `instanceof Transform`, the same
- * destroy semantics, and backpressure (the inner decoder is paused while our buffer is full; it
- * then stops taking input, which holds back our write callback).
+ * xz on lzma-native's own threads: its decoder (a readable-stream v3 Transform, not a
+ * node:stream one) behind a real node:stream Transform, so callers get one stream family:
+ * `instanceof Transform`, the same destroy semantics, and backpressure (the inner decoder is paused
+ * while our buffer is full; it then stops taking input, which holds back our write callback).
  */
 class XzDecompressStream extends Transform {
   private readonly inner: LzmaStream;
