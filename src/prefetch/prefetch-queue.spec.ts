@@ -1,3 +1,4 @@
+import { getEventListeners } from 'node:events';
 import { describe, expect, it } from 'vitest';
 import { PrefetchQueue, type PrefetchJob, type PrefetchKind } from './prefetch-queue';
 
@@ -143,5 +144,36 @@ describe('PrefetchQueue', () => {
     expect(log).toEqual(['a']);
     expect(q.queued).toBe(0);
     expect(q.add(gatedJob('narinfo', 'c', log))).toBe('stopped');
+  });
+
+  it('gives each job a signal of its own: what finished jobs left listening does not pile up', async () => {
+    const warnings: Error[] = [];
+    const onWarning = (w: Error) => warnings.push(w);
+    process.on('warning', onWarning);
+    try {
+      const q = new PrefetchQueue({ concurrency: 2, maxQueued: 100, retryMs: 5 });
+      const log: string[] = [];
+      // Each job leaves a listener behind on its signal, as a careless job (or a fetch) may.
+      const jobs = Array.from({ length: 30 }, (_, i) => gatedJob('narinfo', `k${i}`, log));
+      for (const j of jobs) q.add(j);
+      for (let i = 0; i < jobs.length - 1; i++) {
+        await flush();
+        jobs[i].release();
+      }
+      await flush();
+      const last = jobs[jobs.length - 1];
+      expect(log).toHaveLength(30);
+      expect(new Set(jobs.map((j) => j.signal)).size).toBe(30);
+      // The running job's signal holds only its own listener, not the 29 before it.
+      expect(getEventListeners(last.signal!, 'abort')).toHaveLength(1);
+      expect(await q.stop(1000)).toBe(0);
+      expect(last.signal?.aborted).toBe(true);
+      // A finished job's signal is not aborted at stop: nothing listens for it any more.
+      expect(jobs[0].signal?.aborted).toBe(false);
+      await flush();
+      expect(warnings.filter((w) => w.name === 'MaxListenersExceededWarning')).toEqual([]);
+    } finally {
+      process.off('warning', onWarning);
+    }
   });
 });

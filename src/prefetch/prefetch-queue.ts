@@ -7,7 +7,10 @@ export interface PrefetchJob {
   key: string;
   /** False while the job must not start yet (its upstream is busy with clients); asked again later. */
   canStart(): boolean;
-  /** The work; `signal` aborts at shutdown. Errors are the job's own business (caught here too). */
+  /**
+   * The work; `signal` (the job's own) aborts at shutdown. Errors are the job's own business (caught
+   * here too).
+   */
   run(signal: AbortSignal): Promise<void>;
 }
 
@@ -32,8 +35,8 @@ export class PrefetchQueue {
   private readonly lanes: Record<PrefetchKind, PrefetchJob[]> = { narinfo: [], nar: [] };
   private readonly runningByKind: Record<PrefetchKind, number> = { narinfo: 0, nar: 0 };
   private readonly keys = new Set<string>();
-  private readonly inFlight = new Set<Promise<void>>();
-  private readonly controller = new AbortController();
+  /** Running jobs: what they settle as, and what aborts them. */
+  private readonly inFlight = new Map<Promise<void>, AbortController>();
   private retry: NodeJS.Timeout | undefined;
   private stopped = false;
 
@@ -79,12 +82,12 @@ export class PrefetchQueue {
       for (const job of lane) this.keys.delete(job.key);
       lane.length = 0;
     }
-    this.controller.abort();
+    for (const controller of this.inFlight.values()) controller.abort();
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<void>((done) => {
       timer = setTimeout(done, waitMs);
     });
-    await Promise.race([Promise.allSettled([...this.inFlight]), timeout]);
+    await Promise.race([Promise.allSettled([...this.inFlight.keys()]), timeout]);
     clearTimeout(timer);
     return this.inFlight.size;
   }
@@ -130,10 +133,16 @@ export class PrefetchQueue {
     return held ? 'held' : undefined;
   }
 
+  /**
+   * Runs `job` with a signal of its own. One signal shared by every job of the process's life would
+   * gather what each job (and the fetches it makes) leaves listening on it: a leak, and Node's
+   * MaxListenersExceededWarning once eleven jobs had run.
+   */
   private start(job: PrefetchJob): void {
     this.runningByKind[job.kind]++;
+    const controller = new AbortController();
     const done: Promise<void> = Promise.resolve()
-      .then(() => job.run(this.controller.signal))
+      .then(() => job.run(controller.signal))
       .catch(() => undefined)
       .finally(() => {
         this.runningByKind[job.kind]--;
@@ -141,6 +150,6 @@ export class PrefetchQueue {
         this.keys.delete(job.key);
         this.pump();
       });
-    this.inFlight.add(done);
+    this.inFlight.set(done, controller);
   }
 }

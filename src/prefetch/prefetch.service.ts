@@ -149,11 +149,14 @@ export class PrefetchService implements OnModuleDestroy {
     });
     // At shutdown the job ends at once: the download itself is aborted and awaited by
     // ActiveDownloads' shutdown, which runs after this module's.
+    let onAbort: () => void = () => undefined;
     const aborted = new Promise<'aborted'>((done) => {
-      if (signal.aborted) done('aborted');
-      else signal.addEventListener('abort', () => done('aborted'), { once: true });
+      onAbort = () => done('aborted');
+      if (signal.aborted) onAbort();
+      else signal.addEventListener('abort', onAbort, { once: true });
     });
     const result = await Promise.race([download, aborted]);
+    signal.removeEventListener('abort', onAbort);
     if (this.closed || result === 'aborted') return;
     const counted: PrefetchResult =
       result === 'downloaded' ? 'fetched' : result === 'failed' ? 'failed' : 'skipped';
