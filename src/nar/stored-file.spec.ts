@@ -11,7 +11,7 @@ import { StoredFile } from './stored-file';
 
 let dir: string;
 let path: string;
-const data = randomBytes(1024 * 1024 + 12_345); // four whole chunks and a part
+const data = randomBytes(1024 * 1024 + 12_345); // two whole chunks and a part
 let server: Server;
 let base: string;
 /** What each request's sendTo resolved with, and the handle it used. */

@@ -1,8 +1,14 @@
 import type { FileHandle } from 'node:fs/promises';
 import type { ServerResponse } from 'node:http';
 
-/** Bytes read from the file at a time. */
-const CHUNK_BYTES = 256 * 1024;
+/**
+ * Bytes read from the file at a time (two such buffers per response). With 512 KiB instead of
+ * 256 KiB, a hot 64 MiB NAR makes half the thread-pool reads and socket writes: 20 sequential curl
+ * downloads took 1.4–2.0 s instead of 2.1–2.4 s, 16 parallel ones 1.2–1.7 s instead of 1.4–1.9 s
+ * (four alternating rounds on the development machine). 1 MiB gained little more for twice the
+ * memory per client.
+ */
+const CHUNK_BYTES = 512 * 1024;
 
 /**
  * A stored NAR file (or a byte range of it) to send to one client, from an open file handle.
