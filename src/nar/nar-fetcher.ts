@@ -58,15 +58,18 @@ export class NarFetcher {
    * Opens the upstream and returns the spool (clients may attach at once) and a promise that
    * settles when it is committed or discarded. Rejects if no upstream serves the NAR, or at once
    * (DownloadFailedError) if it turned out to be a decompression bomb within the last minute.
+   * `row` is the NAR's row as the caller read it under the lock (null: there is none); without it,
+   * the row is looked up here.
    */
   async start(
     name: string,
+    row?: NarFileEntity | null,
   ): Promise<{ spool: NarSpool; finished: Promise<boolean>; abort: (why: string) => void }> {
     const failed = this.failedLately.get(name);
     if (failed && failed.until > Date.now()) {
       throw new DownloadFailedError(`${name} was refused lately: ${failed.why}`);
     }
-    const source = await this.resolveSource(name);
+    const source = await this.resolveSource(name, row);
     const { url, body, length: upstreamLength } = await this.openUpstream(name, source.urls);
     const expect = source.expect;
     const spool = new NarSpool(name, this.store.spool, expect.fileSize ?? upstreamLength);
@@ -185,9 +188,12 @@ export class NarFetcher {
     throw new UpstreamUnavailableError(`${name}: no upstream has it`);
   }
 
-  /** Where the bytes of `name` come from and what they must hash to. */
-  private async resolveSource(name: string): Promise<NarSource> {
-    const row = await this.files.find(name);
+  /**
+   * Where the bytes of `name` come from and what they must hash to, from its row: `known` when the
+   * caller has just read it (null: there is none), else looked up here.
+   */
+  private async resolveSource(name: string, known?: NarFileEntity | null): Promise<NarSource> {
+    const row = known !== undefined ? known : await this.files.find(name);
     // An uploaded NAR no longer in storage is nowhere to be fetched (the caller answers 404).
     const urls = row && !isUploadOrigin(row.upstreamUrl) ? [row.upstreamUrl] : [];
     if (row) return { row, urls, expect: expectationsOf(row) };

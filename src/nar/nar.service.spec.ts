@@ -127,6 +127,8 @@ describe('NarService: a NAR not stored yet', () => {
     expect(active().get(f.narName)?.spool.readerCount).toBe(5);
     expect(tryAcquire.mock.calls.filter(([key]) => key === narLockKey(f.narName))).toHaveLength(1);
     expect(start).toHaveBeenCalledTimes(1);
+    // The download starts from the row read under the lock, not from a lookup of its own.
+    expect(start.mock.calls[0][1]).toMatchObject({ key: f.narName, storedSize: null });
     expect(t.primary.count('GET', narPath(f))).toBe(1);
 
     const bodies = [firstBody, ...joined.map((r) => consume(streamOf(r.body)))];

@@ -49,6 +49,8 @@ export type NarPrefetchResult = 'stored' | 'running' | 'downloaded' | 'failed';
 
 /** What a row lookup gives while the database is down. */
 const WITHOUT_DATABASE: unique symbol = Symbol('without database');
+/** Found stored (recorded and in storage) once the NAR's lock is held. */
+const STORED: unique symbol = Symbol('stored');
 
 /** Who is fetching a NAR that is not stored yet. */
 type Claim =
@@ -340,11 +342,13 @@ export class NarService {
       await lease.release().catch((e: Error) => this.logger.warn(`releasing ${key}: ${e.message}`));
     };
     try {
-      if (await this.storedNow(name)) {
+      const row = await this.rowUnlessStored(name);
+      if (row === STORED) {
         await release();
         return { kind: 'retry' }; // another holder stored it before we got the lock
       }
-      const started = await this.fetcher.start(name);
+      // The row read under the lock is what the download starts from (no second lookup).
+      const started = await this.fetcher.start(name, row);
       return { kind: 'local', download: this.active.add(started, release) };
     } catch (e) {
       await release();
@@ -353,8 +357,13 @@ export class NarService {
   }
 
   private async storedNow(name: string): Promise<boolean> {
+    return (await this.rowUnlessStored(name)) === STORED;
+  }
+
+  /** STORED when `name` is stored (recorded and in storage), else its row (or null: none). */
+  private async rowUnlessStored(name: string): Promise<NarFileEntity | null | typeof STORED> {
     const row = await this.files.find(name);
-    return row?.storedSize != null && (await this.store.stat(name)) !== null;
+    return row?.storedSize != null && (await this.store.stat(name)) !== null ? STORED : row;
   }
 }
 
