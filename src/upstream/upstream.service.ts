@@ -3,6 +3,7 @@ import { Inject, Injectable, type OnApplicationShutdown } from '@nestjs/common';
 import { APP_CONFIG, type AppConfig } from '../config/app-config';
 import { MetricsService, OTHER_UPSTREAM, type UpstreamKind } from '../metrics/metrics.service';
 import { RecentFailures, type FailureKind } from '../metrics/recent-failures';
+import { withDeadline } from './deadline';
 import { HttpClient, discard, redact, type HttpAnswer } from './http-client';
 import { UpstreamClient, UpstreamSkippedError } from './upstream-client';
 
@@ -70,8 +71,22 @@ export class UpstreamService implements OnApplicationShutdown {
   async getBytes(upstream: UpstreamClient, path: string, req: TextRequest = {}): Promise<Buffer> {
     const url = upstream.urlFor(path);
     const max = req.maxBytes ?? MAX_NARINFO_BYTES;
-    const deadline = AbortSignal.timeout(this.narinfoMs);
-    const signal = req.signal ? AbortSignal.any([req.signal, deadline]) : deadline;
+    const deadline = withDeadline(this.narinfoMs, req.signal);
+    try {
+      return await this.readSmall(upstream, url, max, req, deadline.signal);
+    } finally {
+      deadline.clear();
+    }
+  }
+
+  /** getBytes within `signal`. */
+  private async readSmall(
+    upstream: UpstreamClient,
+    url: string,
+    max: number,
+    req: TextRequest,
+    signal: AbortSignal,
+  ): Promise<Buffer> {
     const { body, headers } = await this.open(url, 'GET', req.kind ?? 'narinfo', signal);
     const chunks: Buffer[] = [];
     let size = 0;
@@ -202,7 +217,7 @@ function decodeSmall(bytes: Buffer, encoding: string | string[]): Buffer {
 /** Largest small document after decoding its transport encoding. */
 const MAX_DECODED_BYTES = 64 * 1024 * 1024;
 
-/** True for the reason of an AbortSignal.timeout that fired (a deadline, not a cancellation). */
+/** True for the reason of a deadline that fired (withDeadline, AbortSignal.timeout), not a cancellation. */
 function isDeadline(reason: unknown): boolean {
   return (reason as { name?: unknown } | null)?.name === 'TimeoutError';
 }
