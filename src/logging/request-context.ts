@@ -1,4 +1,4 @@
-import { AsyncLocalStorage } from 'node:async_hooks';
+import { asyncContext } from '../common/async-context';
 
 /**
  * The request a piece of code runs for. Set around each HTTP request (see request-logging.ts), so that
@@ -9,12 +9,10 @@ export interface RequestContext {
   reqId: string;
 }
 
-const storage = new AsyncLocalStorage<RequestContext>();
-
 export function currentRequestId(): string | undefined {
-  return storage.getStore()?.reqId;
+  return asyncContext.getStore()?.reqId;
 }
 
 export function runInRequestContext<T>(context: RequestContext, fn: () => T): T {
-  return storage.run(context, fn);
+  return asyncContext.run({ reqId: context.reqId }, fn);
 }

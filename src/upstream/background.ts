@@ -1,17 +1,15 @@
-import { AsyncLocalStorage } from 'node:async_hooks';
+import { asyncContext } from '../common/async-context';
 
 /**
- * Marks work done for nobody waiting (prefetch) so that the upstream requests it makes are told
- * apart from clients' (UpstreamClient counts both): the mark follows the work through every await.
+ * Runs `work` as work done for nobody waiting (prefetch), so that the upstream requests it makes are
+ * told apart from clients' (UpstreamClient counts both). The mark follows the work through every
+ * await, along with the id of the request that led to it.
  */
-const background = new AsyncLocalStorage<true>();
-
-/** Runs `work` as background work: the upstream requests it makes count as such. */
 export function inBackground<T>(work: () => Promise<T>): Promise<T> {
-  return background.run(true, work);
+  return asyncContext.run({ ...asyncContext.getStore(), background: true }, work);
 }
 
 /** True inside inBackground. */
 export function isBackground(): boolean {
-  return background.getStore() === true;
+  return asyncContext.getStore()?.background === true;
 }
