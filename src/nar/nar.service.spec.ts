@@ -16,7 +16,7 @@ import { NarService } from './nar.service';
 import { PeerClient } from './peer-client';
 import { VERIFIER_POOL_PROVIDER } from './verification/verifier-pool';
 import { StoredFile } from './stored-file';
-import { RememberedNars } from './stored-nar-memory';
+import { REMEMBER_MS, RememberedNars, STALE_ANSWER_MS } from './stored-nar-memory';
 
 /**
  * The NAR download flow, step by step, on the real providers: SQLite, the filesystem NarStore, the
@@ -92,6 +92,50 @@ describe('NarService: a stored NAR', () => {
     expect(t.primary.count('GET', narPath(f))).toBe(1);
     expect((await storedBytes(f))?.equals(f.file)).toBe(true);
     expect((await t.module.narFiles.find(f.narName))?.storedSize).toBe(f.file.length);
+  });
+});
+
+describe('NarService: a small NAR held in memory, past its TTL', () => {
+  it('is still answered from memory while the database is asked again: renewed if stored, else forgotten', async () => {
+    const f = await makeStorePath([t.keyA], { size: 2_000 });
+    await putStored(f);
+    const first = await service().get(f.narName);
+    expect(Buffer.isBuffer(first.body) && first.body.equals(f.file)).toBe(true);
+    expect(service().rememberedBytes(f.narName)?.equals(f.file)).toBe(true);
+    const find = vi.spyOn(t.module.narFiles, 'find');
+    const realNow = Date.now.bind(Date);
+    let offset = 0;
+    const clock = vi.spyOn(Date, 'now').mockImplementation(() => realNow() + offset);
+    const memory = t.module.get(RememberedNars);
+    try {
+      // Past its TTL: answered at once, and the row is read once in the background.
+      offset = REMEMBER_MS + 1_000;
+      expect(service().rememberedBytes(f.narName)?.equals(f.file)).toBe(true);
+      expect(service().rememberedBytes(f.narName)?.equals(f.file)).toBe(true);
+      await eventually(
+        () => memory.lookup(f.narName, Date.now())?.stale === false,
+        5000,
+        'renewed',
+      );
+      expect(find).toHaveBeenCalledTimes(1);
+
+      // Its row no longer says stored (deleted elsewhere, the notice lost): one more answer, then
+      // it is forgotten and the next request goes to the database.
+      await t.module.narFiles.markMissing(f.narName);
+      offset += REMEMBER_MS + 1_000;
+      expect(service().rememberedBytes(f.narName)?.equals(f.file)).toBe(true);
+      await eventually(() => memory.lookup(f.narName, Date.now()) === undefined, 5000, 'forgotten');
+      expect(service().rememberedBytes(f.narName)).toBeUndefined();
+
+      // Idle for longer than the stale window: not answered from memory at all.
+      await t.module.narFiles.markStored(f.narName, f.file.length);
+      const again = await service().get(f.narName);
+      expect(again.source).toBe('storage');
+      offset += REMEMBER_MS + STALE_ANSWER_MS;
+      expect(service().rememberedBytes(f.narName)).toBeUndefined();
+    } finally {
+      clock.mockRestore();
+    }
   });
 });
 

@@ -95,10 +95,33 @@ export class NarService {
    */
   rememberedBytes(name: string): Buffer | undefined {
     const now = Date.now();
-    const entry = this.memory.get(name, now);
-    if (!entry?.bytes) return undefined;
-    this.servedFromMemory(name, entry, now);
-    return entry.bytes;
+    const found = this.memory.lookup(name, now);
+    if (!found?.entry.bytes) return undefined;
+    if (found.stale) this.checkStillStored(name, found.entry);
+    this.servedFromMemory(name, found.entry, now);
+    return found.entry.bytes;
+  }
+
+  /**
+   * Asks the database, in the background, whether a NAR answered from memory past its TTL is still
+   * stored: yes renews the entry, anything else forgets it (the next request goes the long way).
+   * While the database cannot be asked, the entry stays as it is and the next hit asks again.
+   */
+  private checkStillStored(name: string, entry: RememberedNar): void {
+    if (entry.checking) return;
+    entry.checking = true;
+    this.files
+      .find(name)
+      .then(
+        (row) => {
+          if (row?.storedSize === entry.size) this.memory.renew(name, entry, Date.now());
+          else this.memory.forgetEntry(name, entry);
+        },
+        (e: Error) => {
+          if (!this.db.noteFailure(e)) this.logger.warn(`checking nar/${name}: ${e.message}`);
+        },
+      )
+      .finally(() => (entry.checking = false));
   }
 
   /**

@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { LocalNotices } from '../locking/notices';
 import { RememberedNars, StoredNarMemory } from './stored-nar-memory';
 
-const limits = { ttlMs: 1000, maxEntries: 3, maxFileBytes: 10, maxTotalBytes: 25 };
+const limits = { ttlMs: 1000, staleMs: 500, maxEntries: 3, maxFileBytes: 10, maxTotalBytes: 25 };
 const bytes = (n: number, fill = 1) => Buffer.alloc(n, fill);
 
 describe('StoredNarMemory', () => {
@@ -12,6 +12,42 @@ describe('StoredNarMemory', () => {
     expect(m.get('a', 999)).toMatchObject({ size: 5, touchedAt: 100 });
     expect(m.get('a', 1000)).toBeUndefined();
     expect(m.size).toBe(0);
+  });
+
+  it('lookup gives out an entry holding the bytes for staleMs past its TTL, marked stale', () => {
+    const m = new StoredNarMemory(limits);
+    m.remember('held', 5, 0, 0);
+    m.keepBytes('held', bytes(5));
+    m.remember('sized', 5, 0, 0); // known stored, bytes not held
+    expect(m.lookup('held', 999)).toMatchObject({ stale: false });
+    expect(m.lookup('held', 1000)).toMatchObject({ stale: true, entry: { size: 5 } });
+    expect(m.lookup('held', 1499)?.entry.bytes?.length).toBe(5);
+    // Without the bytes there is nothing to answer from: forgotten at the TTL, as get() does.
+    expect(m.lookup('sized', 1000)).toBeUndefined();
+    expect(m.lookup('held', 1500)).toBeUndefined();
+    expect(m.size).toBe(0);
+    expect(m.heldBytes).toBe(0);
+  });
+
+  it('renew makes a stale entry fresh, forgetEntry forgets it; neither touches a newer entry', () => {
+    const m = new StoredNarMemory(limits);
+    m.remember('a', 5, 0, 0);
+    m.keepBytes('a', bytes(5));
+    const stale = m.lookup('a', 1200)!.entry;
+    m.renew('a', stale, 1200);
+    expect(m.lookup('a', 2199)).toMatchObject({ stale: false });
+    m.forgetEntry('a', stale);
+    expect(m.lookup('a', 1300)).toBeUndefined();
+    // An entry remembered again meanwhile is not the one that was checked: left alone.
+    m.remember('b', 5, 0, 0);
+    m.keepBytes('b', bytes(5));
+    const old = m.lookup('b', 1100)!.entry;
+    m.remember('b', 5, 0, 1100);
+    m.forgetEntry('b', old);
+    m.renew('b', old, 5000);
+    expect(m.lookup('b', 1200)).toMatchObject({ stale: false });
+    // Its own TTL (from 1100): stale at 2100, where old's renewal would have made it fresh.
+    expect(m.lookup('b', 2100)).toMatchObject({ stale: true });
   });
 
   it('keeps the bytes of small files only, and only when they match the size', () => {

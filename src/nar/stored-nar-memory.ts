@@ -5,6 +5,11 @@ import { NOTICES, type Notices } from '../locking/notices';
 const NAR_FORGET_TOPIC = 'nar-forget';
 /** How long a NAR served from storage is known to be stored without asking the database. */
 export const REMEMBER_MS = 30_000;
+/**
+ * How long past REMEMBER_MS a NAR held in memory is still answered from there, while the database
+ * is asked again in the background (see StoredNarMemory.lookup).
+ */
+export const STALE_ANSWER_MS = 10 * 60_000;
 /** NARs up to this size are kept in memory once served (most NARs of a closure are a few KiB). */
 export const SMALL_NAR_BYTES = 64 * 1024;
 /** At most this many bytes of small NARs are held in memory. */
@@ -33,10 +38,14 @@ export interface RememberedNar {
   until: number;
   /** The whole file, when it is small. */
   bytes?: Buffer;
+  /** True while the database is being asked whether it is still stored (see lookup). */
+  checking?: boolean;
 }
 
 export interface StoredNarMemoryLimits {
   ttlMs: number;
+  /** How long past `ttlMs` an entry holding the bytes may still answer (see lookup). */
+  staleMs: number;
   maxEntries: number;
   maxFileBytes: number;
   maxTotalBytes: number;
@@ -57,6 +66,33 @@ export class StoredNarMemory {
       return undefined;
     }
     return e;
+  }
+
+  /**
+   * The entry for `name` and whether it is past its TTL: an entry holding the bytes is still given
+   * out for `staleMs` after that, so that a hit of a small NAR not asked for in a while is answered
+   * at once, from memory, while the caller asks the database again in the background (renew or
+   * forget). Its bytes are the verified bytes stored under its name (a NAR's name is its FileHash),
+   * so a stale answer is never wrong bytes; at most it serves, once, a NAR that another instance
+   * deleted and whose notice was lost. Past that, or without the bytes, it is forgotten.
+   */
+  lookup(name: string, now: number): { entry: RememberedNar; stale: boolean } | undefined {
+    const e = this.entries.get(name);
+    if (!e) return undefined;
+    if (e.until > now) return { entry: e, stale: false };
+    if (e.bytes && now < e.until + this.limits.staleMs) return { entry: e, stale: true };
+    this.forget(name);
+    return undefined;
+  }
+
+  /** `entry` (still the one remembered for `name`) was found stored again: fresh for another TTL. */
+  renew(name: string, entry: RememberedNar, now: number): void {
+    if (this.entries.get(name) === entry) entry.until = now + this.limits.ttlMs;
+  }
+
+  /** Forgets `name` if `entry` is still what is remembered for it. */
+  forgetEntry(name: string, entry: RememberedNar): void {
+    if (this.entries.get(name) === entry) this.forget(name);
   }
 
   /** Remembers that `name` is stored with `size` bytes (and was touched at `touchedAt`). */
@@ -143,6 +179,7 @@ export class RememberedNars extends StoredNarMemory {
   constructor(@Inject(NOTICES) private readonly notices: Notices) {
     super({
       ttlMs: REMEMBER_MS,
+      staleMs: STALE_ANSWER_MS,
       maxEntries: 50_000,
       maxFileBytes: SMALL_NAR_BYTES,
       maxTotalBytes: SMALL_NARS_TOTAL_BYTES,

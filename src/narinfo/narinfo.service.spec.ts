@@ -19,7 +19,7 @@ import { PeerClient } from '../nar/peer-client';
 import { StoredNarCheck } from '../nar/stored-nar-check';
 import { VERIFIER_POOL_PROVIDER } from '../nar/verification/verifier-pool';
 import { NarInfoEvents } from './narinfo-events';
-import { NarInfoService } from './narinfo.service';
+import { NarInfoService, RECENT_STALE_MS } from './narinfo.service';
 import { RememberedNars } from '../nar/stored-nar-memory';
 
 /**
@@ -268,5 +268,43 @@ describe('NarInfoService: a hit', () => {
 
     expect(find).not.toHaveBeenCalled();
     expect(t.primary.count('GET', narInfoPath(f.hash))).toBe(1);
+  });
+
+  it('past its TTL is still answered by the hot path while the database is asked: renewed, then forgotten once deleted', async () => {
+    const f = await makeStorePath([t.keyA]);
+    t.primary.publish(f);
+    const text = await service().get(f.hash);
+    const find = vi.spyOn(t.module.narInfos, 'find');
+    const realNow = Date.now.bind(Date);
+    let offset = 0;
+    const clock = vi.spyOn(Date, 'now').mockImplementation(() => realNow() + offset);
+    try {
+      expect(service().recentBytes(f.hash)?.toString()).toBe(text);
+      expect(find).not.toHaveBeenCalled();
+      // 31 s later: the same bytes at once, and one database read in the background that renews it.
+      offset = 31_000;
+      expect(service().recentBytes(f.hash)?.toString()).toBe(text);
+      expect(service().recentBytes(f.hash)?.toString()).toBe(text);
+      await eventually(() => find.mock.results.length === 1, 5000, 'checked');
+      await find.mock.results[0].value;
+      await new Promise((done) => setImmediate(done));
+      offset = 60_000; // within the renewed TTL: no further read
+      expect(service().recentBytes(f.hash)?.toString()).toBe(text);
+      expect(find).toHaveBeenCalledTimes(1);
+
+      // Deleted without this instance being told: one more stale answer, then it is forgotten.
+      await t.module.narFiles.deleteWithNarInfos(f.narName);
+      offset = 120_000;
+      expect(service().recentBytes(f.hash)?.toString()).toBe(text);
+      await eventually(() => service().recentBytes(f.hash) === undefined, 5000, 'forgotten');
+      await expect(service().get(f.hash)).resolves.toBeDefined(); // fetched again from upstream
+      expect(t.primary.count('GET', narInfoPath(f.hash))).toBe(2);
+
+      // Not asked for within RECENT_STALE_MS past its TTL: the hot path leaves it to get().
+      offset += 30_000 + RECENT_STALE_MS;
+      expect(service().recentBytes(f.hash)).toBeUndefined();
+    } finally {
+      clock.mockRestore();
+    }
   });
 });

@@ -31,10 +31,17 @@ interface RecentNarInfo {
   narKey: string;
   touchedAt: number;
   until: number;
+  /** True while the database is being asked whether it is still stored (see recentBytes). */
+  checking?: boolean;
 }
 
 /** How long a served narinfo is answered from memory (an eviction elsewhere shows after at most this). */
 const RECENT_TTL_MS = 30_000;
+/**
+ * How long past RECENT_TTL_MS a narinfo served lately is still answered from memory by the hot path,
+ * while the database is asked again in the background (see recentBytes).
+ */
+export const RECENT_STALE_MS = 10 * 60_000;
 const RECENT_MAX = 20_000;
 /** The notice that tells every instance to forget a narinfo it may remember (it was deleted). */
 const FORGET_TOPIC = 'narinfo-forget';
@@ -120,7 +127,13 @@ export class NarInfoService {
     const cached = this.recent.get(hash);
     if (!cached) return undefined;
     const now = Date.now();
-    if (cached.until <= now) return undefined;
+    if (cached.until <= now) {
+      // Past its TTL but asked for within RECENT_STALE_MS of it: answered now, checked after. A
+      // closure asked for again a few minutes later stays on the hot path; what a stale answer can
+      // get wrong is one more answer for a narinfo deleted elsewhere whose notice was lost.
+      if (now >= cached.until + RECENT_STALE_MS) return undefined;
+      this.checkStillStored(hash, cached);
+    }
     this.metrics.narInfoRequest('hit');
     this.touchIfStale(hash, cached, now);
     return cached.body;
@@ -158,17 +171,49 @@ export class NarInfoService {
     this.metrics.narInfoRequest(stored ? 'hit' : row ? 'miss' : 'not_found');
     if (!row) throw new NotFoundError(`${hash}.narinfo not found`);
     this.events.asked({ hash, narKey: row.narKey, upstreamUrl: row.upstreamUrl });
-    const text = this.render(row);
-    const entry = {
+    const entry = this.entryOf(row, this.render(row));
+    this.touchIfStale(hash, entry, now);
+    this.remember(hash, entry);
+    return entry.text;
+  }
+
+  /**
+   * Asks the database, in the background, for a narinfo answered from memory past its TTL: the
+   * entry is renewed (as its row renders now) when it is still stored, and forgotten when not. While
+   * the database cannot be asked, the entry stays as it is and the next hit asks again.
+   */
+  private checkStillStored(hash: string, cached: RecentNarInfo): void {
+    if (cached.checking) return;
+    cached.checking = true;
+    this.repo
+      .find(hash)
+      .then(
+        (row) => {
+          if (this.recent.get(hash) !== cached) return; // forgotten or replaced meanwhile
+          if (!row) {
+            this.recent.delete(hash);
+            return;
+          }
+          const text = this.render(row);
+          if (text === cached.text) cached.until = Date.now() + RECENT_TTL_MS;
+          else this.recent.set(hash, { ...this.entryOf(row, text), touchedAt: cached.touchedAt });
+        },
+        (e: Error) => {
+          if (!this.db.noteFailure(e)) this.logger.warn(`checking ${hash}.narinfo: ${e.message}`);
+        },
+      )
+      .finally(() => (cached.checking = false));
+  }
+
+  /** A fresh memory entry for `row`, rendered as `text`. */
+  private entryOf(row: NarInfoEntity, text: string): RecentNarInfo {
+    return {
       text,
       body: Buffer.from(text),
       narKey: row.narKey,
       touchedAt: row.lastAccessedAt,
-      until: now + RECENT_TTL_MS,
+      until: Date.now() + RECENT_TTL_MS,
     };
-    this.touchIfStale(hash, entry, now);
-    this.remember(hash, entry);
-    return entry.text;
   }
 
   /** Records the access in the database at most once per TOUCH_GRANULARITY_MS per narinfo. */
