@@ -64,4 +64,29 @@ describe('accessLineWriter', () => {
     expect(write('debug', f, 'request completed')).toBe(false);
     expect(lines).toEqual([]);
   });
+
+  it('writes every URL and id as JSON would, escaping only what needs it', () => {
+    const { logger, lines } = capture('info');
+    const write = accessLineWriter(logger);
+    const texts = [
+      '/plain.narinfo',
+      '/a"b',
+      '/a\\b',
+      '/tab\there',
+      '/ünï€',
+      '/\u2028x',
+      '/x\u007f',
+      '',
+    ];
+    for (const text of texts) {
+      write(
+        'info',
+        { reqId: text, method: 'GET', url: text, statusCode: 200, responseTime: 0 },
+        'm',
+      );
+    }
+    const parsed = lines.map((l) => JSON.parse(l) as { reqId: string; url: string });
+    expect(parsed.map((p) => p.url)).toEqual(texts);
+    expect(parsed.map((p) => p.reqId)).toEqual(texts);
+  });
 });

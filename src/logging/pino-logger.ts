@@ -1,6 +1,6 @@
 import pino, { type DestinationStream, type Level, type Logger } from 'pino';
 import type { LogLevel } from '../config/app-config';
-import { LineBatch } from './line-batch';
+import { LineBatch, type ByteSink } from './line-batch';
 import { prettyStream } from './pretty';
 import { REDACTED_PATHS, redactCredentials } from './redact';
 
@@ -32,10 +32,7 @@ export interface PinoLoggerOptions {
 export function createPinoLogger(options: PinoLoggerOptions): Logger {
   const pretty = options.pretty ?? process.stdout.isTTY === true;
   const destination =
-    options.destination ??
-    (pretty
-      ? prettyStream(process.stdout)
-      : new LineBatch(pino.destination({ dest: 1, sync: true })));
+    options.destination ?? (pretty ? prettyStream(process.stdout) : new LineBatch(stdoutBytes()));
   return pino(
     {
       level: PINO_LEVELS[options.level],
@@ -52,6 +49,15 @@ export function createPinoLogger(options: PinoLoggerOptions): Logger {
     },
     destination,
   );
+}
+
+/**
+ * Synchronous writes of Buffers to stdout. SonicBoom (pino.destination) takes Buffers in its
+ * `buffer` content mode and retries a write that a full non-blocking pipe refused (EAGAIN) before
+ * it returns; its typings only know the string mode.
+ */
+function stdoutBytes(): ByteSink {
+  return pino.destination({ dest: 1, sync: true, contentMode: 'buffer' }) as unknown as ByteSink;
 }
 
 /** Strings, and the string fields of a merging object, without URL credentials. */
