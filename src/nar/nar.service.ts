@@ -26,7 +26,7 @@ import { ActiveDownloads, type ActiveDownload } from './active-downloads';
 import { resolveRange, type ByteRange } from './byte-range';
 import { NarFetcher } from './nar-fetcher';
 import { PeerClient } from './peer-client';
-import { StoredFile } from './stored-file';
+import { readWhole, StoredFile } from './stored-file';
 import { RememberedNars, type RememberedNar } from './stored-nar-memory';
 
 /** What the controller streams to one client. */
@@ -95,11 +95,11 @@ export class NarService {
    */
   rememberedBytes(name: string): Buffer | undefined {
     const now = Date.now();
-    const found = this.memory.lookup(name, now);
-    if (!found?.entry.bytes) return undefined;
-    if (found.stale) this.checkStillStored(name, found.entry);
-    this.servedFromMemory(name, found.entry, now);
-    return found.entry.bytes;
+    const entry = this.memory.answerable(name, now);
+    if (!entry?.bytes) return undefined;
+    if (entry.until <= now) this.checkStillStored(name, entry); // past its TTL: answered, checked
+    this.servedFromMemory(name, entry, now);
+    return entry.bytes;
   }
 
   /**
@@ -388,23 +388,4 @@ export class NarService {
     const row = await this.files.find(name);
     return row?.storedSize != null && (await this.store.stat(name)) !== null ? STORED : row;
   }
-}
-
-/**
- * The whole of a small stream, if it has exactly `size` bytes (else null: the caller streams it
- * instead). Reads at most `size` + 1 bytes before giving up.
- */
-async function readWhole(body: Readable, size: number): Promise<Buffer | null> {
-  const chunks: Buffer[] = [];
-  let got = 0;
-  try {
-    for await (const chunk of body as AsyncIterable<Buffer>) {
-      got += chunk.length;
-      if (got > size) return null;
-      chunks.push(chunk);
-    }
-  } finally {
-    body.destroy();
-  }
-  return got === size ? Buffer.concat(chunks, got) : null;
 }

@@ -1,5 +1,6 @@
 import type { FileHandle } from 'node:fs/promises';
 import type { ServerResponse } from 'node:http';
+import type { Readable } from 'node:stream';
 
 /**
  * Bytes read from the file at a time (two such buffers per response). With 512 KiB instead of
@@ -126,4 +127,23 @@ export class StoredFile {
   destroy(): void {
     void this.close();
   }
+}
+
+/**
+ * The whole of a small stream, if it has exactly `size` bytes (else null: the caller streams it
+ * instead). Reads at most `size` + 1 bytes before giving up.
+ */
+export async function readWhole(body: Readable, size: number): Promise<Buffer | null> {
+  const chunks: Buffer[] = [];
+  let got = 0;
+  try {
+    for await (const chunk of body as AsyncIterable<Buffer>) {
+      got += chunk.length;
+      if (got > size) return null;
+      chunks.push(chunk);
+    }
+  } finally {
+    body.destroy();
+  }
+  return got === size ? Buffer.concat(chunks, got) : null;
 }

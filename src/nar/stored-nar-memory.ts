@@ -77,10 +77,15 @@ export class StoredNarMemory {
    * deleted and whose notice was lost. Past that, or without the bytes, it is forgotten.
    */
   lookup(name: string, now: number): { entry: RememberedNar; stale: boolean } | undefined {
+    const e = this.answerable(name, now);
+    return e && { entry: e, stale: e.until <= now };
+  }
+
+  /** lookup without the wrapping object, for the hot path: stale when `until <= now`. */
+  answerable(name: string, now: number): RememberedNar | undefined {
     const e = this.entries.get(name);
     if (!e) return undefined;
-    if (e.until > now) return { entry: e, stale: false };
-    if (e.bytes && now < e.until + this.limits.staleMs) return { entry: e, stale: true };
+    if (e.until > now || (e.bytes && now < e.until + this.limits.staleMs)) return e;
     this.forget(name);
     return undefined;
   }
