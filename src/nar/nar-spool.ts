@@ -1,10 +1,12 @@
 import { EventEmitter } from 'node:events';
 import { open, unlink, type FileHandle } from 'node:fs/promises';
+import type { ServerResponse } from 'node:http';
 import { Readable } from 'node:stream';
 import { DownloadFailedError, InsufficientStorageError } from '../common/errors';
 import type { SpoolArea } from '../storage/spool-area';
 import type { NarStore } from '../storage/nar-store';
 import type { ByteRange } from './byte-range';
+import { sendChunks, type DirectBody } from './send-chunks';
 import type { SpoolCheck } from './verification/verifier-pool';
 
 const READ_CHUNK = 64 * 1024;
@@ -132,7 +134,7 @@ export class NarSpool extends EventEmitter {
   }
 
   /** A stream for one more client, or null once the spool is closed (read from storage then). */
-  tryCreateReader(range?: ByteRange): Readable | null {
+  tryCreateReader(range?: ByteRange): (Readable & DirectBody) | null {
     return this.spoolClosed ? null : this.createReader(range);
   }
 
@@ -140,7 +142,7 @@ export class NarSpool extends EventEmitter {
    * A stream of the NAR (or of `range` of it) for one client. Its last byte, too, waits until the
    * download is verified.
    */
-  createReader(range?: ByteRange): Readable {
+  createReader(range?: ByteRange): Readable & DirectBody {
     this.users++;
     this.readers++;
     return new SpoolReader(
@@ -244,22 +246,26 @@ class FailFast {
   }
 }
 
-/** One client's view of a spool: tails it until the download is verified or fails. */
-class SpoolReader extends Readable {
+/**
+ * One client's view of a spool: tails it until the download is verified or fails. Read it as a
+ * stream, or let it write itself to a response (`sendTo`, see DirectBody), which reuses two buffers
+ * instead of allocating one per chunk read from the spool.
+ */
+class SpoolReader extends Readable implements DirectBody {
   private offset: number;
   /** Offset just past the last byte this reader delivers. */
   private readonly limit: number;
   private wake?: () => void;
   private released = false;
+  /** The response `sendTo` writes to (unset while read as a stream). */
+  private target?: ServerResponse;
   private readonly onProgress = () => {
     // A failed download ends every reader at once, also one that is paused (not reading).
-    if (this.spool.state === 'failed' && !this.destroyed) {
-      this.destroy(this.spool.error);
-      return;
+    if (this.spool.state === 'failed') {
+      if (this.target) this.target.destroy(this.spool.error);
+      else if (!this.destroyed) this.destroy(this.spool.error);
     }
-    const wake = this.wake;
-    this.wake = undefined;
-    wake?.();
+    this.wakeUp();
   };
 
   constructor(
@@ -274,8 +280,23 @@ class SpoolReader extends Readable {
     this.once('end', () => this.close());
   }
 
+  sendTo(res: ServerResponse, onSent?: (bytes: number) => void): Promise<number> {
+    this.target = res;
+    res.once('close', () => this.wakeUp()); // a client gone while this waits for the download
+    return sendChunks(
+      res,
+      [READ_CHUNK, READ_CHUNK],
+      (buffer) => this.nextChunk(buffer),
+      () => this.close(),
+      onSent,
+    );
+  }
+
   override _read(): void {
-    this.pump().catch((e: Error) => this.destroy(e));
+    this.nextChunk().then(
+      (chunk) => this.push(chunk),
+      (e: Error) => this.destroy(e),
+    );
   }
 
   override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
@@ -283,13 +304,17 @@ class SpoolReader extends Readable {
     cb(err);
   }
 
-  private async pump(): Promise<void> {
+  /**
+   * The next bytes this reader may deliver, waiting for the download while there are none: a view
+   * of an upstream chunk still in memory, or bytes read from the spool into `into` (a new buffer
+   * when none is given). Null at the end (or once `sendTo`'s client is gone); throws when the
+   * download failed.
+   */
+  private async nextChunk(into?: Buffer): Promise<Buffer | null> {
     const d = this.spool;
     for (;;) {
-      if (d.state === 'failed') {
-        this.destroy(d.error);
-        return;
-      }
+      if (d.state === 'failed') throw d.error ?? new DownloadFailedError('download failed');
+      if (this.target?.destroyed) return null;
       let visible = Math.min(this.limit, d.readableBytes);
       // A range that ends before the end of the file keeps its own last byte until verification.
       if (d.state !== 'verified' && visible === this.limit) visible--;
@@ -297,22 +322,24 @@ class SpoolReader extends Readable {
         const recent = d.recentAt(this.offset, Math.min(visible, this.offset + READ_CHUNK));
         if (recent) {
           this.offset += recent.length;
-          this.push(recent);
-          return;
+          return recent;
         }
-        const buf = Buffer.allocUnsafe(Math.min(READ_CHUNK, visible - this.offset));
-        const n = await d.readAt(buf, this.offset);
+        const want = Math.min(into?.length ?? READ_CHUNK, visible - this.offset);
+        const buf = into ?? Buffer.allocUnsafe(want);
+        const n = await d.readAt(want === buf.length ? buf : buf.subarray(0, want), this.offset);
         if (n === 0) throw new Error('spool ended early');
         this.offset += n;
-        this.push(n === buf.length ? buf : buf.subarray(0, n));
-        return;
+        return n === buf.length ? buf : buf.subarray(0, n);
       }
-      if (d.state === 'verified') {
-        this.push(null);
-        return;
-      }
+      if (d.state === 'verified') return null;
       await new Promise<void>((resolve) => (this.wake = resolve));
     }
+  }
+
+  private wakeUp(): void {
+    const wake = this.wake;
+    this.wake = undefined;
+    wake?.();
   }
 
   private close(): void {

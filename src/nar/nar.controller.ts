@@ -7,10 +7,10 @@ import { MetricsService } from '../metrics/metrics.service';
 import { InvalidNarNameError } from '../nix/errors';
 import { parseNarFileName } from '../nix/compression';
 import { contentRange, type ByteRange } from './byte-range';
-import { NarService } from './nar.service';
+import { NarService, type NarResponse } from './nar.service';
 import { PEER_DOWNLOADS_PATH, PeerClient } from './peer-client';
+import { isDirectBody, type DirectBody } from './send-chunks';
 import { StallGuard } from './stall-guard';
-import { StoredFile } from './stored-file';
 
 export const NAR_CONTENT_TYPE = 'application/x-nix-nar';
 
@@ -33,8 +33,8 @@ export class NarController {
     void reply.type(NAR_CONTENT_TYPE).header('x-narwhal-source', nar.source);
     setLength(reply, nar);
     this.stalls.watch(reply.raw);
-    if (nar.body instanceof StoredFile) {
-      await this.sendFile(reply, nar.body);
+    if (isDirectBody(nar.body)) {
+      await this.sendDirect(reply, nar.body, nar.source);
       return;
     }
     // A stream error after the headers makes Fastify destroy the socket: no clean end for bad bytes.
@@ -45,15 +45,20 @@ export class NarController {
   }
 
   /**
-   * Sends a stored file past Fastify's stream handling (see StoredFile): the head as Fastify would
-   * write it (status and every header set so far, the request id's too), then the bytes. Fastify's
-   * onResponse hooks and the access line still run when the response finishes or closes.
+   * Sends a stored file or a running download past Fastify's stream handling (see DirectBody): the
+   * head as Fastify would write it (status and every header set so far, the request id's too), then
+   * the bytes. Fastify's onResponse hooks and the access line still run when the response finishes
+   * or closes.
    */
-  private async sendFile(reply: FastifyReply, file: StoredFile): Promise<void> {
+  private async sendDirect(
+    reply: FastifyReply,
+    body: DirectBody,
+    source: NarResponse['source'],
+  ): Promise<void> {
     reply.hijack();
     const res = reply.raw;
     res.writeHead(reply.statusCode, reply.getHeaders() as OutgoingHttpHeaders);
-    await file.sendTo(res, (bytes) => this.metrics.countServedBytes('storage', bytes));
+    await body.sendTo(res, (bytes) => this.metrics.countServedBytes(source, bytes));
   }
 
   @Head('nar/:name')

@@ -1,6 +1,7 @@
 import type { FileHandle } from 'node:fs/promises';
 import type { ServerResponse } from 'node:http';
 import type { Readable } from 'node:stream';
+import { sendChunks, type DirectBody } from './send-chunks';
 
 /**
  * Bytes read from the file at a time (two such buffers per response). With 512 KiB instead of
@@ -16,13 +17,12 @@ const CHUNK_BYTES = 512 * 1024;
  *
  * A read stream allocates a new buffer for every chunk: streaming a hot 64 MiB NAR allocated 64 MiB
  * of buffers that only the garbage collector gave back, and it spent a sixth of its time there.
- * `sendTo` reads into two buffers of its own, in turn, and reuses one only once the response has
- * handed its bytes to the socket (the write callback): one chunk is read while the other is being
- * written, and nothing is allocated per chunk.
+ * `sendTo` reads into two buffers of its own, in turn (see sendChunks): one chunk is read while the
+ * other is being written, and nothing is allocated per chunk.
  *
  * The handle is closed when sending ends, or by `close` if the body is not sent.
  */
-export class StoredFile {
+export class StoredFile implements DirectBody {
   private closed = false;
 
   /** Sends bytes `start`..`end` (inclusive) of the file open as `handle`. */
@@ -36,63 +36,20 @@ export class StoredFile {
     return this.end - this.start + 1;
   }
 
-  /**
-   * Writes the bytes to `res` (whose head the caller has set) and ends it, calling `onSent` with
-   * each chunk's size once it is handed to the socket (all before the response ends). Resolves with
-   * the number of bytes handed to the socket; never rejects: if the file cannot be read, or is shorter than
-   * announced, the response is destroyed (the client sees a broken body, never a clean end), and if
-   * the client goes away, sending stops.
-   */
-  async sendTo(res: ServerResponse, onSent?: (bytes: number) => void): Promise<number> {
-    const buffers = [
-      Buffer.allocUnsafe(Math.min(CHUNK_BYTES, this.length)),
-      Buffer.allocUnsafe(Math.min(CHUNK_BYTES, Math.max(0, this.length - CHUNK_BYTES))),
-    ];
-    /** The write of each buffer still in flight (the buffer is not reused before it settles). */
-    const writing = [Promise.resolve(true), Promise.resolve(true)];
-    // A write still pending when the connection closes may never call back: 'close' settles it.
-    let gone = res.destroyed;
-    let onClose!: () => void;
-    const closed = new Promise<boolean>((resolve) => {
-      onClose = () => {
-        gone = true;
-        resolve(false);
-      };
-    });
-    res.once('close', onClose);
-    const settled = (write: Promise<boolean>) => Promise.race([write, closed]);
+  /** Sends the bytes to `res` through two reused buffers (see DirectBody and sendChunks). */
+  sendTo(res: ServerResponse, onSent?: (bytes: number) => void): Promise<number> {
     let position = this.start;
-    let sent = 0;
-    try {
-      for (let i = 0; position <= this.end && !gone; i ^= 1) {
-        if (!(await settled(writing[i]))) break; // that write failed: the client is gone
-        const buffer = buffers[i];
-        const want = Math.min(buffer.length, this.end - position + 1);
-        const { bytesRead } = await this.handle.read(buffer, 0, want, position);
-        if (bytesRead === 0) throw new Error('stored file is shorter than its recorded size');
-        if (gone) break;
-        position += bytesRead;
-        const chunk = bytesRead === buffer.length ? buffer : buffer.subarray(0, bytesRead);
-        writing[i] = new Promise<boolean>((resolve) => {
-          res.write(chunk, (e) => {
-            if (!e) {
-              sent += bytesRead;
-              onSent?.(bytesRead);
-            }
-            resolve(!e);
-          });
-        });
-      }
-      await Promise.all(writing.map(settled));
-      if (!gone && position > this.end) res.end();
-    } catch (e) {
-      res.destroy(e as Error);
-      await Promise.all(writing.map(settled));
-    } finally {
-      res.removeListener('close', onClose);
-      await this.close();
-    }
-    return sent;
+    const next = async (buffer: Buffer): Promise<Buffer | null> => {
+      if (position > this.end) return null;
+      const want = Math.min(buffer.length, this.end - position + 1);
+      const { bytesRead } = await this.handle.read(buffer, 0, want, position);
+      if (bytesRead === 0) throw new Error('stored file is shorter than its recorded size');
+      position += bytesRead;
+      return bytesRead === buffer.length ? buffer : buffer.subarray(0, bytesRead);
+    };
+    const first = Math.min(CHUNK_BYTES, this.length);
+    const second = Math.min(CHUNK_BYTES, Math.max(0, this.length - CHUNK_BYTES));
+    return sendChunks(res, [first, second], next, () => this.close(), onSent);
   }
 
   /** Closes the file (when the body is not sent after all). */
