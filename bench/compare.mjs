@@ -7,7 +7,8 @@
 //     an optional fixed latency added to every request; it counts requests per path;
 //   - an nginx proxy_cache peer as the NixOS-wiki recipe has it (`proxy_cache` + `proxy_cache_lock`,
 //     `sendfile on`, `access_log off`), a non-daemon child with its own config, cache and temp dirs;
-//   - narwhal (`dist/main.js serve` with NODE_FLAGS from dist/runtime-flags.js, as bench/run.mjs)
+//   - narwhal (`dist/main.js serve` with NODE_FLAGS and RUNTIME_ENV from dist/runtime-flags.js, as
+//     bench/run.mjs)
 //     on its defaults (info access log on) plus `--prometheus-enabled true`, a fresh data path,
 //     trusting the upstream's key;
 // and measures both peers with the same load (wrk for request rates, curl and Node clients for
@@ -730,7 +731,7 @@ async function startNginx(nginx, work, upstream) {
   };
 }
 
-async function startNarwhal(settings, work, upstream, publicKey, nodeFlags) {
+async function startNarwhal(settings, work, upstream, publicKey, launch) {
   const main = join(settings.dist, 'main.js');
   const dataPath = join(work, 'narwhal-data');
   await mkdir(dataPath, { recursive: true });
@@ -744,7 +745,7 @@ async function startNarwhal(settings, work, upstream, publicKey, nodeFlags) {
     ),
   );
   const args = [
-    ...nodeFlags,
+    ...launch.flags,
     ...settings.nodeArgs,
     main,
     'serve',
@@ -758,6 +759,8 @@ async function startNarwhal(settings, work, upstream, publicKey, nodeFlags) {
       stdio: ['ignore', out, out],
       detached: true,
       env: {
+        // npm start's environment, unless the calling shell sets those variables (an A/B run).
+        ...launch.env,
         ...env,
         SERVER_ADDR: `127.0.0.1:${port}`,
         CACHE_DATA_PATH: dataPath,
@@ -1135,7 +1138,7 @@ const PREFETCH_VARIANTS = [
   },
 ];
 
-async function closureMeasures(peers, fixture, settings, upstream, work, nodeFlags) {
+async function closureMeasures(peers, fixture, settings, upstream, work, launch) {
   const n = fixture.small.length + 1;
   if (settings.run.closureCold) {
     const columns = [{ name: 'direct', base: upstream.url }, ...peers];
@@ -1163,7 +1166,7 @@ async function closureMeasures(peers, fixture, settings, upstream, work, nodeFla
         const dir = join(work, v.id);
         await mkdir(dir, { recursive: true });
         const variant = { ...settings, narwhalArgs: [...settings.narwhalArgs, ...v.args] };
-        const peer = await startNarwhal(variant, dir, upstream, fixture.publicKey, nodeFlags);
+        const peer = await startNarwhal(variant, dir, upstream, fixture.publicKey, launch);
         try {
           const before = await upstream.counts();
           const secs = await nixCopy(peer.name, peer.base, fixture, settings, dir, 'cold');
@@ -1278,7 +1281,7 @@ function coldWarmupPaths(fixture) {
   return Math.floor(fixture.small.length / 3);
 }
 
-async function coldRequestMeasures(nginx, fixture, settings, upstream, work, nodeFlags) {
+async function coldRequestMeasures(nginx, fixture, settings, upstream, work, launch) {
   const ids = [
     'coldNarinfoP50',
     'coldNarinfoMean',
@@ -1301,7 +1304,7 @@ async function coldRequestMeasures(nginx, fixture, settings, upstream, work, nod
           dir,
           upstream,
           fixture.publicKey,
-          nodeFlags,
+          launch,
         ),
     ],
   ];
@@ -1498,7 +1501,9 @@ async function benchMain() {
     fail(`${main} not found; run \`npm run build\` first (or set NARWHAL_DIST).`);
   const require = createRequire(import.meta.url);
   const { encodeNix32 } = require(join(settings.dist, 'nix/base32.js'));
-  const { NODE_FLAGS } = require(join(settings.dist, 'runtime-flags.js'));
+  const { NODE_FLAGS, RUNTIME_ENV = {} } = require(join(settings.dist, 'runtime-flags.js'));
+  // How `npm start` launches narwhal: its Node options and environment.
+  const launch = { flags: NODE_FLAGS, env: RUNTIME_ENV };
 
   const nginx = findTool(process.env.BENCH_NGINX ?? '/usr/sbin/nginx', 'nginx');
   const missing = [];
@@ -1550,16 +1555,16 @@ async function benchMain() {
     if (!settings.run.coldRequests) {
       peers.push(await startNginx(nginx, workDir, upstream));
       log(`nginx (pid ${peers[0].pid}) at ${peers[0].base}`);
-      peers.push(await startNarwhal(settings, workDir, upstream, fixture.publicKey, NODE_FLAGS));
+      peers.push(await startNarwhal(settings, workDir, upstream, fixture.publicKey, launch));
       log(`narwhal (pid ${peers[1].pid}) at ${peers[1].base}`);
     }
     const load0 = loadavg();
 
     if (settings.run.closureCold || settings.run.closureWarm) {
-      await closureMeasures(peers, fixture, settings, upstream, workDir, NODE_FLAGS);
+      await closureMeasures(peers, fixture, settings, upstream, workDir, launch);
     }
     if (settings.run.coldRequests) {
-      await coldRequestMeasures(nginx, fixture, settings, upstream, workDir, NODE_FLAGS);
+      await coldRequestMeasures(nginx, fixture, settings, upstream, workDir, launch);
     }
     if (settings.run.hot) {
       for (const peer of peers) await hotMeasures(peer, fixture, settings, upstream, workDir);

@@ -30,7 +30,7 @@ if (!existsSync(MAIN)) {
 }
 const require = createRequire(import.meta.url);
 const { encodeNix32 } = require(join(DIST, 'nix/base32.js'));
-const { NODE_FLAGS } = require(join(DIST, 'runtime-flags.js'));
+const { NODE_FLAGS, RUNTIME_ENV = {} } = require(join(DIST, 'runtime-flags.js'));
 
 const num = (name, def) => {
   const n = Number(process.env[name] ?? def);
@@ -92,6 +92,7 @@ async function startNarwhal(upstreams, env) {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: {
       ...process.env,
+      ...RUNTIME_ENV,
       SERVER_ADDR: `127.0.0.1:${port}`,
       CACHE_DATA_PATH: dataPath,
       CACHE_UPSTREAM_URL: upstreams.map((u, i) => `${u.url}?priority=${10 * (i + 1)}`).join(','),

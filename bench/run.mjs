@@ -36,7 +36,7 @@ const { encodeNix32 } = require(join(DIST, 'nix/base32.js'));
 const { CreateBucketCommand, S3Client } = require('@aws-sdk/client-s3');
 const { narInfoFingerprint } = require(join(DIST, 'nix/fingerprint.js'));
 const { serializeNarInfo } = require(join(DIST, 'nix/narinfo.js'));
-const { NODE_FLAGS } = require(join(DIST, 'runtime-flags.js'));
+const { NODE_FLAGS, RUNTIME_ENV = {} } = require(join(DIST, 'runtime-flags.js'));
 const { formatPublicKey, generateSecretKey, signFingerprint } = require(
   join(DIST, 'signing/keys.js'),
 );
@@ -283,6 +283,7 @@ async function startNarwhal(dataPath, upstream, publicKey, extraEnv = {}) {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: {
       ...process.env,
+      ...RUNTIME_ENV,
       SERVER_ADDR: `127.0.0.1:${port}`,
       CACHE_DATA_PATH: dataPath,
       CACHE_UPSTREAM_URL: upstream.url,

@@ -34,7 +34,7 @@ if (spawnSync('wrk', ['--version']).error) {
 const require = createRequire(import.meta.url);
 const { encodeNix32 } = require(join(DIST, 'nix/base32.js'));
 const { serializeNarInfo } = require(join(DIST, 'nix/narinfo.js'));
-const { NODE_FLAGS } = require(join(DIST, 'runtime-flags.js'));
+const { NODE_FLAGS, RUNTIME_ENV = {} } = require(join(DIST, 'runtime-flags.js'));
 
 const num = (name, def) => {
   const n = Number(process.env[name] ?? def);
@@ -86,6 +86,7 @@ async function startNarwhal(dataPath, env) {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: {
       ...process.env,
+      ...RUNTIME_ENV,
       ...settings(dataPath),
       SERVER_ADDR: `127.0.0.1:${port}`,
       // Nothing is asked of it: the benchmark serves what was pushed.
@@ -119,7 +120,7 @@ async function startNarwhal(dataPath, env) {
 
 async function cli(dataPath, args) {
   const { stdout } = await run(process.execPath, [...NODE_FLAGS, MAIN, ...args], {
-    env: { ...process.env, ...settings(dataPath) },
+    env: { ...process.env, ...RUNTIME_ENV, ...settings(dataPath) },
   });
   return stdout.trim();
 }

@@ -1,4 +1,4 @@
-#!/usr/bin/env -S node --max-semi-space-size=2
+#!/usr/bin/env -S MALLOC_ARENA_MAX=2 node --max-semi-space-size=2
 import 'reflect-metadata';
 import { Command, Option } from 'commander';
 import { writeFile } from 'node:fs/promises';

@@ -3,7 +3,7 @@ import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'nod
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { NODE_FLAGS } from './runtime-flags';
+import { NODE_FLAGS, RUNTIME_ENV } from './runtime-flags';
 
 const ROOT = join(__dirname, '..');
 const read = (file: string) => readFileSync(join(ROOT, file), 'utf8');
@@ -22,14 +22,39 @@ describe('Node options narwhal runs with', () => {
   const dir = mkdtempSync(join(tmpdir(), 'narwhal-flags-'));
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
+  const assignments = Object.entries(RUNTIME_ENV)
+    .map(([name, value]) => `${name}=${value}`)
+    .join(' ');
+
   it('are the same in npm start, npm run migrate, the executable and the Docker image', () => {
     const scripts = (JSON.parse(read('package.json')) as { scripts: Record<string, string> })
       .scripts;
-    expect(scripts.start).toBe(`node ${flags} dist/main.js serve`);
-    expect(scripts.migrate).toBe(`node ${flags} dist/main.js migrate`);
-    expect(read('src/main.ts').split('\n')[0]).toBe(`#!/usr/bin/env -S node ${flags}`);
-    const entrypoint = /^ENTRYPOINT (.*)$/m.exec(read('docker/Dockerfile'))?.[1];
+    expect(scripts.start).toBe(`${assignments} node ${flags} dist/main.js serve`);
+    expect(scripts.migrate).toBe(`${assignments} node ${flags} dist/main.js migrate`);
+    expect(read('src/main.ts').split('\n')[0]).toBe(
+      `#!/usr/bin/env -S ${assignments} node ${flags}`,
+    );
+    const dockerfile = read('docker/Dockerfile');
+    const entrypoint = /^ENTRYPOINT (.*)$/m.exec(dockerfile)?.[1];
     expect(JSON.parse(entrypoint ?? 'null')).toEqual(['node', ...NODE_FLAGS, 'dist/main.js']);
+    // The image's last stage (the one that runs) sets the environment.
+    const runStage = dockerfile.slice(dockerfile.lastIndexOf('\nFROM '));
+    for (const [name, value] of Object.entries(RUNTIME_ENV)) {
+      expect(runStage).toMatch(new RegExp(`^ENV ${name}=${value}$`, 'm'));
+    }
+  });
+
+  it('set the environment through the shebang', () => {
+    const script = join(dir, 'env.js');
+    const names = JSON.stringify(Object.keys(RUNTIME_ENV));
+    writeFileSync(
+      script,
+      `${read('src/main.ts').split('\n')[0]}\nconst e = {}; for (const n of ${names}) e[n] = process.env[n]; console.log(JSON.stringify(e));\n`,
+    );
+    chmodSync(script, 0o755);
+    const env = { ...process.env };
+    for (const name of Object.keys(RUNTIME_ENV)) delete env[name];
+    expect(JSON.parse(execFileSync(script, { encoding: 'utf8', env }))).toEqual(RUNTIME_ENV);
   });
 
   it('take effect through the shebang: the young generation stays small under churn', () => {

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, beforeEach } from 'vitest';
-import { NODE_FLAGS } from '../../src/runtime-flags';
+import { NODE_FLAGS, RUNTIME_ENV } from '../../src/runtime-flags';
 import { FakeUpstream } from './fake-upstream';
 import { httpGet } from './http-client';
 import { run, type RunResult } from './nix';
@@ -12,7 +12,10 @@ import { freePort } from './ports';
 import { procMemory, type ProcMemory } from './proc-memory';
 import type { TestKey } from './signing-keys';
 
-/** Runs the built server (`node <NODE_FLAGS> dist/main.js serve`) as a child process, like `npm start`. */
+/**
+ * Runs the built server (`node <NODE_FLAGS> dist/main.js serve` with RUNTIME_ENV) as a child
+ * process, like `npm start`.
+ */
 
 const REPO_ROOT = resolve(__dirname, '..', '..');
 const READY_TIMEOUT_MS = 30_000;
@@ -34,6 +37,7 @@ export interface NarwhalOptions {
 function narwhalEnv(options: NarwhalOptions): NodeJS.ProcessEnv {
   return {
     ...process.env,
+    ...RUNTIME_ENV,
     CACHE_HOSTNAME: options.hostname ?? 'narwhal-e2e',
     CACHE_DATA_PATH: options.dataPath,
     CACHE_UPSTREAM_URL: options.upstreamUrls.join(','),
@@ -47,7 +51,7 @@ function narwhalEnv(options: NarwhalOptions): NodeJS.ProcessEnv {
 export function runNarwhalCommand(args: string[], env: NodeJS.ProcessEnv): Promise<RunResult> {
   return run(process.execPath, [...NODE_FLAGS, 'dist/main.js', ...args], {
     cwd: REPO_ROOT,
-    env: { ...process.env, LOG_LEVEL: 'warn', ...env },
+    env: { ...process.env, ...RUNTIME_ENV, LOG_LEVEL: 'warn', ...env },
   });
 }
 
