@@ -259,6 +259,47 @@ describe('NarVerifier rejects', () => {
   });
 });
 
+describe('NarVerifier.releasesChunks', () => {
+  /** Feeds `bytes` through one buffer, refilled (and the rest scribbled over) after every update. */
+  async function verifyThroughOneBuffer(expect: NarExpectations, bytes: Buffer, size = 65_536) {
+    const v = new NarVerifier(expect, ON_THIS_THREAD);
+    const buffer = Buffer.alloc(size);
+    try {
+      for (let offset = 0; offset < bytes.length; offset += size) {
+        const n = bytes.copy(buffer, 0, offset, offset + size);
+        await v.update(buffer.subarray(0, n));
+        buffer.fill(0x5a); // what the next read would do to bytes a decoder still held
+      }
+      await v.finish();
+    } finally {
+      v.destroy();
+    }
+  }
+
+  it.each([
+    ['xz', xz],
+    ['gzip', gzip],
+  ] as const)('%s: a buffer refilled after each update still verifies', async (_name, s) => {
+    expect(new NarVerifier(s.expect, ON_THIS_THREAD).releasesChunks).toBe(true);
+    await expect(verifyThroughOneBuffer(s.expect, s.file, 4096)).resolves.toBeUndefined();
+    await expect(verifyThroughOneBuffer(s.expect, s.file)).resolves.toBeUndefined();
+  });
+
+  it('xz: a bad byte fed through the reused buffer is still found', async () => {
+    const bad = Buffer.from(xz.file);
+    bad[Math.floor(bad.length / 2)] ^= 1;
+    await failure(verifyThroughOneBuffer({ ...xz.expect, fileHash: undefined }, bad));
+  });
+
+  it('is true without a decoder, false for decoders that keep their input', () => {
+    const hashOnly = { ...xz.expect, narHash: undefined, narSize: undefined };
+    expect(new NarVerifier(hashOnly, ON_THIS_THREAD).releasesChunks).toBe(true);
+    expect(new NarVerifier(zstd.expect, ON_THIS_THREAD).releasesChunks).toBe(false);
+    expect(new NarVerifier(plain.expect, ON_THIS_THREAD).releasesChunks).toBe(false);
+    expect(new NarVerifier(xz.expect).releasesChunks).toBe(false); // xz on lzma-native's threads
+  });
+});
+
 describe('NarVerifier.checksContent', () => {
   it('is false for a compression it cannot decode and no FileHash', () => {
     const v = new NarVerifier({ compression: 'bzip2', narHash: xz.expect.narHash, narSize: 1 });

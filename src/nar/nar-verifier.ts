@@ -62,12 +62,17 @@ export class NarVerifier {
   private readonly narHasher: Hash = createHash('sha256');
   private narBytes = 0;
   private readonly decompressed: Promise<void>;
+  /** The decoder is done with a chunk once its write callback runs (see releasesChunks). */
+  private readonly decoderCopies: boolean;
 
   constructor(
     private readonly expect: NarExpectations,
     options: { onThisThread?: boolean } = {},
   ) {
     this.decompressor = expect.narHash ? createNarDecompressor(expect.compression, options) : null;
+    const c = expect.compression;
+    this.decoderCopies =
+      (c === 'xz' && options.onThisThread === true) || c === 'gzip' || c === 'br';
     if (this.decompressor) {
       const d = this.decompressor;
       const limit = expect.narSize;
@@ -98,6 +103,17 @@ export class NarVerifier {
     }
   }
 
+  /**
+   * True when `update` resolves only once the verifier is done with the chunk's bytes, so that the
+   * caller may fill the same buffer again (the verifier thread does, instead of allocating one per
+   * read). The xz decoder on this thread, gzip and brotli take in all of a chunk before they call it
+   * consumed; fzstd keeps parts of its input, and a pass-through may hold a chunk until its reader
+   * takes it, so for those every chunk needs a buffer of its own.
+   */
+  get releasesChunks(): boolean {
+    return this.decompressor === null || this.decoderCopies;
+  }
+
   /** True when the content (not only the size) of this NAR is checked. */
   get checksContent(): boolean {
     return checksContent(this.expect);
@@ -117,7 +133,10 @@ export class NarVerifier {
     return this.decompressed.then(() => new Promise<void>(() => undefined));
   }
 
-  /** Feeds the next chunk as served; resolves when the decompressor can take more. */
+  /**
+   * Feeds the next chunk as served; resolves when the decompressor can take more (and, when
+   * `releasesChunks`, once it is done with this chunk).
+   */
   async update(chunk: Buffer): Promise<void> {
     this.fileBytes += chunk.length;
     if (this.expect.fileSize !== undefined && this.fileBytes > this.expect.fileSize) {
@@ -125,7 +144,10 @@ export class NarVerifier {
     }
     this.fileHasher.update(chunk);
     const d = this.decompressor;
-    if (d && !d.destroyed && !d.write(chunk)) {
+    if (d && !d.destroyed && this.decoderCopies) {
+      const consumed = new Promise<void>((resolve) => d.write(chunk, () => resolve()));
+      await Promise.race([consumed, this.decompressed]);
+    } else if (d && !d.destroyed && !d.write(chunk)) {
       await Promise.race([once(d, 'drain'), this.decompressed]);
     }
     if (d?.destroyed) await this.decompressed; // rejects with the reason (e.g. past NarSize)

@@ -23,6 +23,8 @@ function post(message: FromWorker): void {
 /** What a job feeds its bytes to: a verifier, or a lister. */
 interface Sink {
   readonly failure: Promise<void>;
+  /** True when a chunk's buffer may be filled again once `update` resolved. */
+  readonly releasesChunks?: boolean;
   update(chunk: Buffer): Promise<void>;
   finish(): Promise<string | void>;
   destroy(): void;
@@ -80,6 +82,7 @@ class Job {
 
   private async run(): Promise<void> {
     let handle: FileHandle | undefined;
+    let readBuffer: Buffer | undefined;
     try {
       // A failure found mid-way (past NarSize) is reported at once, not when the input ends.
       this.verifier.failure.catch((e: Error) => this.fail(e));
@@ -89,8 +92,12 @@ class Job {
         if (this.path && offset < this.available) {
           // Opened on the first bytes: the spool may not exist yet when the check starts.
           handle ??= await open(this.path, 'r');
-          // A fresh buffer each time: the decoder may still hold the previous one.
-          const buf = Buffer.allocUnsafe(Math.min(READ_BYTES, this.available - offset));
+          // One buffer for the whole job when the verifier is done with a chunk once it took it;
+          // else a fresh one each time (the decoder may still hold the previous one).
+          const want = Math.min(READ_BYTES, this.available - offset);
+          const buf = this.verifier.releasesChunks
+            ? (readBuffer ??= Buffer.allocUnsafe(READ_BYTES)).subarray(0, want)
+            : Buffer.allocUnsafe(want);
           const { bytesRead } = await handle.read(buf, 0, buf.length, offset);
           if (bytesRead === 0) throw new Error('the spool ended early');
           offset += bytesRead;
