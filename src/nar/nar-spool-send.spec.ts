@@ -184,6 +184,42 @@ describe('NarSpool reader sent to a response', () => {
   });
 });
 
+describe('NarSpool reader ready()', () => {
+  it('resolves once a first byte can be sent', async () => {
+    const raw = rawSample(100_000);
+    const feed = new Feed();
+    const spool = new NarSpool(raw.key, new SpoolArea(spoolDir), raw.file.length);
+    const receiving = spool.receive(feed, checkOf(spool, raw.expect));
+    const reader = spool.createReader();
+    let ready = false;
+    void reader.ready().then(() => (ready = true));
+    await settle();
+    expect(ready).toBe(false); // nothing arrived yet
+    feed.push(raw.file.subarray(0, 1)); // one byte: still held back until verification
+    await waitFor(() => spool.written === 1, 'first byte written');
+    await settle();
+    expect(ready).toBe(false);
+    feed.push(raw.file.subarray(1, 5000));
+    await waitFor(() => ready, 'ready');
+    reader.destroy();
+    feed.push(raw.file.subarray(5000));
+    feed.end();
+    await receiving;
+    await spool.finishWriting(false);
+  });
+
+  it('rejects with the failure when the download fails before its first byte, and releases the reader', async () => {
+    const spool = new NarSpool('x.nar.xz', new SpoolArea(spoolDir), 1000);
+    const reader = spool.createReader();
+    const ready = reader.ready();
+    expect(spool.readerCount).toBe(1);
+    spool.fail(new DownloadFailedError('no space left'));
+    await expect(ready).rejects.toThrow('no space left');
+    expect(spool.readerCount).toBe(0);
+    await spool.finishWriting(true);
+  });
+});
+
 describe('sendChunks', () => {
   it('fills the same two buffers in turn, however many chunks it sends', async () => {
     const total = 40;

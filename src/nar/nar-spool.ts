@@ -257,12 +257,14 @@ class SpoolReader extends Readable implements DirectBody {
   private readonly limit: number;
   private wake?: () => void;
   private released = false;
-  /** The response `sendTo` writes to (unset while read as a stream). */
+  /** Used as a DirectBody (ready, sendTo), not read as a stream: it has no 'error' listener. */
+  private direct = false;
+  /** The response `sendTo` writes to. */
   private target?: ServerResponse;
   private readonly onProgress = () => {
     // A failed download ends every reader at once, also one that is paused (not reading).
     if (this.spool.state === 'failed') {
-      if (this.target) this.target.destroy(this.spool.error);
+      if (this.direct) this.target?.destroy(this.spool.error);
       else if (!this.destroyed) this.destroy(this.spool.error);
     }
     this.wakeUp();
@@ -280,7 +282,21 @@ class SpoolReader extends Readable implements DirectBody {
     this.once('end', () => this.close());
   }
 
+  async ready(): Promise<void> {
+    this.direct = true;
+    const d = this.spool;
+    for (;;) {
+      if (d.state === 'failed') {
+        this.close();
+        throw d.error ?? new DownloadFailedError('download failed');
+      }
+      if (d.state === 'verified' || this.offset < this.visibleEnd()) return;
+      await new Promise<void>((resolve) => (this.wake = resolve));
+    }
+  }
+
   sendTo(res: ServerResponse, onSent?: (bytes: number) => void): Promise<number> {
+    this.direct = true;
     this.target = res;
     res.once('close', () => this.wakeUp()); // a client gone while this waits for the download
     return sendChunks(
@@ -315,9 +331,7 @@ class SpoolReader extends Readable implements DirectBody {
     for (;;) {
       if (d.state === 'failed') throw d.error ?? new DownloadFailedError('download failed');
       if (this.target?.destroyed) return null;
-      let visible = Math.min(this.limit, d.readableBytes);
-      // A range that ends before the end of the file keeps its own last byte until verification.
-      if (d.state !== 'verified' && visible === this.limit) visible--;
+      const visible = this.visibleEnd();
       if (this.offset < visible) {
         const recent = d.recentAt(this.offset, Math.min(visible, this.offset + READ_CHUNK));
         if (recent) {
@@ -334,6 +348,13 @@ class SpoolReader extends Readable implements DirectBody {
       if (d.state === 'verified') return null;
       await new Promise<void>((resolve) => (this.wake = resolve));
     }
+  }
+
+  /** Offset just past the bytes this reader may deliver now. */
+  private visibleEnd(): number {
+    const visible = Math.min(this.limit, this.spool.readableBytes);
+    // A range that ends before the end of the file keeps its own last byte until verification.
+    return this.spool.state !== 'verified' && visible === this.limit ? visible - 1 : visible;
   }
 
   private wakeUp(): void {

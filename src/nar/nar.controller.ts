@@ -34,6 +34,7 @@ export class NarController {
     setLength(reply, nar);
     this.stalls.watch(reply.raw);
     if (isDirectBody(nar.body)) {
+      await nar.body.ready(); // a download that fails before its first byte is an error answer
       await this.sendDirect(reply, nar.body, nar.source);
       return;
     }

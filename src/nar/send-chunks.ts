@@ -11,10 +11,17 @@ export interface DirectBody {
    * never rejects (a body that breaks destroys the response: the client never sees a clean end).
    */
   sendTo(res: ServerResponse, onSent?: (bytes: number) => void): Promise<number>;
+  /**
+   * Resolves once there is a first byte to send. A body that may fail before its first byte (a
+   * running download) rejects with the failure instead, and lets go of what it held, so that the
+   * failure is answered as an error (a 502, a 507) instead of a broken 200.
+   */
+  ready(): Promise<void>;
 }
 
 export function isDirectBody(body: unknown): body is DirectBody {
-  return typeof (body as Partial<DirectBody> | null)?.sendTo === 'function';
+  const direct = body as Partial<DirectBody> | null;
+  return typeof direct?.sendTo === 'function' && typeof direct.ready === 'function';
 }
 
 /**

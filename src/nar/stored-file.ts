@@ -36,6 +36,11 @@ export class StoredFile implements DirectBody {
     return this.end - this.start + 1;
   }
 
+  /** A stored file has its bytes at hand. */
+  ready(): Promise<void> {
+    return Promise.resolve();
+  }
+
   /** Sends the bytes to `res` through two reused buffers (see DirectBody and sendChunks). */
   sendTo(res: ServerResponse, onSent?: (bytes: number) => void): Promise<number> {
     let position = this.start;
