@@ -1043,8 +1043,9 @@ async function coldHerd(peer, fixture, upstream, encodeNix32) {
   );
   const ids = ['herdWall', 'herdTtfbMean', 'herdTtfbMax', 'herdUpstreamGets', 'herdCorrect'];
   await attempt('cold herd', ids, peer.name, async () => {
-    const url = await narUrlVia(peer, p); // a client reads the narinfo first, as Nix does
+    // Counted from before the narinfo: it may start the NAR's download (narwhal's NAR prefetch).
     const before = await upstream.counts();
+    const url = await narUrlVia(peer, p); // a client reads the narinfo first, as Nix does
     const t0 = now();
     const runs = await Promise.all(
       Array.from({ length: HERD_CLIENTS }, () =>
