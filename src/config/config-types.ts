@@ -124,6 +124,8 @@ export interface AppConfig {
   logLevel: LogLevel;
   /** A NAR client that takes no waiting byte for this long is cut; 0 = never. */
   clientStallTimeoutMs: number;
+  /** Stored NARs of 1 MiB or more are sent with sendfile(2) when the native helper is built. */
+  sendfile: boolean;
   /** How long in-flight responses may run after SIGTERM/SIGINT before they are cut. */
   shutdownTimeoutMs: number;
 }

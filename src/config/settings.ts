@@ -228,6 +228,13 @@ export const SETTINGS: readonly SettingDef[] = [
     default: '60s',
   },
   {
+    name: 'cache-sendfile',
+    description:
+      'Send stored NARs of 1 MiB or more from the local store with `sendfile(2)`: the kernel copies the file to the socket, as nginx does with `sendfile on`. Needs the native helper `npm ci` builds (Linux); without it, or `false`, they are read and written through two buffers.',
+    default: 'true',
+    boolean: true,
+  },
+  {
     name: 'cache-allow-put-verb',
     description:
       'Accept uploads (`nix copy --to`): `PUT` of NARs, narinfos, listings, logs and realisations, each verified; they need a token with the `write` permission. Off: `PUT` is 405.',

@@ -26,7 +26,7 @@ import { ActiveDownloads, type ActiveDownload } from './active-downloads';
 import { resolveRange, type ByteRange } from './byte-range';
 import { NarFetcher } from './nar-fetcher';
 import { PeerClient } from './peer-client';
-import { readWhole, StoredFile } from './stored-file';
+import { readWhole, StoredFile, type StoredFileOptions } from './stored-file';
 import { RememberedNars, type RememberedNar } from './stored-nar-memory';
 
 /** What the controller streams to one client. */
@@ -70,6 +70,8 @@ export class NarService {
   private readonly logger = new Logger('nar');
   /** Concurrent local requests for a NAR that is not stored decide once who fetches it. */
   private readonly claims = new SingleFlight<string, Claim>();
+  /** How stored files are sent (sendfile or not). */
+  private readonly fileOptions: StoredFileOptions;
   constructor(
     @Inject(APP_CONFIG) private readonly config: AppConfig,
     @Inject(NAR_STORE) private readonly store: NarStore,
@@ -86,6 +88,9 @@ export class NarService {
     /** NARs served from storage lately: a hit costs no database round trip. */
     private readonly memory: RememberedNars,
   ) {
+    this.fileOptions = config.sendfile
+      ? { sendfile: { stallTimeoutMs: config.clientStallTimeoutMs } }
+      : {};
     metrics.watchNarMemory(() => ({ entries: this.memory.size, bytes: this.memory.heldBytes }));
   }
 
@@ -323,7 +328,7 @@ export class NarService {
   ): Promise<Readable | StoredFile> {
     if (!this.store.openFile) return this.store.read(name, range);
     const handle = await this.store.openFile(name);
-    return new StoredFile(handle, range?.start ?? 0, range?.end ?? size - 1);
+    return new StoredFile(handle, range?.start ?? 0, range?.end ?? size - 1, this.fileOptions);
   }
 
   /** A hit answered from what this instance remembers: counted, and its access recorded. */

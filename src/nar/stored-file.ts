@@ -2,6 +2,13 @@ import type { FileHandle } from 'node:fs/promises';
 import type { ServerResponse } from 'node:http';
 import type { Readable } from 'node:stream';
 import { sendChunks, type DirectBody } from './send-chunks';
+import {
+  releaseSendfileSlot,
+  sendFile,
+  sendfileDescriptor,
+  takeSendfileSlot,
+  type SendfileError,
+} from './sendfile';
 
 /**
  * Bytes read from the file at a time (two such buffers per response). With 512 KiB instead of
@@ -11,6 +18,23 @@ import { sendChunks, type DirectBody } from './send-chunks';
  * memory per client.
  */
 const CHUNK_BYTES = 512 * 1024;
+
+/**
+ * With sendfile, the first bytes still go through the response (they carry the head), as one read of
+ * this size; the rest is copied by the kernel. Smaller bodies are read and written: one or two
+ * writes cost less than a hand-off to the thread pool.
+ */
+const SENDFILE_HEAD_BYTES = 64 * 1024;
+export const SENDFILE_MIN_BYTES = 2 * CHUNK_BYTES;
+
+export interface StoredFileOptions {
+  /**
+   * Send the bytes past the first SENDFILE_HEAD_BYTES with sendfile(2) when it is available (see
+   * sendfile.ts); a client that takes no byte for `stallTimeoutMs` (0: never) is then cut by the
+   * transfer itself, since StallGuard cannot see the bytes the kernel sends.
+   */
+  sendfile?: { stallTimeoutMs: number };
+}
 
 /**
  * A stored NAR file (or a byte range of it) to send to one client, from an open file handle.
@@ -30,6 +54,7 @@ export class StoredFile implements DirectBody {
     private readonly handle: FileHandle,
     readonly start: number,
     readonly end: number,
+    private readonly options: StoredFileOptions = {},
   ) {}
 
   get length(): number {
@@ -41,9 +66,26 @@ export class StoredFile implements DirectBody {
     return Promise.resolve();
   }
 
-  /** Sends the bytes to `res` through two reused buffers (see DirectBody and sendChunks). */
+  /**
+   * Sends the bytes to `res`: with sendfile when it can (see StoredFileOptions), else through two
+   * reused buffers (see DirectBody and sendChunks).
+   */
   sendTo(res: ServerResponse, onSent?: (bytes: number) => void): Promise<number> {
-    let position = this.start;
+    const sendfile = this.options.sendfile;
+    if (sendfile && this.length >= SENDFILE_MIN_BYTES && takeSendfileSlot()) {
+      return this.sendWithSendfile(res, sendfile.stallTimeoutMs, onSent).finally(
+        releaseSendfileSlot,
+      );
+    }
+    return this.sendChunksFrom(res, this.start, onSent);
+  }
+
+  /** Bytes `position`..end through two reused buffers (see sendChunks); closes the file after. */
+  private sendChunksFrom(
+    res: ServerResponse,
+    position: number,
+    onSent?: (bytes: number) => void,
+  ): Promise<number> {
     const next = async (buffer: Buffer): Promise<Buffer | null> => {
       if (position > this.end) return null;
       const want = Math.min(buffer.length, this.end - position + 1);
@@ -52,9 +94,59 @@ export class StoredFile implements DirectBody {
       position += bytesRead;
       return bytesRead === buffer.length ? buffer : buffer.subarray(0, bytesRead);
     };
-    const first = Math.min(CHUNK_BYTES, this.length);
-    const second = Math.min(CHUNK_BYTES, Math.max(0, this.length - CHUNK_BYTES));
+    const left = this.end - position + 1;
+    const first = Math.min(CHUNK_BYTES, left);
+    const second = Math.min(CHUNK_BYTES, Math.max(0, left - CHUNK_BYTES));
     return sendChunks(res, [first, second], next, () => this.close(), onSent);
+  }
+
+  /**
+   * The head and the first SENDFILE_HEAD_BYTES through the response, then, once the socket has
+   * taken them (nothing of this response is left queued in Node), the rest by sendfile straight to
+   * the socket, and an end that writes nothing more (the length was in the head). A transfer that
+   * fails destroys the response: the client never sees a clean end. A socket that is not free for
+   * sendfile after the first write (TLS, something still queued) gets the rest through the buffers.
+   */
+  private async sendWithSendfile(
+    res: ServerResponse,
+    stallTimeoutMs: number,
+    onSent?: (bytes: number) => void,
+  ): Promise<number> {
+    let handedOver = false;
+    try {
+      const head = Buffer.allocUnsafe(SENDFILE_HEAD_BYTES);
+      const { bytesRead } = await this.handle.read(head, 0, head.length, this.start);
+      if (bytesRead !== head.length)
+        throw new Error('stored file is shorter than its recorded size');
+      if (!(await writeSettled(res, head))) return 0; // the client is gone
+      onSent?.(head.length);
+      const position = this.start + head.length;
+      const fd = sendfileDescriptor(res);
+      if (fd === null) {
+        handedOver = true;
+        return head.length + (await this.sendChunksFrom(res, position, onSent));
+      }
+      const stop = new AbortController();
+      const onClose = () => stop.abort();
+      res.once('close', onClose);
+      const result = await sendFile(
+        fd,
+        this.handle.fd,
+        position,
+        this.end - position + 1,
+        stallTimeoutMs,
+        stop.signal,
+      ).finally(() => res.removeListener('close', onClose));
+      if (result.sent > 0) onSent?.(result.sent);
+      if (result.error) res.destroy(describe(result.error));
+      else res.end();
+      return head.length + result.sent;
+    } catch (e) {
+      res.destroy(e as Error);
+      return 0;
+    } finally {
+      if (!handedOver) await this.close();
+    }
   }
 
   /** Closes the file (when the body is not sent after all). */
@@ -89,6 +181,25 @@ export class StoredFile implements DirectBody {
   destroy(): void {
     void this.close();
   }
+}
+
+/** Writes `chunk` to `res`; true once the socket has taken it, false if the response closed first. */
+function writeSettled(res: ServerResponse, chunk: Buffer): Promise<boolean> {
+  if (res.destroyed) return Promise.resolve(false);
+  return new Promise((resolve) => {
+    const onClose = () => resolve(false);
+    res.once('close', onClose);
+    res.write(chunk, (e) => {
+      res.removeListener('close', onClose);
+      resolve(!e);
+    });
+  });
+}
+
+function describe(error: SendfileError): Error {
+  if (error.code === 'ETIMEDOUT') return new Error('client stalled: it took no byte for too long');
+  if (error.code === 'ENODATA') return new Error('stored file is shorter than its recorded size');
+  return error;
 }
 
 /**
