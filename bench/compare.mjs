@@ -1188,35 +1188,47 @@ async function closureMeasures(peers, fixture, settings, upstream, work, launch)
   }
   if (settings.run.closureWarm) {
     for (const peer of peers) {
-      await attempt('warm nix copy', ['closureWarm', 'closureWarmMedian'], peer.name, async () => {
-        // Warm: every narinfo and NAR of the closure is in the peer's cache.
-        const agent = new Agent({ keepAlive: true, maxSockets: 8 });
-        const all = [fixture.top, fixture.blob, ...fixture.small];
-        await Promise.all(
-          Array.from({ length: 8 }, async (_, w) => {
-            for (let i = w; i < all.length; i += 8) {
-              const url = await narUrlVia(peer, all[i]);
-              if (all[i] === fixture.blob) await warmNar(peer, url, all[i].fileSize);
-              else await getOk(url, { agent });
-            }
-          }),
-        );
-        agent.destroy();
-        await sleep(500); // let the last small NARs land in storage
-        const before = await upstream.counts();
-        // The first copy, then more: a process that has just started (narwhal's JIT) is slower the
-        // first time through its hot path than one that has been serving for a while.
-        const times = [];
-        for (let i = 0; i < WARM_COPIES; i++) {
-          times.push(await nixCopy(peer.name, peer.base, fixture, settings, work, 'warm'));
-        }
-        const secs = times[0];
-        const reqs = upstreamTotal(before, await upstream.counts());
-        record('closureWarm', peer.name, secs);
-        record('closureWarmMedian', peer.name, [...times].sort((a, b) => a - b)[WARM_COPIES >> 1]);
-        if (reqs > 0) notes.push(`warm nix copy via ${peer.name}: ${reqs} upstream requests`);
-        log(`warm nix copies via ${peer.name}: ${times.map((t) => t.toFixed(2)).join(', ')} s`);
-      });
+      await attempt(
+        'warm nix copy',
+        ['closureWarm', 'closureWarmMedian', 'closureWarmCpu'],
+        peer.name,
+        async () => {
+          // Warm: every narinfo and NAR of the closure is in the peer's cache.
+          const agent = new Agent({ keepAlive: true, maxSockets: 8 });
+          const all = [fixture.top, fixture.blob, ...fixture.small];
+          await Promise.all(
+            Array.from({ length: 8 }, async (_, w) => {
+              for (let i = w; i < all.length; i += 8) {
+                const url = await narUrlVia(peer, all[i]);
+                if (all[i] === fixture.blob) await warmNar(peer, url, all[i].fileSize);
+                else await getOk(url, { agent });
+              }
+            }),
+          );
+          agent.destroy();
+          await sleep(500); // let the last small NARs land in storage
+          const before = await upstream.counts();
+          // The first copy, then more: a process that has just started (narwhal's JIT) is slower the
+          // first time through its hot path than one that has been serving for a while.
+          const times = [];
+          const cpu0 = peer.cpuSeconds();
+          for (let i = 0; i < WARM_COPIES; i++) {
+            times.push(await nixCopy(peer.name, peer.base, fixture, settings, work, 'warm'));
+          }
+          // CPU time moves less than wall time with what the host's other tenants do.
+          record('closureWarmCpu', peer.name, ((peer.cpuSeconds() - cpu0) / WARM_COPIES) * 1e3);
+          const secs = times[0];
+          const reqs = upstreamTotal(before, await upstream.counts());
+          record('closureWarm', peer.name, secs);
+          record(
+            'closureWarmMedian',
+            peer.name,
+            [...times].sort((a, b) => a - b)[WARM_COPIES >> 1],
+          );
+          if (reqs > 0) notes.push(`warm nix copy via ${peer.name}: ${reqs} upstream requests`);
+          log(`warm nix copies via ${peer.name}: ${times.map((t) => t.toFixed(2)).join(', ')} s`);
+        },
+      );
     }
   }
 }
@@ -1413,6 +1425,7 @@ function measureRows(settings, fixture) {
       'lower',
       2,
     ],
+    ['closureWarmCpu', 'warm nix copy, server CPU per copy (all threads)', 'ms', 'lower', 0],
     [
       'coldNarinfoP50',
       `cold narinfo, one request after another, p50 (last ${fixture.small.length - coldWarmupPaths(fixture)} of ${fixture.small.length}; narwhal: no prefetch)${lat}`,

@@ -13,6 +13,7 @@ import { narLockKey } from '../locking/lock-keys';
 import { ActiveDownloads } from './active-downloads';
 import { NarFetcher } from './nar-fetcher';
 import { NarService } from './nar.service';
+import { StallGuard } from './stall-guard';
 import { PeerClient } from './peer-client';
 import { VERIFIER_POOL_PROVIDER } from './verification/verifier-pool';
 import { StoredFile } from './stored-file';
@@ -25,7 +26,15 @@ import { REMEMBER_MS, RememberedNars, STALE_ANSWER_MS } from './stored-nar-memor
  */
 
 const t = useServiceModule(
-  [NarService, NarFetcher, ActiveDownloads, PeerClient, RememberedNars, VERIFIER_POOL_PROVIDER],
+  [
+    NarService,
+    NarFetcher,
+    ActiveDownloads,
+    PeerClient,
+    RememberedNars,
+    StallGuard,
+    VERIFIER_POOL_PROVIDER,
+  ],
   {
     // Waiting for another instance: retry every 50 ms at most, 40 times.
     'cache-lock-retry-max-attempts': '40',

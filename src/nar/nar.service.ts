@@ -26,6 +26,8 @@ import { ActiveDownloads, type ActiveDownload } from './active-downloads';
 import { resolveRange, type ByteRange } from './byte-range';
 import { NarFetcher } from './nar-fetcher';
 import { PeerClient } from './peer-client';
+import { sendfileSupport } from './sendfile';
+import { StallGuard } from './stall-guard';
 import { readWhole, StoredFile, type StoredFileOptions } from './stored-file';
 import { RememberedNars, type RememberedNar } from './stored-nar-memory';
 
@@ -87,10 +89,21 @@ export class NarService {
     private readonly metrics: MetricsService,
     /** NARs served from storage lately: a hit costs no database round trip. */
     private readonly memory: RememberedNars,
+    stalls: StallGuard,
   ) {
     this.fileOptions = config.sendfile
-      ? { sendfile: { stallTimeoutMs: config.clientStallTimeoutMs } }
+      ? {
+          sendfile: {
+            stallTimeoutMs: stalls.stallTimeoutMs,
+            onStalled: (res, idleMs) => stalls.drop(res, idleMs),
+          },
+        }
       : {};
+    if (config.sendfile && !sendfileSupport.available) {
+      this.logger.warn(
+        `sendfile is not available (${sendfileSupport.reason}): stored NARs are read and written instead`,
+      );
+    }
     metrics.watchNarMemory(() => ({ entries: this.memory.size, bytes: this.memory.heldBytes }));
   }
 

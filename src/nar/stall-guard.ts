@@ -62,10 +62,24 @@ export class StallGuard implements OnApplicationBootstrap, OnApplicationShutdown
         continue;
       }
       if (now - w.since < this.timeoutMs) continue;
-      this.watched.delete(res);
-      this.metrics.clientDropped('stalled');
-      this.logger.debug(`dropped a client that read nothing for ${now - w.since} ms`);
-      res.destroy();
+      this.drop(res, now - w.since);
     }
+  }
+
+  /**
+   * Cuts `res`, whose client read nothing for `idleMs`: counted and logged. Also called for a
+   * response whose bytes the kernel sends (sendfile), which this guard cannot see: the transfer
+   * itself notices the stall.
+   */
+  drop(res: ServerResponse, idleMs: number): void {
+    this.watched.delete(res);
+    this.metrics.clientDropped('stalled');
+    this.logger.debug(`dropped a client that read nothing for ${idleMs} ms`);
+    res.destroy();
+  }
+
+  /** A client that takes no byte for this long while bytes wait for it is cut; 0: never. */
+  get stallTimeoutMs(): number {
+    return this.timeoutMs;
   }
 }

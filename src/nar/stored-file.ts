@@ -33,7 +33,11 @@ export interface StoredFileOptions {
    * sendfile.ts); a client that takes no byte for `stallTimeoutMs` (0: never) is then cut by the
    * transfer itself, since StallGuard cannot see the bytes the kernel sends.
    */
-  sendfile?: { stallTimeoutMs: number };
+  sendfile?: {
+    stallTimeoutMs: number;
+    /** Cuts `res` (whose client read nothing for `idleMs`) and reports it; else it is destroyed. */
+    onStalled?: (res: ServerResponse, idleMs: number) => void;
+  };
 }
 
 /**
@@ -73,9 +77,7 @@ export class StoredFile implements DirectBody {
   sendTo(res: ServerResponse, onSent?: (bytes: number) => void): Promise<number> {
     const sendfile = this.options.sendfile;
     if (sendfile && this.length >= SENDFILE_MIN_BYTES && takeSendfileSlot()) {
-      return this.sendWithSendfile(res, sendfile.stallTimeoutMs, onSent).finally(
-        releaseSendfileSlot,
-      );
+      return this.sendWithSendfile(res, sendfile, onSent).finally(releaseSendfileSlot);
     }
     return this.sendChunksFrom(res, this.start, onSent);
   }
@@ -109,7 +111,7 @@ export class StoredFile implements DirectBody {
    */
   private async sendWithSendfile(
     res: ServerResponse,
-    stallTimeoutMs: number,
+    { stallTimeoutMs, onStalled }: NonNullable<StoredFileOptions['sendfile']>,
     onSent?: (bytes: number) => void,
   ): Promise<number> {
     let handedOver = false;
@@ -138,7 +140,8 @@ export class StoredFile implements DirectBody {
         stop.signal,
       ).finally(() => res.removeListener('close', onClose));
       if (result.sent > 0) onSent?.(result.sent);
-      if (result.error) res.destroy(describe(result.error));
+      if (result.error?.code === 'ETIMEDOUT' && onStalled) onStalled(res, stallTimeoutMs);
+      else if (result.error) res.destroy(describe(result.error));
       else res.end();
       return head.length + result.sent;
     } catch (e) {
