@@ -928,6 +928,56 @@ async function wrkMeasure(peer, label, url, seconds, script) {
   return { rps: w.rps, cpuUs };
 }
 
+/**
+ * Node's own ceiling on this machine: a bare node:http server (one thread, no framework) answering
+ * every request with narwhal's bytes of a hot narinfo, under the same wrk load. It shows how much of
+ * the gap to nginx is narwhal's and how much is Node's HTTP server on one core.
+ */
+async function bareNodeMeasure(peers, fixture, settings) {
+  const narwhal = peers.find((p) => p.name === 'narwhal');
+  if (!narwhal) return;
+  await attempt('bare node:http', ['bareNarinfoRps', 'bareNarinfoCpu'], 'narwhal', async () => {
+    const { text } = await getOk(`${narwhal.base}/${fixture.small[0].hashPart}.narinfo`, {
+      text: true,
+    });
+    const body = Buffer.from(text, 'utf8');
+    const code =
+      "const body = Buffer.from(process.env.BODY, 'base64');" +
+      "require('node:http').createServer((q, r) => {" +
+      "r.writeHead(200, { 'content-type': 'text/x-nix-narinfo', 'content-length': body.length });" +
+      'r.end(body); }).listen(0, "127.0.0.1", function () { console.log(this.address().port); });';
+    const child = track(
+      spawn(process.execPath, ['-e', code], {
+        env: { ...process.env, BODY: body.toString('base64') },
+        stdio: ['ignore', 'pipe', 'inherit'],
+      }),
+      false,
+    );
+    try {
+      const port = await new Promise((resolve, reject) => {
+        child.stdout.once('data', (d) => resolve(Number(String(d).trim())));
+        child.once('exit', (c) => reject(new Error(`bare node:http server exited with ${c}`)));
+      });
+      const bare = { name: 'bare node:http', cpuSeconds: () => procCpuSeconds(child.pid) };
+      const w = await wrkMeasure(
+        bare,
+        'bare node:http',
+        `http://127.0.0.1:${port}/x`,
+        settings.wrkSeconds,
+      );
+      record('bareNarinfoRps', 'narwhal', w.rps);
+      record('bareNarinfoCpu', 'narwhal', w.cpuUs);
+      // Against nginx's hot narinfo figures from the same run.
+      const nginxRow = results.get('narinfoRps')?.nginx;
+      if (typeof nginxRow === 'number') record('bareNarinfoRps', 'nginx', nginxRow);
+      const nginxCpu = results.get('narinfoCpu')?.nginx;
+      if (typeof nginxCpu === 'number') record('bareNarinfoCpu', 'nginx', nginxCpu);
+    } finally {
+      child.kill();
+    }
+  });
+}
+
 async function hotMeasures(peer, fixture, settings, upstream, work) {
   const hot = fixture.small.slice(0, HOT_URLS);
   const narinfoUrls = hot.map((p) => `${peer.base}/${p.hashPart}.narinfo`);
@@ -1348,6 +1398,14 @@ function measureRows(settings, fixture) {
   return [
     ['narinfoRps', `hot narinfo, ${wrk} (${HOT_URLS} URLs)`, 'req/s', 'higher', 0],
     ['narinfoCpu', 'hot narinfo under wrk, server CPU per request', 'µs', 'lower', 1],
+    [
+      'bareNarinfoRps',
+      `reference: a bare node:http server (one thread) answering those bytes, ${wrk}`,
+      'req/s',
+      'higher',
+      0,
+    ],
+    ['bareNarinfoCpu', 'reference: that bare server, CPU per request', 'µs', 'lower', 1],
     ['narinfoP50', `hot narinfo, 1 connection, p50 of ${LATENCY_REQUESTS}`, 'ms', 'lower', 3],
     ['narinfoP99', `hot narinfo, 1 connection, p99 of ${LATENCY_REQUESTS}`, 'ms', 'lower', 3],
     [
@@ -1582,6 +1640,7 @@ async function benchMain() {
     }
     if (settings.run.hot) {
       for (const peer of peers) await hotMeasures(peer, fixture, settings, upstream, workDir);
+      await bareNodeMeasure(peers, fixture, settings);
     }
     if (settings.run.herd) {
       for (const peer of peers) await coldHerd(peer, fixture, upstream, encodeNix32);
