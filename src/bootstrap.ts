@@ -4,6 +4,7 @@ import { createServer, type RequestListener, type Server } from 'node:http';
 import { LogController, type FastifyServerOptions } from 'fastify';
 import type { DestinationStream, Logger } from 'pino';
 import { AppModule } from './app.module';
+import { FastLane } from './common/fast-lane';
 import { FrontDoor } from './common/front-door';
 import type { AppConfig, LogLevel } from './config/app-config';
 import { PinoNestLogger } from './logging/nest-logger';
@@ -12,6 +13,7 @@ import {
   frontDoorAccessLine,
   installRequestLogging,
   requestIdFor,
+  requestIdFromHeader,
 } from './logging/request-logging';
 
 /**
@@ -31,10 +33,13 @@ export async function createApp(
   logger = createLogger(config.logLevel),
 ): Promise<NestFastifyApplication> {
   // Hot hits are answered before Fastify (see FrontDoor); the hot-path providers add their routes.
-  const door = new FrontDoor(config.access.requireReadToken, requestIdFor);
+  const door = new FrontDoor(config.access.requireReadToken, requestIdFor, requestIdFromHeader);
+  let lane: FastLane | undefined;
   const adapter = new FastifyAdapter({
     serverFactory: (handler: RequestListener, options: FastifyServerOptions) =>
-      serveThrough(door, handler, options),
+      serveThrough(door, handler, options, (server) => {
+        if (config.fastLane) (lane = new FastLane(door, server)).install();
+      }),
     // HEAD routes are explicit: a HEAD must never start a NAR download.
     exposeHeadRoutes: false,
     return503OnClosing: true,
@@ -52,6 +57,7 @@ export async function createApp(
   door.observe({ accessLine: frontDoorAccessLine(adapter.getInstance().log as Logger) });
   adapter.getInstance().addHook('preClose', (done) => {
     door.close();
+    lane?.closeIdle();
     done();
   });
   const app = await NestFactory.create<NestFastifyApplication>(AppModule.forRoot(config), adapter, {
@@ -91,6 +97,7 @@ function serveThrough(
   door: FrontDoor,
   fastify: RequestListener,
   options: FastifyServerOptions,
+  made: (server: Server) => void,
 ): Server {
   const server = createServer((req, res) => {
     if (!door.answer(req, res)) fastify(req, res);
@@ -100,5 +107,6 @@ function serveThrough(
   server.setTimeout(options.connectionTimeout ?? 0);
   if (options.maxRequestsPerSocket) server.maxRequestsPerSocket = options.maxRequestsPerSocket;
   door.attach(server);
+  made(server);
   return server;
 }

@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import { performance } from 'node:perf_hooks';
 
@@ -36,6 +37,14 @@ export interface FrontDoorObservers {
  */
 export type ReadAdmission = (authorization: string | undefined) => boolean;
 
+/** A hot answer for the fast lane, and what `answered` needs to log and count it. */
+export interface LaneAnswer {
+  route: string;
+  reqId: string;
+  start: number;
+  hot: HotAnswer;
+}
+
 const doors = new WeakMap<Server, FrontDoor>();
 
 /**
@@ -62,6 +71,8 @@ export class FrontDoor {
   constructor(
     private readonly requireReadToken: boolean,
     private readonly requestId: (req: IncomingMessage) => string,
+    /** The same as `requestId`, from the `x-request-id` header's value (default: always fresh). */
+    private readonly requestIdOf: (header: string | undefined) => string = () => randomUUID(),
   ) {}
 
   /** The front door of `server` (Nest's getHttpServer(), made by createApp), if it has one. */
@@ -90,6 +101,45 @@ export class FrontDoor {
   /** From now on every request goes to Fastify (the server is closing). */
   close(): void {
     this.closing = true;
+  }
+
+  /** Whether the server is closing (every request then goes to Fastify). */
+  get isClosing(): boolean {
+    return this.closing;
+  }
+
+  /**
+   * For the fast lane (see FastLane): the hot answer to a GET of `url` without a Range header, with
+   * these `Authorization` and `x-request-id` values, or undefined when it is not a hot hit (or may
+   * not be answered here: the read-token check, the server closing). The caller writes it, then
+   * calls `answered`.
+   */
+  answerGet(
+    url: string,
+    authorization: string | undefined,
+    requestIdHeader: string | undefined,
+  ): LaneAnswer | undefined {
+    if (this.closing || this.routes.length === 0) return undefined;
+    if (this.requireReadToken) {
+      const admit = this.admitRead;
+      if (!admit || !admit(authorization)) return undefined;
+    }
+    const start = performance.now();
+    for (const route of this.routes) {
+      const hot = route.answer(url);
+      if (hot) {
+        const reqId = this.requestIdOf(requestIdHeader);
+        return { route: route.route, reqId, start, hot };
+      }
+    }
+    return undefined;
+  }
+
+  /** Logs and counts an answer of the fast lane, as `send` does for its own. */
+  answered(answer: LaneAnswer, url: string, completed: boolean): void {
+    const ms = performance.now() - answer.start;
+    this.observers.response?.(answer.route, 'GET', 200, ms / 1000);
+    this.observers.accessLine?.(answer.reqId, url, Math.round(ms), completed);
   }
 
   /** Answers `req` when it is a hot hit and returns true; false leaves it to Fastify untouched. */

@@ -195,6 +195,7 @@ export function buildConfig(raw: RawSettings, cwd = process.cwd()): AppConfig {
     logLevel,
     clientStallTimeoutMs: parsed('cache-client-stall-timeout', parseDuration),
     sendfile: parsed('cache-sendfile', parseBool),
+    fastLane: parsed('server-fast-lane', parseBool),
     shutdownTimeoutMs: parsed('shutdown-timeout', positiveDuration),
   };
 }

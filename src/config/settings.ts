@@ -24,6 +24,13 @@ export const SETTINGS: readonly SettingDef[] = [
     default: ':8501',
   },
   {
+    name: 'server-fast-lane',
+    description:
+      "Answer hot hits (a narinfo or small NAR served lately, kept in memory) straight from the socket, before Node's HTTP server parses the request; only plain `GET … HTTP/1.1` heads it fully understands, anything else goes to the HTTP server unchanged. `false`: hot hits are answered inside the HTTP server.",
+    default: 'true',
+    boolean: true,
+  },
+  {
     name: 'cache-hostname',
     description: "This cache's name; also the name of the signing key it generates.",
     defaultText: 'the machine hostname',

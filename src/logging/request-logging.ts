@@ -22,8 +22,12 @@ const ACCEPTED_ID = /^[A-Za-z0-9._:/+=@-]{1,128}$/;
  */
 export function requestIdFor(req: IncomingMessage): string {
   const given = req.headers[REQUEST_ID_HEADER];
-  const id = Array.isArray(given) ? given[0] : given;
-  return id !== undefined && ACCEPTED_ID.test(id) ? id : randomUUID();
+  return requestIdFromHeader(Array.isArray(given) ? given[0] : given);
+}
+
+/** requestIdFor, from the header's value. */
+export function requestIdFromHeader(given: string | undefined): string {
+  return given !== undefined && ACCEPTED_ID.test(given) ? given : randomUUID();
 }
 
 /**

@@ -1,0 +1,254 @@
+import type { Server } from 'node:http';
+import type { Socket } from 'node:net';
+import type { FrontDoor, LaneAnswer } from './front-door';
+
+/** A request head longer than this is never the fast lane's (node:http gets the connection). */
+const MAX_HEAD_BYTES = 8 * 1024;
+/** More unsent answer bytes than this on a connection and the lane stops reading until they drain. */
+const MAX_QUEUED_BYTES = 256 * 1024;
+
+const REQUEST_LINE = /^GET (\/[\x21-\x7e]*) HTTP\/1\.1$/;
+/** `name: value`, a token name and visible ASCII (spaces and tabs inside) only: anything else is not ours. */
+const HEADER_LINE =
+  /^([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([\x21-\x7e](?:[\x20-\x7e\t]*[\x21-\x7e])?)?[ \t]*$/;
+
+/** The headers that matter to a hot GET, from a head the lane could read; null if it is not one. */
+interface HotRequest {
+  url: string;
+  authorization?: string;
+  requestId?: string;
+  close: boolean;
+}
+
+/**
+ * Answers hot hits straight from the socket, before node:http makes a parser's request and response
+ * objects for them: on this machine a bare `net` server answering a request costs well under half
+ * of what a bare node:http server costs, and hot hits are most of what a fleet asks for.
+ *
+ * Every new connection starts in the lane. Each request whose head is a plain
+ * `GET <path> HTTP/1.1` with nothing the lane does not understand — no body, no Range, no Upgrade or
+ * Expect, one Host, at most one Authorization, only token names and visible ASCII values — and
+ * whose answer the FrontDoor has in memory (a narinfo or small NAR served lately, the read-token
+ * check passed) is answered here, with the same headers, access line and metrics as the front
+ * door's answer inside node:http. At the first request that is anything else (or not complete in
+ * what has arrived), the connection is handed to node:http for good, with the bytes not answered
+ * yet, and node:http parses them as if it had read them itself. So the lane is a strict subset of
+ * HTTP/1.1: whatever it does not recognise gets node:http's full parser and error handling.
+ */
+export class FastLane {
+  private readonly sockets = new Set<Socket>();
+  private date = '';
+  private dateSecond = -1;
+
+  constructor(
+    private readonly door: FrontDoor,
+    private readonly server: Server,
+  ) {}
+
+  /**
+   * Puts the lane in front of `server`'s HTTP connection handling: node:http's own connection
+   * listener gets a connection only when the lane hands it over.
+   */
+  install(): void {
+    const [http] = this.server.listeners('connection') as ((socket: Socket) => void)[];
+    if (!http) throw new Error('FastLane: the server has no connection listener');
+    this.server.removeListener('connection', http);
+    this.server.prependListener('connection', (socket: Socket) => this.accept(socket, http));
+  }
+
+  /** Connections in the lane (not handed to node:http). */
+  get size(): number {
+    return this.sockets.size;
+  }
+
+  /**
+   * Closes every connection in the lane (for a shutdown): between requests they are idle, since the
+   * lane answers a request as soon as it has it whole; answers not yet taken by the client go first.
+   */
+  closeIdle(): void {
+    for (const socket of this.sockets) {
+      if (socket.writableLength > 0) socket.end();
+      else socket.destroy();
+    }
+    this.sockets.clear();
+  }
+
+  private accept(socket: Socket, http: (socket: Socket) => void): void {
+    if (this.door.isClosing) return http.call(this.server, socket);
+    this.sockets.add(socket);
+    socket.setNoDelay(true);
+    const keepAlive = this.server.keepAliveTimeout;
+    let pending: Buffer | undefined;
+    const onTimeout = () => socket.destroy();
+    const onError = () => socket.destroy();
+    const onClose = () => this.sockets.delete(socket);
+    const handOver = (rest: Buffer | undefined) => {
+      socket.removeListener('data', onData);
+      socket.removeListener('timeout', onTimeout);
+      socket.removeListener('error', onError);
+      socket.removeListener('close', onClose);
+      socket.setTimeout(0);
+      this.sockets.delete(socket);
+      http.call(this.server, socket);
+      // node:http now reads the socket itself; what the lane read and did not answer comes first.
+      if (rest && rest.length > 0 && !socket.destroyed) socket.emit('data', rest);
+    };
+    /** Answers what `data` holds; stops while the client has too many answers to take. */
+    const serve = (data: Buffer) => {
+      const outcome = this.answerAll(socket, data);
+      if (outcome === 'closed') return;
+      if (outcome.rest === undefined) return;
+      if (outcome.handOver) return handOver(outcome.rest);
+      // Enough answers queued for one turn: read nothing more until the client has taken them (or,
+      // when the kernel already took them all, until the next turn of the event loop).
+      pending = outcome.rest;
+      socket.pause();
+      const resume = () => {
+        const held = pending;
+        pending = undefined;
+        if (socket.destroyed) return;
+        socket.resume();
+        if (held) serve(held);
+      };
+      if (socket.writableNeedDrain) socket.once('drain', resume);
+      else setImmediate(resume);
+    };
+    const onData = (chunk: Buffer) => {
+      const data = pending ? Buffer.concat([pending, chunk]) : chunk;
+      pending = undefined;
+      serve(data);
+    };
+    socket.on('data', onData);
+    socket.on('error', onError);
+    socket.on('close', onClose);
+    if (keepAlive > 0) {
+      socket.setTimeout(keepAlive);
+      socket.on('timeout', onTimeout);
+    }
+  }
+
+  /**
+   * Answers the complete hot requests at the start of `data`, in order, until the client has more
+   * than MAX_QUEUED_BYTES of answers waiting. Returns 'closed' when a request asked to close the
+   * connection; else the bytes not answered (none: all were), and whether they are to be handed over
+   * (they start with a request the lane does not answer) or only held back.
+   */
+  private answerAll(
+    socket: Socket,
+    data: Buffer,
+  ): 'closed' | { rest: Buffer | undefined; handOver: boolean } {
+    let offset = 0;
+    const answers: Buffer[] = [];
+    let queued = socket.writableLength;
+    let outcome: 'closed' | { rest: Buffer | undefined; handOver: boolean } = {
+      rest: undefined,
+      handOver: false,
+    };
+    while (offset < data.length) {
+      if (queued > MAX_QUEUED_BYTES) {
+        outcome = { rest: data.subarray(offset), handOver: false };
+        break;
+      }
+      const end = data.indexOf('\r\n\r\n', offset, 'latin1');
+      const request =
+        end >= 0 && end - offset <= MAX_HEAD_BYTES
+          ? parseHead(data.toString('latin1', offset, end))
+          : null;
+      const answer =
+        request && this.door.answerGet(request.url, request.authorization, request.requestId);
+      if (!request || !answer) {
+        outcome = { rest: data.subarray(offset), handOver: true };
+        break;
+      }
+      const bytes = this.render(answer, request.close);
+      answers.push(bytes);
+      queued += bytes.length;
+      this.door.answered(answer, request.url, true);
+      offset = end + 4;
+      if (request.close) {
+        outcome = 'closed';
+        break;
+      }
+    }
+    if (answers.length > 0) {
+      const bytes = answers.length === 1 ? answers[0] : Buffer.concat(answers);
+      if (outcome === 'closed') socket.end(bytes);
+      else socket.write(bytes);
+    }
+    return outcome;
+  }
+
+  /** The answer's bytes: what node:http writes for the front door's answer, head and body. */
+  private render(answer: LaneAnswer, close: boolean): Buffer {
+    const { hot, reqId } = answer;
+    let head = `HTTP/1.1 200 OK\r\nx-request-id: ${reqId}\r\n`;
+    for (let i = 0; i < hot.headers.length; i += 2) {
+      head += `${hot.headers[i]}: ${hot.headers[i + 1]}\r\n`;
+    }
+    head += `content-length: ${hot.body.length}\r\nDate: ${this.now()}\r\n`;
+    head += close
+      ? 'Connection: close\r\n\r\n'
+      : `Connection: keep-alive\r\nKeep-Alive: timeout=${Math.floor(this.server.keepAliveTimeout / 1000)}\r\n\r\n`;
+    const bytes = Buffer.allocUnsafe(head.length + hot.body.length);
+    bytes.write(head, 0, 'latin1');
+    hot.body.copy(bytes, head.length);
+    return bytes;
+  }
+
+  /** The Date header's value, made once a second. */
+  private now(): string {
+    const ms = Date.now();
+    const second = Math.floor(ms / 1000);
+    if (second !== this.dateSecond) {
+      this.dateSecond = second;
+      this.date = new Date(ms).toUTCString();
+    }
+    return this.date;
+  }
+}
+
+/** The head of a hot GET the lane may answer, or null for anything else (node:http's then). */
+export function parseHead(head: string): HotRequest | null {
+  const lines = head.split('\r\n');
+  const line = REQUEST_LINE.exec(lines[0]);
+  if (!line) return null;
+  const request: HotRequest = { url: line[1], close: false };
+  let hosts = 0;
+  let authorizations = 0;
+  for (let i = 1; i < lines.length; i++) {
+    const header = HEADER_LINE.exec(lines[i]);
+    if (!header) return null;
+    const name = header[1].toLowerCase();
+    const value = header[2] ?? '';
+    switch (name) {
+      case 'host':
+        hosts++;
+        break;
+      case 'authorization':
+        authorizations++;
+        request.authorization = value;
+        break;
+      case 'x-request-id':
+        request.requestId ??= value;
+        break;
+      case 'connection': {
+        const tokens = value
+          .toLowerCase()
+          .split(',')
+          .map((t) => t.trim());
+        if (tokens.includes('upgrade')) return null;
+        if (tokens.includes('close')) request.close = true;
+        break;
+      }
+      case 'content-length':
+      case 'transfer-encoding':
+      case 'range':
+      case 'if-range':
+      case 'expect':
+      case 'upgrade':
+        return null;
+    }
+  }
+  if (hosts !== 1 || authorizations > 1) return null;
+  return request;
+}
