@@ -6,6 +6,11 @@ import { SigningService } from '../signing/signing.service';
 import { prefersHtml, sendAsset, StatusPage } from '../status/status-page';
 import { VERSION } from '../version';
 
+/** The body of `/nix-cache-info`. */
+export function cacheInfoText(config: Pick<AppConfig, 'storeDir' | 'priority'>): string {
+  return `StoreDir: ${config.storeDir}\nWantMassQuery: 1\nPriority: ${config.priority}\n`;
+}
+
 /**
  * What a client learns about the cache itself. HEAD answers like GET without the body (tools probe
  * `nix-cache-info` that way); without its own routes it would fall through to the narinfo route.
@@ -22,7 +27,7 @@ export class CacheInfoController {
   @Get('nix-cache-info')
   @Header('content-type', 'text/x-nix-cache-info')
   cacheInfo(): string {
-    return `StoreDir: ${this.config.storeDir}\nWantMassQuery: 1\nPriority: ${this.config.priority}\n`;
+    return cacheInfoText(this.config);
   }
 
   /** Open even when reads need a token: the key is public, and setting a client up needs it. */

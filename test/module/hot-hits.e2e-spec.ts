@@ -1,4 +1,5 @@
 import { rm } from 'node:fs/promises';
+import { Agent, request, type Server } from 'node:http';
 import { beforeAll, describe, expect, it, vi } from 'vitest';
 import { NarService } from '../../src/nar/nar.service';
 import { NarInfoService } from '../../src/narinfo/narinfo.service';
@@ -125,5 +126,50 @@ describe('hits answered from memory', () => {
     expect(head.statusCode).toBe(200);
     expect(head.headers['content-length']).toBe(String(Buffer.byteLength(first.body)));
     expect((await get(`/${f.hash}.nope`)).statusCode).toBe(404);
+  });
+
+  it('a Nix-like keep-alive connection (cache info, narinfo, NAR) is answered by the fast lane, never by node:http', async () => {
+    const f = await makeStorePath([key], { name: 'lane', size: 1024 });
+    upstream.publish(f);
+    await warm(nw, f);
+    const viaNode = await nw.app.inject({ method: 'GET', url: '/nix-cache-info' });
+    const server = nw.app.getHttpServer() as Server;
+    let seenByNode = 0;
+    const count = () => seenByNode++;
+    server.on('request', count);
+    const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+    try {
+      const sockets = new Set<unknown>();
+      const ask = (path: string) =>
+        new Promise<{ status: number; body: Buffer; type?: string }>((resolve, reject) => {
+          request(`${nw.url}${path}`, { agent }, (res) => {
+            sockets.add(res.socket);
+            const chunks: Buffer[] = [];
+            res.on('data', (c: Buffer) => chunks.push(c));
+            res.on('end', () =>
+              resolve({
+                status: res.statusCode ?? 0,
+                body: Buffer.concat(chunks),
+                type: res.headers['content-type'],
+              }),
+            );
+          })
+            .on('error', reject)
+            .end();
+        });
+      const info = await ask('/nix-cache-info');
+      expect(info.status).toBe(200);
+      expect(info.body.toString()).toBe(viaNode.body);
+      expect(info.type).toBe(viaNode.headers['content-type']);
+      const narinfo = await ask(`/${f.hash}.narinfo`);
+      expect(narinfo.status).toBe(200);
+      const nar = await ask(`/nar/${f.narName}`);
+      expect(nar.body.equals(f.file)).toBe(true);
+      expect(sockets.size).toBe(1); // one connection, as Nix uses
+      expect(seenByNode).toBe(0);
+    } finally {
+      agent.destroy();
+      server.removeListener('request', count);
+    }
   });
 });
