@@ -29,6 +29,7 @@ export class CacheInfoHotPath implements OnModuleInit {
     FrontDoor.of(this.adapterHost.httpAdapter.getHttpServer())?.addRoute({
       route: PATH,
       answer: (url) => (url === PATH ? this.answer : undefined),
+      head: true,
     });
   }
 }

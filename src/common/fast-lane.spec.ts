@@ -14,12 +14,20 @@ const HOT = Buffer.from('StorePath: /nix/store/x\n');
 const BIG = Buffer.alloc(64 * 1024, 'n');
 const route = {
   route: '/:file',
+  head: true,
   answer: (url: string): HotAnswer | undefined =>
     url === '/hot.narinfo' || url === '/hot2.narinfo'
       ? { body: HOT, headers: ['content-type', 'text/x-nix-narinfo'] }
       : url === '/big.narinfo'
         ? { body: BIG, headers: ['content-type', 'text/x-nix-narinfo'] }
         : undefined,
+};
+
+/** A route whose HEAD the lane must leave alone (no `head`), as the NAR route. */
+const narRoute = {
+  route: '/nar/:name',
+  answer: (url: string): HotAnswer | undefined =>
+    url === '/nar/hot.nar' ? { body: HOT, headers: ['content-type', 'x'] } : undefined,
 };
 
 interface Setup {
@@ -50,6 +58,7 @@ async function setup(requireReadToken = false): Promise<Setup> {
     (h) => h ?? 'fresh-id',
   );
   door.addRoute(route);
+  door.addRoute(narRoute);
   const server = createServer((req, res) => {
     let bytes = 0;
     req.on('data', (c: Buffer) => (bytes += c.length));
@@ -129,7 +138,13 @@ describe('FastLane', () => {
     expect(a).toContain('\r\nConnection: keep-alive\r\n');
     expect(a).toMatch(/\r\nDate: \w{3}, \d\d \w{3} \d{4} [\d:]{8} GMT\r\n/);
     expect(a.endsWith(`\r\n\r\n${HOT.toString()}`)).toBe(true);
-    expect(accessLine).toHaveBeenCalledWith('abc-1', '/hot.narinfo', expect.any(Number), true);
+    expect(accessLine).toHaveBeenCalledWith(
+      'abc-1',
+      '/hot.narinfo',
+      expect.any(Number),
+      true,
+      'GET',
+    );
     expect(response).toHaveBeenCalledWith('/:file', 'GET', 200, expect.any(Number));
     expect(s.lane.size).toBe(1);
     c.socket.destroy();
@@ -170,7 +185,7 @@ describe('FastLane', () => {
   });
 
   it.each([
-    ['HEAD', 'HEAD /hot.narinfo HTTP/1.1\r\nHost: x\r\n\r\n'],
+    ['HEAD of a route without head', 'HEAD /nar/hot.nar HTTP/1.1\r\nHost: x\r\n\r\n'],
     ['HTTP/1.0', 'GET /hot.narinfo HTTP/1.0\r\nHost: x\r\n\r\n'],
     ['a Range', get('/hot.narinfo', 'Range: bytes=0-3\r\n')],
     ['a Content-Length', get('/hot.narinfo', 'Content-Length: 0\r\n')],
@@ -195,6 +210,25 @@ describe('FastLane', () => {
     expect(r).toBeDefined();
     expect(byLane(r)).toBe(false);
     expect(s.lane.size).toBe(0);
+    c.socket.destroy();
+  });
+
+  it("answers a HEAD with the GET answer's headers and length, and no body", async () => {
+    const s = await setup();
+    const n = await open(s.port);
+    await n.send(get('/nar/hot.nar'));
+    expect(byLane((await n.responses(1))[0])).toBe(true); // the NAR route's GET is the lane's
+    n.socket.destroy();
+    const accessLine = vi.fn();
+    s.door.observe({ accessLine });
+    const c = await open(s.port);
+    await c.send('HEAD /hot.narinfo HTTP/1.1\r\nHost: x\r\n\r\n' + get('/hot.narinfo'));
+    const [head, body] = await c.responses(2);
+    expect(byLane(head) && byLane(body)).toBe(true);
+    expect(head).toContain(`\r\ncontent-length: ${HOT.length}\r\n`);
+    expect(head.endsWith('\r\n\r\n')).toBe(true);
+    expect(body.endsWith(HOT.toString())).toBe(true);
+    expect(accessLine.mock.calls.map((call) => call[4])).toEqual(['HEAD', 'GET']);
     c.socket.destroy();
   });
 
@@ -271,7 +305,13 @@ describe('parseHead', () => {
         'GET /a.narinfo HTTP/1.1\r\nhost: x\r\nAuthorization:  Bearer t \r\n' +
           'X-Request-Id: one\r\nx-request-id: two\r\nConnection: keep-alive, close',
       ),
-    ).toEqual({ url: '/a.narinfo', authorization: 'Bearer t', requestId: 'one', close: true });
+    ).toEqual({
+      method: 'GET',
+      url: '/a.narinfo',
+      authorization: 'Bearer t',
+      requestId: 'one',
+      close: true,
+    });
   });
 
   it('takes an empty header value', () => {

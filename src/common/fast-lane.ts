@@ -7,13 +7,15 @@ const MAX_HEAD_BYTES = 8 * 1024;
 /** More unsent answer bytes than this on a connection and the lane stops reading until they drain. */
 const MAX_QUEUED_BYTES = 256 * 1024;
 
-const REQUEST_LINE = /^GET (\/[\x21-\x7e]*) HTTP\/1\.1$/;
+const EMPTY = Buffer.alloc(0);
+const REQUEST_LINE = /^(GET|HEAD) (\/[\x21-\x7e]*) HTTP\/1\.1$/;
 /** `name: value`, a token name and visible ASCII (spaces and tabs inside) only: anything else is not ours. */
 const HEADER_LINE =
   /^([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([\x21-\x7e](?:[\x20-\x7e\t]*[\x21-\x7e])?)?[ \t]*$/;
 
 /** The headers that matter to a hot GET, from a head the lane could read; null if it is not one. */
 interface HotRequest {
+  method: 'GET' | 'HEAD';
   url: string;
   authorization?: string;
   requestId?: string;
@@ -26,7 +28,7 @@ interface HotRequest {
  * of what a bare node:http server costs, and hot hits are most of what a fleet asks for.
  *
  * Every new connection starts in the lane. Each request whose head is a plain
- * `GET <path> HTTP/1.1` with nothing the lane does not understand — no body, no Range, no Upgrade or
+ * `GET <path> HTTP/1.1` (or a HEAD, for routes that allow it: see HotRoute) with nothing the lane does not understand — no body, no Range, no Upgrade or
  * Expect, one Host, at most one Authorization, only token names and visible ASCII values — and
  * whose answer the FrontDoor has in memory (a narinfo or small NAR served lately, the read-token
  * check passed) is answered here, with the same headers, access line and metrics as the front
@@ -155,7 +157,13 @@ export class FastLane {
           ? parseHead(data.toString('latin1', offset, end))
           : null;
       const answer =
-        request && this.door.answerGet(request.url, request.authorization, request.requestId);
+        request &&
+        this.door.answerRequest(
+          request.method,
+          request.url,
+          request.authorization,
+          request.requestId,
+        );
       if (!request || !answer) {
         outcome = { rest: data.subarray(offset), handOver: true };
         break;
@@ -181,6 +189,7 @@ export class FastLane {
   /** The answer's bytes: what node:http writes for the front door's answer, head and body. */
   private render(answer: LaneAnswer, close: boolean): Buffer {
     const { hot, reqId } = answer;
+    const body = answer.method === 'HEAD' ? EMPTY : hot.body;
     let head = `HTTP/1.1 200 OK\r\nx-request-id: ${reqId}\r\n`;
     for (let i = 0; i < hot.headers.length; i += 2) {
       head += `${hot.headers[i]}: ${hot.headers[i + 1]}\r\n`;
@@ -189,9 +198,9 @@ export class FastLane {
     head += close
       ? 'Connection: close\r\n\r\n'
       : `Connection: keep-alive\r\nKeep-Alive: timeout=${Math.floor(this.server.keepAliveTimeout / 1000)}\r\n\r\n`;
-    const bytes = Buffer.allocUnsafe(head.length + hot.body.length);
+    const bytes = Buffer.allocUnsafe(head.length + body.length);
     bytes.write(head, 0, 'latin1');
-    hot.body.copy(bytes, head.length);
+    body.copy(bytes, head.length);
     return bytes;
   }
 
@@ -212,7 +221,7 @@ export function parseHead(head: string): HotRequest | null {
   const lines = head.split('\r\n');
   const line = REQUEST_LINE.exec(lines[0]);
   if (!line) return null;
-  const request: HotRequest = { url: line[1], close: false };
+  const request: HotRequest = { method: line[1] as 'GET' | 'HEAD', url: line[2], close: false };
   let hosts = 0;
   let authorizations = 0;
   for (let i = 1; i < lines.length; i++) {

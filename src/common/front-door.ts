@@ -19,12 +19,17 @@ export interface HotRoute {
    * check admitted; a lookup that answers counts its own hit.
    */
   answer(url: string): HotAnswer | undefined;
+  /**
+   * Whether a HEAD of this route may be answered with the GET answer's headers (the fast lane
+   * does): true when `answer` does nothing a HEAD through the controller would not do too.
+   */
+  head?: boolean;
 }
 
 /** How the front door's answers are logged and counted, the same as Fastify's hooks do. */
 export interface FrontDoorObservers {
   /** One access line (see installRequestLogging): completed false when the connection was cut. */
-  accessLine?(reqId: string, url: string, ms: number, completed: boolean): void;
+  accessLine?(reqId: string, url: string, ms: number, completed: boolean, method?: string): void;
   /** The HTTP metrics' per-response count (see HttpMetrics). */
   response?(route: string, method: string, status: number, seconds: number): void;
 }
@@ -40,6 +45,7 @@ export type ReadAdmission = (authorization: string | undefined) => boolean;
 /** A hot answer for the fast lane, and what `answered` needs to log and count it. */
 export interface LaneAnswer {
   route: string;
+  method: 'GET' | 'HEAD';
   reqId: string;
   start: number;
   hot: HotAnswer;
@@ -109,12 +115,13 @@ export class FrontDoor {
   }
 
   /**
-   * For the fast lane (see FastLane): the hot answer to a GET of `url` without a Range header, with
-   * these `Authorization` and `x-request-id` values, or undefined when it is not a hot hit (or may
-   * not be answered here: the read-token check, the server closing). The caller writes it, then
-   * calls `answered`.
+   * For the fast lane (see FastLane): the hot answer to a GET (or, where the route allows it, a
+   * HEAD) of `url` without a Range header, with these `Authorization` and `x-request-id` values, or
+   * undefined when it is not a hot hit (or may not be answered here: the read-token check, the
+   * server closing). The caller writes it, then calls `answered`.
    */
-  answerGet(
+  answerRequest(
+    method: 'GET' | 'HEAD',
     url: string,
     authorization: string | undefined,
     requestIdHeader: string | undefined,
@@ -126,10 +133,11 @@ export class FrontDoor {
     }
     const start = performance.now();
     for (const route of this.routes) {
+      if (method === 'HEAD' && !route.head) continue;
       const hot = route.answer(url);
       if (hot) {
         const reqId = this.requestIdOf(requestIdHeader);
-        return { route: route.route, reqId, start, hot };
+        return { route: route.route, method, reqId, start, hot };
       }
     }
     return undefined;
@@ -138,8 +146,8 @@ export class FrontDoor {
   /** Logs and counts an answer of the fast lane, as `send` does for its own. */
   answered(answer: LaneAnswer, url: string, completed: boolean): void {
     const ms = performance.now() - answer.start;
-    this.observers.response?.(answer.route, 'GET', 200, ms / 1000);
-    this.observers.accessLine?.(answer.reqId, url, Math.round(ms), completed);
+    this.observers.response?.(answer.route, answer.method, 200, ms / 1000);
+    this.observers.accessLine?.(answer.reqId, url, Math.round(ms), completed, answer.method);
   }
 
   /** Answers `req` when it is a hot hit and returns true; false leaves it to Fastify untouched. */

@@ -59,10 +59,10 @@ export function installRequestLogging(fastify: FastifyInstance): void {
 /** The access line of a request the front door answered (see FrontDoor): as logAccess writes it. */
 export function frontDoorAccessLine(
   logger: Logger,
-): (reqId: string, url: string, ms: number, completed: boolean) => void {
+): (reqId: string, url: string, ms: number, completed: boolean, method?: string) => void {
   const write = accessLineWriter(logger);
-  return (reqId, url, responseTime, completed) => {
-    const fields: AccessFields = { reqId, method: 'GET', url, statusCode: 200, responseTime };
+  return (reqId, url, responseTime, completed, method = 'GET') => {
+    const fields: AccessFields = { reqId, method, url, statusCode: 200, responseTime };
     if (completed) write('info', fields, 'request completed');
     else write('info', { ...fields, aborted: true }, 'response aborted');
   };

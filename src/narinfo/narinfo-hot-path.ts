@@ -18,6 +18,8 @@ export class NarInfoHotPath implements OnModuleInit {
     FrontDoor.of(this.adapterHost.httpAdapter.getHttpServer())?.addRoute({
       route: '/:file',
       answer: (url) => this.answer(url),
+      // The controller's HEAD looks the narinfo up like its GET (counted, and a prefetch signal).
+      head: true,
     });
   }
 

@@ -128,7 +128,7 @@ describe('hits answered from memory', () => {
     expect((await get(`/${f.hash}.nope`)).statusCode).toBe(404);
   });
 
-  it('a Nix-like keep-alive connection (cache info, narinfo, NAR) is answered by the fast lane, never by node:http', async () => {
+  it('a Nix-like keep-alive connection (cache info, HEAD and GET of a narinfo, NAR) is answered by the fast lane, never by node:http', async () => {
     const f = await makeStorePath([key], { name: 'lane', size: 1024 });
     upstream.publish(f);
     await warm(nw, f);
@@ -140,29 +140,37 @@ describe('hits answered from memory', () => {
     const agent = new Agent({ keepAlive: true, maxSockets: 1 });
     try {
       const sockets = new Set<unknown>();
-      const ask = (path: string) =>
-        new Promise<{ status: number; body: Buffer; type?: string }>((resolve, reject) => {
-          request(`${nw.url}${path}`, { agent }, (res) => {
-            sockets.add(res.socket);
-            const chunks: Buffer[] = [];
-            res.on('data', (c: Buffer) => chunks.push(c));
-            res.on('end', () =>
-              resolve({
-                status: res.statusCode ?? 0,
-                body: Buffer.concat(chunks),
-                type: res.headers['content-type'],
-              }),
-            );
-          })
-            .on('error', reject)
-            .end();
-        });
+      const ask = (path: string, method = 'GET') =>
+        new Promise<{ status: number; body: Buffer; type?: string; length?: string }>(
+          (resolve, reject) => {
+            request(`${nw.url}${path}`, { agent, method }, (res) => {
+              sockets.add(res.socket);
+              const chunks: Buffer[] = [];
+              res.on('data', (c: Buffer) => chunks.push(c));
+              res.on('end', () =>
+                resolve({
+                  status: res.statusCode ?? 0,
+                  body: Buffer.concat(chunks),
+                  type: res.headers['content-type'],
+                  length: res.headers['content-length'],
+                }),
+              );
+            })
+              .on('error', reject)
+              .end();
+          },
+        );
       const info = await ask('/nix-cache-info');
       expect(info.status).toBe(200);
       expect(info.body.toString()).toBe(viaNode.body);
       expect(info.type).toBe(viaNode.headers['content-type']);
+      // Nix checks that the top path exists with a HEAD before it asks for anything else.
+      const exists = await ask(`/${f.hash}.narinfo`, 'HEAD');
       const narinfo = await ask(`/${f.hash}.narinfo`);
       expect(narinfo.status).toBe(200);
+      expect(exists.status).toBe(200);
+      expect(exists.body.length).toBe(0);
+      expect(exists.length).toBe(String(narinfo.body.length));
       const nar = await ask(`/nar/${f.narName}`);
       expect(nar.body.equals(f.file)).toBe(true);
       expect(sockets.size).toBe(1); // one connection, as Nix uses
