@@ -133,7 +133,7 @@ describe('hits answered from memory', () => {
     upstream.publish(f);
     await warm(nw, f);
     const viaNode = await nw.app.inject({ method: 'GET', url: '/nix-cache-info' });
-    const server = nw.app.getHttpServer() as Server;
+    const server: Server = nw.app.getHttpServer();
     let seenByNode = 0;
     const count = () => seenByNode++;
     server.on('request', count);
