@@ -172,24 +172,10 @@ export class RedisClusterProcess {
     const cluster = new RedisClusterProcess(children, addrs, dir);
     try {
       for (let i = 0; i < 3; i++) {
-        const [port, busPort] = [await freePort(), await freePort()];
-        const child = spawn(
-          process.env.NARWHAL_TEST_REDIS_SERVER ?? 'redis-server',
-          [
-            ...['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'],
-            ...['--cluster-enabled', 'yes', '--cluster-port', String(busPort)],
-            ...['--cluster-config-file', `nodes-${port}.conf`, '--cluster-node-timeout', '2000'],
-            ...['--dir', dir],
-          ],
-          { stdio: 'ignore' },
-        );
-        const orphanGuard = () => child.kill('SIGKILL');
-        process.once('exit', orphanGuard);
-        child.once('exit', () => process.removeListener('exit', orphanGuard));
+        const { child, addr } = await startClusterNode(dir);
         children.push(child);
-        addrs.push(`127.0.0.1:${port}`);
+        addrs.push(addr);
       }
-      for (const addr of addrs) await pingUntilUp(addr);
       await promisify(execFile)('redis-cli', [
         '--cluster',
         'create',
@@ -258,6 +244,41 @@ export async function redisClusterOrSkip(): Promise<RedisClusterProcess | null> 
     return await RedisClusterProcess.start();
   } catch (e) {
     return skipOrFail('a Redis Cluster (redis-server, redis-cli)', (e as Error).message);
+  }
+}
+
+/**
+ * One `redis-server --cluster-enabled yes` node on free ports, answering PING. A port from
+ * freePort is free when asked, but another test running in parallel may bind it before the node
+ * does; the node then exits at once, and is started again on other ports (up to five times).
+ */
+async function startClusterNode(dir: string): Promise<{ child: ChildProcess; addr: string }> {
+  for (let attempt = 1; ; attempt++) {
+    const [port, busPort] = [await freePort(), await freePort()];
+    const child = spawn(
+      process.env.NARWHAL_TEST_REDIS_SERVER ?? 'redis-server',
+      [
+        ...['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'],
+        ...['--cluster-enabled', 'yes', '--cluster-port', String(busPort)],
+        ...['--cluster-config-file', `nodes-${port}.conf`, '--cluster-node-timeout', '2000'],
+        ...['--dir', dir],
+      ],
+      { stdio: 'ignore' },
+    );
+    const orphanGuard = () => child.kill('SIGKILL');
+    process.once('exit', orphanGuard);
+    child.once('exit', () => process.removeListener('exit', orphanGuard));
+    const addr = `127.0.0.1:${port}`;
+    const exited = once(child, 'exit').then(() => 'exited' as const);
+    const up = pingUntilUp(addr).then(() => 'up' as const);
+    up.catch(() => undefined); // still pinging when the node exited: settled, not unhandled
+    const outcome = await Promise.race([up, exited]).catch((e: unknown) => {
+      child.kill('SIGKILL');
+      throw e;
+    });
+    if (outcome === 'up') return { child, addr };
+    if (attempt >= 5)
+      throw new Error(`redis-server (cluster node) exited at start ${attempt} times`);
   }
 }
 
