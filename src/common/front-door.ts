@@ -126,20 +126,6 @@ export class FrontDoor {
     authorization: string | undefined,
     requestIdHeader: string | undefined,
   ): LaneAnswer | undefined {
-    const found = this.find(method, url, authorization);
-    return found && { ...found, method, reqId: this.requestIdOf(requestIdHeader) };
-  }
-
-  /**
-   * The hot answer to `method` of `url` and its route, when the server is not closing, the
-   * read-token check admits `authorization` and a route has it at hand (for a HEAD, a route that
-   * allows it); `start` is when the lookup began.
-   */
-  private find(
-    method: 'GET' | 'HEAD',
-    url: string,
-    authorization: string | undefined,
-  ): { route: string; start: number; hot: HotAnswer } | undefined {
     if (this.closing || this.routes.length === 0) return undefined;
     if (this.requireReadToken) {
       const admit = this.admitRead;
@@ -149,7 +135,10 @@ export class FrontDoor {
     for (const route of this.routes) {
       if (method === 'HEAD' && !route.head) continue;
       const hot = route.answer(url);
-      if (hot) return { route: route.route, start, hot };
+      if (hot) {
+        const reqId = this.requestIdOf(requestIdHeader);
+        return { route: route.route, method, reqId, start, hot };
+      }
     }
     return undefined;
   }
@@ -163,12 +152,22 @@ export class FrontDoor {
 
   /** Answers `req` when it is a hot hit and returns true; false leaves it to Fastify untouched. */
   answer(req: IncomingMessage, res: ServerResponse): boolean {
+    if (this.closing || this.routes.length === 0) return false;
     if (req.method !== 'GET' || req.headers.range !== undefined) return false;
+    if (this.requireReadToken) {
+      const admit = this.admitRead;
+      if (!admit || !admit(req.headers.authorization)) return false;
+    }
+    const start = performance.now();
     const url = req.url ?? '';
-    const found = this.find('GET', url, req.headers.authorization);
-    if (!found) return false;
-    this.send(req, res, found.start, found.route, url, found.hot);
-    return true;
+    for (const route of this.routes) {
+      const hot = route.answer(url);
+      if (hot) {
+        this.send(req, res, start, route.route, url, hot);
+        return true;
+      }
+    }
+    return false;
   }
 
   private send(
