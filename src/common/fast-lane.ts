@@ -1,6 +1,6 @@
 import type { Server } from 'node:http';
 import type { Socket } from 'node:net';
-import type { FrontDoor, LaneAnswer } from './front-door';
+import type { FrontDoor, HotAnswer, HotFile, LaneAnswer, OpenHotFile } from './front-door';
 
 /** A request head longer than this is never the fast lane's (node:http gets the connection). */
 const MAX_HEAD_BYTES = 8 * 1024;
@@ -12,6 +12,25 @@ const REQUEST_LINE = /^(GET|HEAD) (\/[\x21-\x7e]*) HTTP\/1\.1$/;
 /** `name: value`, a token name and visible ASCII (spaces and tabs inside) only: anything else is not ours. */
 const HEADER_LINE =
   /^([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([\x21-\x7e](?:[\x20-\x7e\t]*[\x21-\x7e])?)?[ \t]*$/;
+
+/** A stored file to send (HotRoute.file), found at the head of what a connection sent. */
+interface FileRequest {
+  answer: LaneAnswer & { file: HotFile };
+  url: string;
+  close: boolean;
+  /** From this request on: what node:http gets if the lane does not send the file after all. */
+  from: Buffer;
+  /** The bytes after this request's head. */
+  rest: Buffer;
+}
+
+type Outcome = 'closed' | { rest: Buffer | undefined; handOver: boolean } | FileRequest;
+
+/** How sending a stored file ended (see FastLane.sendStored). */
+type FileOutcome = 'sent' | 'closed' | 'not-sent' | 'gone';
+
+/** What Node keeps on a socket without typing it. */
+type InternalSocket = Socket & { _handle?: { fd?: unknown } | null };
 
 /** The headers that matter to a hot GET, from a head the lane could read; null if it is not one. */
 interface HotRequest {
@@ -36,9 +55,18 @@ interface HotRequest {
  * what has arrived), the connection is handed to node:http for good, with the bytes not answered
  * yet, and node:http parses them as if it had read them itself. So the lane is a strict subset of
  * HTTP/1.1: whatever it does not recognise gets node:http's full parser and error handling.
+ *
+ * A GET of a large NAR served lately (HotRoute.file) is answered here too, with sendfile(2): the
+ * lane writes the head, the kernel copies the file, and the lane reads the connection's next request
+ * only after the last byte. Nix asks for a closure's narinfos and NARs one after another on one
+ * connection, so without this the first large NAR of a copy handed the connection, and every
+ * request after it, to node:http. Without a free sendfile slot, or when the file is gone, the
+ * request goes to node:http (nothing of its answer has been written then).
  */
 export class FastLane {
   private readonly sockets = new Set<Socket>();
+  /** Connections sending a stored file: shutdown closes them once it is sent. */
+  private readonly busy = new Set<Socket>();
   private date = '';
   private dateSecond = -1;
 
@@ -69,10 +97,11 @@ export class FastLane {
    */
   closeIdle(): void {
     for (const socket of this.sockets) {
+      if (this.busy.has(socket)) continue; // closed once its file is sent (the door is closing)
       if (socket.writableLength > 0) socket.end();
       else socket.destroy();
+      this.sockets.delete(socket);
     }
-    this.sockets.clear();
   }
 
   private accept(socket: Socket, http: (socket: Socket) => void): void {
@@ -92,13 +121,31 @@ export class FastLane {
       socket.setTimeout(0);
       this.sockets.delete(socket);
       http.call(this.server, socket);
+      socket.resume();
       // node:http now reads the socket itself; what the lane read and did not answer comes first.
       if (rest && rest.length > 0 && !socket.destroyed) socket.emit('data', rest);
+    };
+    /** Sends a stored file; reads the next request only once it is sent. */
+    const sendStored = (file: FileRequest) => {
+      socket.pause();
+      this.busy.add(socket);
+      void this.sendStored(socket, file).then((sent) => {
+        this.busy.delete(socket);
+        if (sent === 'gone') return;
+        if (sent === 'not-sent') return handOver(file.from);
+        if (keepAlive > 0) socket.setTimeout(keepAlive);
+        if (sent === 'closed') return void socket.end();
+        // Shutting down: node:http answers what else came (a 503 that closes), or the lane closes.
+        if (this.door.isClosing) return file.rest.length > 0 ? handOver(file.rest) : socket.end();
+        socket.resume();
+        if (file.rest.length > 0) serve(file.rest);
+      });
     };
     /** Answers what `data` holds; stops while the client has too many answers to take. */
     const serve = (data: Buffer) => {
       const outcome = this.answerAll(socket, data);
       if (outcome === 'closed') return;
+      if ('answer' in outcome) return sendStored(outcome);
       if (outcome.rest === undefined) return;
       if (outcome.handOver) return handOver(outcome.rest);
       // Enough answers queued for one turn: read nothing more until the client has taken them (or,
@@ -131,21 +178,16 @@ export class FastLane {
 
   /**
    * Answers the complete hot requests at the start of `data`, in order, until the client has more
-   * than MAX_QUEUED_BYTES of answers waiting. Returns 'closed' when a request asked to close the
-   * connection; else the bytes not answered (none: all were), and whether they are to be handed over
-   * (they start with a request the lane does not answer) or only held back.
+   * than MAX_QUEUED_BYTES of answers waiting or a request asks for a stored file. Returns 'closed'
+   * when a request asked to close the connection; the file request, to be sent next; else the bytes
+   * not answered (none: all were), and whether they are to be handed over (they start with a
+   * request the lane does not answer) or only held back.
    */
-  private answerAll(
-    socket: Socket,
-    data: Buffer,
-  ): 'closed' | { rest: Buffer | undefined; handOver: boolean } {
+  private answerAll(socket: Socket, data: Buffer): Outcome {
     let offset = 0;
     const answers: Buffer[] = [];
     let queued = socket.writableLength;
-    let outcome: 'closed' | { rest: Buffer | undefined; handOver: boolean } = {
-      rest: undefined,
-      handOver: false,
-    };
+    let outcome: Outcome = { rest: undefined, handOver: false };
     while (offset < data.length) {
       if (queued > MAX_QUEUED_BYTES) {
         outcome = { rest: data.subarray(offset), handOver: false };
@@ -168,7 +210,13 @@ export class FastLane {
         outcome = { rest: data.subarray(offset), handOver: true };
         break;
       }
-      const bytes = this.render(answer, request.close);
+      if (answer.file) {
+        const { url, close } = request;
+        const [from, rest] = [data.subarray(offset), data.subarray(end + 4)];
+        outcome = { answer: { ...answer, file: answer.file }, url, close, from, rest };
+        break;
+      }
+      const bytes = this.render(answer.hot, answer, request.close);
       answers.push(bytes);
       queued += bytes.length;
       this.door.answered(answer, request.url, true);
@@ -187,21 +235,67 @@ export class FastLane {
   }
 
   /** The answer's bytes: what node:http writes for the front door's answer, head and body. */
-  private render(answer: LaneAnswer, close: boolean): Buffer {
-    const { hot, reqId } = answer;
+  private render(hot: HotAnswer, answer: LaneAnswer, close: boolean): Buffer {
     const body = answer.method === 'HEAD' ? EMPTY : hot.body;
-    let head = `HTTP/1.1 200 OK\r\nx-request-id: ${reqId}\r\n`;
-    for (let i = 0; i < hot.headers.length; i += 2) {
-      head += `${hot.headers[i]}: ${hot.headers[i + 1]}\r\n`;
-    }
-    head += `content-length: ${hot.body.length}\r\nDate: ${this.now()}\r\n`;
-    head += close
-      ? 'Connection: close\r\n\r\n'
-      : `Connection: keep-alive\r\nKeep-Alive: timeout=${Math.floor(this.server.keepAliveTimeout / 1000)}\r\n\r\n`;
+    const head = this.head(answer.reqId, hot.headers, hot.body.length, close);
     const bytes = Buffer.allocUnsafe(head.length + body.length);
     bytes.write(head, 0, 'latin1');
     body.copy(bytes, head.length);
     return bytes;
+  }
+
+  /** A 200's head, as node:http writes it for the front door's answer. */
+  private head(reqId: string, headers: readonly string[], length: number, close: boolean): string {
+    let head = `HTTP/1.1 200 OK\r\nx-request-id: ${reqId}\r\n`;
+    for (let i = 0; i < headers.length; i += 2) {
+      head += `${headers[i]}: ${headers[i + 1]}\r\n`;
+    }
+    head += `content-length: ${length}\r\nDate: ${this.now()}\r\n`;
+    head += close
+      ? 'Connection: close\r\n\r\n'
+      : `Connection: keep-alive\r\nKeep-Alive: timeout=${Math.floor(this.server.keepAliveTimeout / 1000)}\r\n\r\n`;
+    return head;
+  }
+
+  /**
+   * Sends a stored file (HotRoute.file) after the answers queued before it: the head through the
+   * socket, then, once the socket has taken everything, the file by sendfile(2) straight from the
+   * kernel. 'not-sent' when nothing of it was written (no free sendfile slot, no descriptor, the
+   * file gone): the caller hands the request to node:http. A transfer that fails or stalls destroys
+   * the connection ('gone'): the client never sees a clean end of a short body.
+   */
+  private async sendStored(socket: Socket, request: FileRequest): Promise<FileOutcome> {
+    const { answer, url, close } = request;
+    const file = answer.file;
+    const fd = (socket as InternalSocket)._handle?.fd;
+    if (typeof fd !== 'number' || fd < 0) return 'not-sent';
+    let opened: OpenHotFile | undefined;
+    try {
+      opened = await file.open();
+      if (!opened) return 'not-sent';
+      const head = Buffer.from(this.head(answer.reqId, file.headers, file.size, close), 'latin1');
+      if (socket.destroyed || !(await written(socket, head))) {
+        this.door.answered(answer, url, false);
+        return 'gone';
+      }
+      // The keep-alive timeout must not cut a long transfer: sendfile watches for stalls itself.
+      socket.setTimeout(0);
+      const stop = new AbortController();
+      const onClose = () => stop.abort();
+      socket.once('close', onClose);
+      const { failed } = await opened
+        .send(fd, stop.signal)
+        .finally(() => socket.removeListener('close', onClose));
+      this.door.answered(answer, url, !failed);
+      if (!failed) return close ? 'closed' : 'sent';
+      socket.destroy();
+      return 'gone';
+    } catch {
+      socket.destroy();
+      return 'gone';
+    } finally {
+      await opened?.close().catch(() => undefined);
+    }
   }
 
   /** The Date header's value, made once a second. */
@@ -214,6 +308,18 @@ export class FastLane {
     }
     return this.date;
   }
+}
+
+/** Writes `bytes`; true once the socket has taken them, false if it closed first. */
+function written(socket: Socket, bytes: Buffer): Promise<boolean> {
+  return new Promise((resolve) => {
+    const onClose = () => resolve(false);
+    socket.once('close', onClose);
+    socket.write(bytes, (e) => {
+      socket.removeListener('close', onClose);
+      resolve(!e);
+    });
+  });
 }
 
 /** The head of a hot GET the lane may answer, or null for anything else (node:http's then). */

@@ -9,6 +9,33 @@ export interface HotAnswer {
   headers: readonly string[];
 }
 
+/**
+ * A stored file the fast lane may send with sendfile(2) (a large NAR served lately): its size, the
+ * headers that go with it, and how to open it.
+ */
+export interface HotFile {
+  size: number;
+  /** Header names and values, flat, as in HotAnswer. */
+  headers: readonly string[];
+  /**
+   * Opens the file for sending; undefined when it cannot be sent from here now (no free sendfile
+   * slot, gone from storage): the request then goes to node:http. Opening counts the hit.
+   */
+  open(): Promise<OpenHotFile | undefined>;
+}
+
+/** A HotFile opened for sending. */
+export interface OpenHotFile {
+  /**
+   * Copies the whole file to the socket with descriptor `socketFd` (nothing of the answer may be
+   * queued in Node), counting what was sent; stops when `signal` aborts. `failed` says why it
+   * stopped short (a client that took nothing for too long is counted and logged as stalled).
+   */
+  send(socketFd: number, signal: AbortSignal): Promise<{ sent: number; failed?: string }>;
+  /** Closes the file and frees its sendfile slot (after sending, or instead). */
+  close(): Promise<void>;
+}
+
 /** A route the front door may answer: a Fastify route pattern (for metrics) and a lookup by URL. */
 export interface HotRoute {
   /** The Fastify route the same request would reach (`/:file`, `/nar/:name`): the metrics label. */
@@ -24,6 +51,11 @@ export interface HotRoute {
    * does): true when `answer` does nothing a HEAD through the controller would not do too.
    */
   head?: boolean;
+  /**
+   * A stored file to send for a GET of this URL (the fast lane only, and only where sendfile can
+   * send it), else undefined. Called when `answer` found nothing; it must decide from memory.
+   */
+  file?(url: string): HotFile | undefined;
 }
 
 /** How the front door's answers are logged and counted, the same as Fastify's hooks do. */
@@ -42,14 +74,16 @@ export interface FrontDoorObservers {
  */
 export type ReadAdmission = (authorization: string | undefined) => boolean;
 
-/** A hot answer for the fast lane, and what `answered` needs to log and count it. */
-export interface LaneAnswer {
+/**
+ * A hot answer for the fast lane (the bytes, or a file to send), and what `answered` needs to log
+ * and count it.
+ */
+export type LaneAnswer = {
   route: string;
   method: 'GET' | 'HEAD';
   reqId: string;
   start: number;
-  hot: HotAnswer;
-}
+} & ({ hot: HotAnswer; file?: undefined } | { hot?: undefined; file: HotFile });
 
 const doors = new WeakMap<Server, FrontDoor>();
 
@@ -118,7 +152,8 @@ export class FrontDoor {
    * For the fast lane (see FastLane): the hot answer to a GET (or, where the route allows it, a
    * HEAD) of `url` without a Range header, with these `Authorization` and `x-request-id` values, or
    * undefined when it is not a hot hit (or may not be answered here: the read-token check, the
-   * server closing). The caller writes it, then calls `answered`.
+   * server closing). A hot hit is bytes in memory or, for a GET, a stored file (HotRoute.file).
+   * The caller writes it, then calls `answered`.
    */
   answerRequest(
     method: 'GET' | 'HEAD',
@@ -138,6 +173,11 @@ export class FrontDoor {
       if (hot) {
         const reqId = this.requestIdOf(requestIdHeader);
         return { route: route.route, method, reqId, start, hot };
+      }
+      const file = method === 'GET' ? route.file?.(url) : undefined;
+      if (file) {
+        const reqId = this.requestIdOf(requestIdHeader);
+        return { route: route.route, method, reqId, start, file };
       }
     }
     return undefined;

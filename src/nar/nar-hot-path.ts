@@ -1,9 +1,13 @@
-import { Injectable, type OnModuleInit } from '@nestjs/common';
+import { Inject, Injectable, type OnModuleInit } from '@nestjs/common';
 import { HttpAdapterHost } from '@nestjs/core';
-import { FrontDoor, type HotAnswer } from '../common/front-door';
+import { FrontDoor, type HotAnswer, type HotFile, type OpenHotFile } from '../common/front-door';
+import { APP_CONFIG, type AppConfig } from '../config/app-config';
 import { MetricsService } from '../metrics/metrics.service';
 import { NAR_CONTENT_TYPE } from './nar.controller';
 import { NarService } from './nar.service';
+import { openForLane, sendfileSupport } from './sendfile';
+import { StallGuard } from './stall-guard';
+import type { RememberedFile } from './stored-nar-memory';
 
 const PREFIX = '/nar/';
 const HEADERS = [
@@ -16,8 +20,8 @@ const HEADERS = [
 ];
 
 /**
- * `GET /nar/<name>` of a small NAR served lately: answered from memory, with the same headers as the
- * controller's answer from storage (see FrontDoor).
+ * `GET /nar/<name>` of a NAR served lately, with the same headers as the controller's answer from
+ * storage (see FrontDoor): a small one from memory; a large one, in the fast lane, with sendfile.
  */
 @Injectable()
 export class NarHotPath implements OnModuleInit {
@@ -25,12 +29,16 @@ export class NarHotPath implements OnModuleInit {
     private readonly adapterHost: HttpAdapterHost,
     private readonly nars: NarService,
     private readonly metrics: MetricsService,
+    private readonly stalls: StallGuard,
+    @Inject(APP_CONFIG) private readonly config: AppConfig,
   ) {}
 
   onModuleInit(): void {
+    const files = this.config.sendfile && sendfileSupport.available;
     FrontDoor.of(this.adapterHost.httpAdapter.getHttpServer())?.addRoute({
       route: '/nar/:name',
       answer: (url) => this.answer(url),
+      file: files ? (url) => this.file(url) : undefined,
     });
   }
 
@@ -41,5 +49,29 @@ export class NarHotPath implements OnModuleInit {
     if (!body) return undefined;
     this.metrics.countServedBytes('storage', body);
     return { body, headers: HEADERS };
+  }
+
+  /** `/nar/<name>` of a large NAR this instance served from storage lately (names as above). */
+  private file(url: string): HotFile | undefined {
+    if (!url.startsWith(PREFIX)) return undefined;
+    const found = this.nars.rememberedFile(url.slice(PREFIX.length));
+    if (!found) return undefined;
+    return { size: found.size, headers: HEADERS, open: () => this.open(found) };
+  }
+
+  /** Opens the file for sendfile, counting what it sends (see openForLane). */
+  private async open(found: RememberedFile): Promise<OpenHotFile | undefined> {
+    const stallMs = this.stalls.stallTimeoutMs;
+    const opened = await openForLane(() => found.open(), found.size, stallMs);
+    if (!opened) return undefined;
+    return {
+      send: async (socketFd, signal) => {
+        const result = await opened.send(socketFd, signal);
+        if (result.sent > 0) this.metrics.countServedBytes('storage', result.sent);
+        if (result.failed === 'ETIMEDOUT') this.stalls.noteDropped(stallMs);
+        return result;
+      },
+      close: () => opened.close(),
+    };
   }
 }

@@ -29,7 +29,7 @@ import { PeerClient } from './peer-client';
 import { sendfileSupport } from './sendfile';
 import { StallGuard } from './stall-guard';
 import { readWhole, StoredFile, type StoredFileOptions } from './stored-file';
-import { RememberedNars, type RememberedNar } from './stored-nar-memory';
+import { RememberedNars, type RememberedFile, type RememberedNar } from './stored-nar-memory';
 
 /** What the controller streams to one client. */
 export interface NarResponse {
@@ -118,6 +118,30 @@ export class NarService {
     if (entry.until <= now) this.checkStillStored(name, entry); // past its TTL: answered, checked
     this.servedFromMemory(name, entry, now);
     return entry.bytes;
+  }
+
+  /**
+   * For the fast lane (see NarHotPath): a NAR too large to keep in memory that this instance served
+   * from storage lately, and how to open its file (undefined then if it cannot be opened: the
+   * request goes the long way, which finds out why); undefined for anything else.
+   */
+  rememberedFile(name: string): RememberedFile | undefined {
+    const store = this.store;
+    if (!store.openFile) return undefined;
+    const entry = this.memory.get(name, Date.now());
+    if (!entry || entry.bytes || this.memory.fits(entry.size)) return undefined;
+    return {
+      size: entry.size,
+      open: async () => {
+        try {
+          const handle = await store.openFile!(name);
+          this.servedFromMemory(name, entry, Date.now());
+          return handle;
+        } catch {
+          return undefined;
+        }
+      },
+    };
   }
 
   /**

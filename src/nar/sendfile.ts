@@ -1,7 +1,9 @@
-import { join } from 'node:path';
+import type { FileHandle } from 'node:fs/promises';
 import type { ServerResponse } from 'node:http';
+import { join } from 'node:path';
 import type { Socket } from 'node:net';
 import { constants } from 'node:os';
+import type { OpenHotFile } from '../common/front-door';
 
 /**
  * The kernel's sendfile(2), from the small native helper in `native/` (built by `npm ci` with
@@ -165,4 +167,38 @@ export function sendFile(
       reject(e instanceof Error ? e : new Error(String(e)));
     }
   });
+}
+
+/**
+ * A file for the fast lane to send whole (see HotFile): takes a slot, then opens the file with
+ * `open`; undefined (and nothing held) when there is no free slot or the file cannot be opened.
+ * The slot and the file are given back by `close`.
+ */
+export async function openForLane(
+  open: () => Promise<FileHandle | undefined>,
+  size: number,
+  stallMs: number,
+): Promise<OpenHotFile | undefined> {
+  if (!takeSendfileSlot()) return undefined;
+  let handle: FileHandle | undefined;
+  try {
+    handle = await open();
+  } finally {
+    if (!handle) releaseSendfileSlot();
+  }
+  if (!handle) return undefined;
+  const file = handle;
+  let closed = false;
+  return {
+    send: async (socketFd, signal) => {
+      const { sent, error } = await sendFile(socketFd, file.fd, 0, size, stallMs, signal);
+      return { sent, failed: error?.code };
+    },
+    close: async () => {
+      if (closed) return;
+      closed = true;
+      releaseSendfileSlot();
+      await file.close();
+    },
+  };
 }

@@ -73,9 +73,14 @@ export class StallGuard implements OnApplicationBootstrap, OnApplicationShutdown
    */
   drop(res: ServerResponse, idleMs: number): void {
     this.watched.delete(res);
+    this.noteDropped(idleMs);
+    res.destroy();
+  }
+
+  /** Counts and logs a client cut for reading nothing for `idleMs` (by whoever cut it). */
+  noteDropped(idleMs: number): void {
     this.metrics.clientDropped('stalled');
     this.logger.debug(`dropped a client that read nothing for ${idleMs} ms`);
-    res.destroy();
   }
 
   /** A client that takes no byte for this long while bytes wait for it is cut; 0: never. */

@@ -1,4 +1,5 @@
 import { Inject, Injectable, Logger } from '@nestjs/common';
+import type { FileHandle } from 'node:fs/promises';
 import { NOTICES, type Notices } from '../locking/notices';
 
 /** The notice that tells every instance to forget a NAR it may remember: it was deleted. */
@@ -40,6 +41,12 @@ export interface RememberedNar {
   bytes?: Buffer;
   /** True while the database is being asked whether it is still stored (see lookup). */
   checking?: boolean;
+}
+
+/** A stored NAR's size and how to open its file (see NarService.rememberedFile). */
+export interface RememberedFile {
+  size: number;
+  open(): Promise<FileHandle | undefined>;
 }
 
 export interface StoredNarMemoryLimits {

@@ -14,8 +14,8 @@ import { makeStorePath, type StorePathFixture } from '../support/store-paths';
 /**
  * Hits answered from memory: a narinfo served lately and a small NAR served lately are answered
  * without the database or the disk (by the front door, before Fastify and Nest), with the same
- * headers, access line and counters as any hit; a large NAR is streamed from storage as before; a NAR that is forgotten (deleted) is
- * looked up again.
+ * headers, access line and counters as any hit; a large NAR served lately is sent from its file by
+ * the fast lane; a NAR that is forgotten (deleted) is looked up again.
  */
 
 const key = makeKey('up-1');
@@ -128,10 +128,16 @@ describe('hits answered from memory', () => {
     expect((await get(`/${f.hash}.nope`)).statusCode).toBe(404);
   });
 
-  it('a Nix-like keep-alive connection (cache info, HEAD and GET of a narinfo, NAR) is answered by the fast lane, never by node:http', async () => {
+  it('a Nix-like keep-alive connection (cache info, HEAD and GET of a narinfo, NARs small and large) is answered by the fast lane, never by node:http', async () => {
     const f = await makeStorePath([key], { name: 'lane', size: 1024 });
+    // Too large to keep in memory: the lane sends its file with sendfile.
+    const large = await makeStorePath([key], { name: 'lane-large', size: 300_000 });
     upstream.publish(f);
+    upstream.publish(large);
     await warm(nw, f);
+    await warm(nw, large);
+    const hitsBefore = await metric('narwhal_nar_requests_total', { result: 'hit' });
+    const bytesBefore = await metric('narwhal_served_bytes_total', { source: 'storage' });
     const viaNode = await nw.app.inject({ method: 'GET', url: '/nix-cache-info' });
     const server: Server = nw.app.getHttpServer();
     let seenByNode = 0;
@@ -173,8 +179,18 @@ describe('hits answered from memory', () => {
       expect(exists.length).toBe(String(narinfo.body.length));
       const nar = await ask(`/nar/${f.narName}`);
       expect(nar.body.equals(f.file)).toBe(true);
+      const big = await ask(`/nar/${large.narName}`);
+      expect(big.status).toBe(200);
+      expect(big.type).toBe(nar.type);
+      expect(big.body.equals(large.file)).toBe(true);
+      // The connection goes on in the lane after it.
+      expect((await ask(`/${large.hash}.narinfo`)).status).toBe(200);
       expect(sockets.size).toBe(1); // one connection, as Nix uses
       expect(seenByNode).toBe(0);
+      expect(await metric('narwhal_nar_requests_total', { result: 'hit' })).toBe(hitsBefore + 2);
+      expect(await metric('narwhal_served_bytes_total', { source: 'storage' })).toBe(
+        bytesBefore + f.file.length + large.file.length,
+      );
     } finally {
       agent.destroy();
       server.removeListener('request', count);
