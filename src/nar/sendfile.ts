@@ -71,8 +71,8 @@ export function setSendfileLimit(transfers: number): number {
   return before;
 }
 
-/** Transfers started since the process started, and those running (for tests). */
-export const sendfileCounters = { transfers: 0, running: () => running };
+/** Transfers started and bytes the kernel sent, since the process started (for tests and tools). */
+export const sendfileCounters = { transfers: 0, bytes: 0, running: () => running };
 
 /** What Node keeps on a socket without typing it. */
 type InternalSocket = Socket & {
@@ -119,6 +119,11 @@ export class SendfileError extends Error {
   ) {
     super(`sendfile failed: ${code}`);
   }
+
+  /** The client went away (or the response was cancelled): nothing to report. */
+  get clientGone(): boolean {
+    return ['EPIPE', 'ECONNRESET', 'ECANCELED'].includes(this.code);
+  }
 }
 
 const ERRNO_NAMES = new Map(Object.entries(constants.errno).map(([name, n]) => [n, name]));
@@ -146,6 +151,7 @@ export function sendFile(
     let onAbort: (() => void) | undefined;
     try {
       const transfer = native.send(socketFd, fileFd, offset, length, stallMs, (sent, errno) => {
+        sendfileCounters.bytes += sent;
         if (onAbort) signal?.removeEventListener('abort', onAbort);
         if (errno === 0) return resolve({ sent });
         const name = ERRNO_NAMES.get(errno) ?? `errno ${errno}`;
