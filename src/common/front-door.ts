@@ -83,10 +83,7 @@ export type LaneAnswer = {
   method: 'GET' | 'HEAD';
   reqId: string;
   start: number;
-} & LaneBody;
-
-/** What a lane answer sends: bytes in memory, or a stored file. */
-type LaneBody = { hot: HotAnswer; file?: undefined } | { hot?: undefined; file: HotFile };
+} & ({ hot: HotAnswer; file?: undefined } | { hot?: undefined; file: HotFile });
 
 const doors = new WeakMap<Server, FrontDoor>();
 
@@ -164,21 +161,6 @@ export class FrontDoor {
     authorization: string | undefined,
     requestIdHeader: string | undefined,
   ): LaneAnswer | undefined {
-    const found = this.find(method, url, authorization, true);
-    return found && { ...found, method, reqId: this.requestIdOf(requestIdHeader) };
-  }
-
-  /**
-   * The hot answer to `method` of `url` and its route, when the server is not closing, the
-   * read-token check admits `authorization` and a route has it at hand (for a HEAD, a route that
-   * allows it; a stored file only if `files`, for a GET); `start` is when the lookup began.
-   */
-  private find(
-    method: 'GET' | 'HEAD',
-    url: string,
-    authorization: string | undefined,
-    files: boolean,
-  ): ({ route: string; start: number } & LaneBody) | undefined {
     if (this.closing || this.routes.length === 0) return undefined;
     if (this.requireReadToken) {
       const admit = this.admitRead;
@@ -188,9 +170,15 @@ export class FrontDoor {
     for (const route of this.routes) {
       if (method === 'HEAD' && !route.head) continue;
       const hot = route.answer(url);
-      if (hot) return { route: route.route, start, hot };
-      const file = files && method === 'GET' ? route.file?.(url) : undefined;
-      if (file) return { route: route.route, start, file };
+      if (hot) {
+        const reqId = this.requestIdOf(requestIdHeader);
+        return { route: route.route, method, reqId, start, hot };
+      }
+      const file = method === 'GET' ? route.file?.(url) : undefined;
+      if (file) {
+        const reqId = this.requestIdOf(requestIdHeader);
+        return { route: route.route, method, reqId, start, file };
+      }
     }
     return undefined;
   }
@@ -204,12 +192,22 @@ export class FrontDoor {
 
   /** Answers `req` when it is a hot hit and returns true; false leaves it to Fastify untouched. */
   answer(req: IncomingMessage, res: ServerResponse): boolean {
+    if (this.closing || this.routes.length === 0) return false;
     if (req.method !== 'GET' || req.headers.range !== undefined) return false;
+    if (this.requireReadToken) {
+      const admit = this.admitRead;
+      if (!admit || !admit(req.headers.authorization)) return false;
+    }
+    const start = performance.now();
     const url = req.url ?? '';
-    const found = this.find('GET', url, req.headers.authorization, false);
-    if (!found?.hot) return false;
-    this.send(req, res, found.start, found.route, url, found.hot);
-    return true;
+    for (const route of this.routes) {
+      const hot = route.answer(url);
+      if (hot) {
+        this.send(req, res, start, route.route, url, hot);
+        return true;
+      }
+    }
+    return false;
   }
 
   private send(

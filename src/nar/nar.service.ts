@@ -28,7 +28,7 @@ import { NarFetcher } from './nar-fetcher';
 import { PeerClient } from './peer-client';
 import { sendfileSupport } from './sendfile';
 import { StallGuard } from './stall-guard';
-import { readWhole, StoredFile, storedFileOptions, type StoredFileOptions } from './stored-file';
+import { readWhole, StoredFile, type StoredFileOptions } from './stored-file';
 import { RememberedNars, type RememberedFile, type RememberedNar } from './stored-nar-memory';
 
 /** What the controller streams to one client. */
@@ -91,7 +91,14 @@ export class NarService {
     private readonly memory: RememberedNars,
     stalls: StallGuard,
   ) {
-    this.fileOptions = storedFileOptions(config.sendfile, stalls);
+    this.fileOptions = config.sendfile
+      ? {
+          sendfile: {
+            stallTimeoutMs: stalls.stallTimeoutMs,
+            onStalled: (res, idleMs) => stalls.drop(res, idleMs),
+          },
+        }
+      : {};
     if (config.sendfile && !sendfileSupport.available) {
       this.logger.warn(
         `sendfile is not available (${sendfileSupport.reason}): stored NARs are read and written instead`,

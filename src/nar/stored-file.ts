@@ -11,23 +11,6 @@ import {
 } from './sendfile';
 
 /**
- * The options of stored files with sendfile on or off; a stalled sendfile client is handed to
- * `stalls` (StallGuard), which counts, logs and cuts it.
- */
-export function storedFileOptions(
-  sendfile: boolean,
-  stalls: { stallTimeoutMs: number; drop(res: ServerResponse, idleMs: number): void },
-): StoredFileOptions {
-  if (!sendfile) return {};
-  return {
-    sendfile: {
-      stallTimeoutMs: stalls.stallTimeoutMs,
-      onStalled: (res, idleMs) => stalls.drop(res, idleMs),
-    },
-  };
-}
-
-/**
  * Bytes read from the file at a time (two such buffers per response). With 512 KiB instead of
  * 256 KiB, a hot 64 MiB NAR makes half the thread-pool reads and socket writes: 20 sequential curl
  * downloads took 1.4–2.0 s instead of 2.1–2.4 s, 16 parallel ones 1.2–1.7 s instead of 1.4–1.9 s
