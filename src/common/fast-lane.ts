@@ -1,6 +1,7 @@
 import type { Server } from 'node:http';
 import type { Socket } from 'node:net';
 import type { FrontDoor, HotAnswer, HotFile, LaneAnswer, OpenHotFile } from './front-door';
+import { writeSettled } from './write-settled';
 
 /** A request head longer than this is never the fast lane's (node:http gets the connection). */
 const MAX_HEAD_BYTES = 8 * 1024;
@@ -274,7 +275,7 @@ export class FastLane {
       opened = await file.open();
       if (!opened) return 'not-sent';
       const head = Buffer.from(this.head(answer.reqId, file.headers, file.size, close), 'latin1');
-      if (socket.destroyed || !(await written(socket, head))) {
+      if (!(await writeSettled(socket, head))) {
         this.door.answered(answer, url, false);
         return 'gone';
       }
@@ -308,18 +309,6 @@ export class FastLane {
     }
     return this.date;
   }
-}
-
-/** Writes `bytes`; true once the socket has taken them, false if it closed first. */
-function written(socket: Socket, bytes: Buffer): Promise<boolean> {
-  return new Promise((resolve) => {
-    const onClose = () => resolve(false);
-    socket.once('close', onClose);
-    socket.write(bytes, (e) => {
-      socket.removeListener('close', onClose);
-      resolve(!e);
-    });
-  });
 }
 
 /** The head of a hot GET the lane may answer, or null for anything else (node:http's then). */

@@ -1,6 +1,7 @@
 import type { FileHandle } from 'node:fs/promises';
 import type { ServerResponse } from 'node:http';
 import type { Readable } from 'node:stream';
+import { writeSettled } from '../common/write-settled';
 import { sendChunks, type DirectBody } from './send-chunks';
 import {
   releaseSendfileSlot,
@@ -184,19 +185,6 @@ export class StoredFile implements DirectBody {
   destroy(): void {
     void this.close();
   }
-}
-
-/** Writes `chunk` to `res`; true once the socket has taken it, false if the response closed first. */
-function writeSettled(res: ServerResponse, chunk: Buffer): Promise<boolean> {
-  if (res.destroyed) return Promise.resolve(false);
-  return new Promise((resolve) => {
-    const onClose = () => resolve(false);
-    res.once('close', onClose);
-    res.write(chunk, (e) => {
-      res.removeListener('close', onClose);
-      resolve(!e);
-    });
-  });
 }
 
 function describe(error: SendfileError): Error {
