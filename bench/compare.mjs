@@ -19,8 +19,9 @@
 //   hot        hot narinfo: wrk req/s over 100 warm narinfo URLs, and p50/p99 latency of one
 //              keep-alive connection making 2,000 sequential requests; hot small NAR (a ~150-byte
 //              .nar.xz): wrk req/s; hot big NAR: 20 sequential curl downloads and 16 parallel ones.
-//   cold-herd  24 clients at once for one cold big .nar.xz (upstream throttled): wall time, mean and
-//              max time to first body byte, upstream GETs of it (must be 1), sha256 of every body;
+//   cold-herd  24 clients at once for one cold big .nar.xz (upstream throttled), each a curl process
+//              piping to sha256sum: wall time, mean and max time to first body byte (as each curl
+//              saw it), upstream GETs of it (must be 1), sha256 of every body;
 //              then one cold client of another big NAR vs. the same download straight from upstream.
 //   closure    a real `nix copy` of a closure of BENCH_CLOSURE_PATHS small paths + a top path + one
 //              big path into a fresh store with a fresh client cache: cold (straight from the
@@ -1077,6 +1078,32 @@ async function hotMeasures(peer, fixture, settings, upstream, work) {
     notes.push(`hot measures via ${peer.name}: ${hotUpstream} upstream requests`);
 }
 
+/**
+ * One NAR download by a curl process of its own, its body hashed by sha256sum (a client process
+ * apart, as every Nix client is): first byte as curl saw it, from its own start; end in ms from
+ * `t0`.
+ */
+function curlDownload(url, t0, expectHash, encodeNix32) {
+  return new Promise((resolve) => {
+    const script =
+      "set -o pipefail; curl -sS -w '%{stderr}\\n%{http_code} %{time_starttransfer}' " +
+      `'${url}' | sha256sum`;
+    const child = spawn('bash', ['-c', script], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (d) => (out += d));
+    child.stderr.on('data', (d) => (err += d));
+    child.on('close', (code) => {
+      const done = msSince(t0);
+      const [status, start] = err.trim().split('\n').pop().split(' ');
+      const hex = out.trim().split(/\s+/)[0] ?? '';
+      const ok =
+        code === 0 && status === '200' && encodeNix32(Buffer.from(hex, 'hex')) === expectHash;
+      resolve({ ttfb: Number(start) * 1000, done, ok, status: code === 0 ? status : err.trim() });
+    });
+  });
+}
+
 /** One NAR download with its body hashed; times in ms from `t0`. */
 async function timedDownload(url, t0, expectHash, encodeNix32) {
   let ttfb = NaN;
@@ -1099,7 +1126,7 @@ async function coldHerd(peer, fixture, upstream, encodeNix32) {
     const t0 = now();
     const runs = await Promise.all(
       Array.from({ length: HERD_CLIENTS }, () =>
-        timedDownload(url, t0, p.fileHash, encodeNix32).catch((e) => ({
+        curlDownload(url, t0, p.fileHash, encodeNix32).catch((e) => ({
           ttfb: NaN,
           done: msSince(t0),
           ok: false,
