@@ -19,8 +19,13 @@ let path: string;
 const data = randomBytes(1024 * 1024 + 12_345); // two whole chunks and a part
 let server: Server;
 let base: string;
-/** What each request's sendTo resolved with, and the handle it used. */
-const sent: { bytes: number; fd: () => number; ended: boolean }[] = [];
+/**
+ * What each request's sendTo resolved with, and the handle it used. A response of an earlier test
+ * that ends late (its client gone) is not counted in a later test's (see `generation`).
+ */
+let sent: { bytes: number; fd: () => number; ended: boolean }[] = [];
+/** Starts a new list for `sent`; responses to requests made before go to the old one. */
+const newGeneration = () => (sent = []);
 /** How the next request is answered: the range to send and the length to announce. */
 let plan: {
   start: number;
@@ -43,10 +48,11 @@ beforeAll(async () => {
   server = createServer((_req, res) => {
     void (async () => {
       const { start, end, announce, file, options } = plan;
+      const list = sent;
       const handle = await open(file ?? path, 'r');
       res.writeHead(200, { 'content-length': announce });
       const bytes = await new StoredFile(handle, start, end, options).sendTo(res);
-      sent.push({ bytes, fd: () => handle.fd, ended: res.writableEnded });
+      list.push({ bytes, fd: () => handle.fd, ended: res.writableEnded });
     })();
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
@@ -107,7 +113,7 @@ describe.each(modes)('StoredFile, %s', (mode, options) => {
   /** Transfers sendfile started during the test, which must be none without it. */
   let transfersBefore = 0;
   beforeEach(() => {
-    sent.length = 0;
+    newGeneration();
     transfersBefore = sendfileCounters.transfers;
   });
   const usedSendfile = () => sendfileCounters.transfers > transfersBefore;
@@ -201,7 +207,7 @@ describe.each(modes)('StoredFile, %s', (mode, options) => {
 
 describe.runIf(sendfileSupport.available || inCi)('StoredFile with sendfile', () => {
   it('cuts a client that stops reading once the stall timeout has passed', async () => {
-    sent.length = 0;
+    newGeneration();
     plan = {
       start: 0,
       end: BIG - 1,
