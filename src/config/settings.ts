@@ -237,7 +237,7 @@ export const SETTINGS: readonly SettingDef[] = [
   {
     name: 'cache-sendfile',
     description:
-      'Send stored NARs of 1 MiB or more from the local store with `sendfile(2)`: the kernel copies the file to the socket, as nginx does with `sendfile on`. Needs the native helper `npm ci` builds (Linux); without it, or `false`, they are read and written through two buffers.',
+      'Send stored NARs of 1 MiB or more from the local store with `sendfile(2)`: the kernel copies the file to the socket, as nginx does with `sendfile on` (also what a client of a running download has left once it is verified, 1 MiB or more). Needs the native helper `npm ci` builds (Linux); without it, or `false`, they are read and written through two buffers.',
     default: 'true',
     boolean: true,
   },

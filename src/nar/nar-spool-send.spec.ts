@@ -23,6 +23,8 @@ import { DownloadFailedError } from '../common/errors';
 import { SpoolArea } from '../storage/spool-area';
 import { NarSpool } from './nar-spool';
 import { sendChunks } from './send-chunks';
+import { sendfileCounters, sendfileSupport } from './sendfile';
+import type { StoredFileOptions } from './stored-file';
 
 // A reader that writes itself to a real HTTP response (DirectBody.sendTo), as the NAR controller
 // sends a running download, against a real client.
@@ -80,17 +82,31 @@ function fetchBody(pauseAt?: number): Client {
   return client;
 }
 
+/** A download of a random NAR of `size` bytes into a new spool, fed by the test. */
+function startDownload(size: number) {
+  const raw = rawSample(size);
+  const feed = new Feed();
+  const spool = new NarSpool(raw.key, new SpoolArea(spoolDir), raw.file.length);
+  const receiving = spool.receive(feed, checkOf(spool, raw.expect));
+  return { raw, feed, spool, receiving };
+}
+
 /** The server's side of the last request answered by answerWith. */
 let lastResponse: ServerResponse | undefined;
 
 /** Answers the next request with a reader of `spool` sent by sendTo; resolves with what it sent. */
-function answerWith(spool: NarSpool, length: number, range?: { start: number; end: number }) {
+function answerWith(
+  spool: NarSpool,
+  length: number,
+  range?: { start: number; end: number },
+  options?: StoredFileOptions,
+) {
   let resolveSent!: (bytes: number) => void;
   const sent = new Promise<number>((r) => (resolveSent = r));
   answer = (res) => {
     lastResponse = res;
     res.writeHead(200, { 'content-length': length });
-    void spool.createReader(range).sendTo(res).then(resolveSent);
+    void spool.createReader(range, options).sendTo(res).then(resolveSent);
   };
   return sent;
 }
@@ -183,6 +199,113 @@ describe('NarSpool reader sent to a response', () => {
     await spool.finishWriting(false);
   });
 });
+
+describe.skipIf(!sendfileSupport.available && process.env.CI !== 'true')(
+  'NarSpool reader sent to a response, with sendfile',
+  () => {
+    const withSendfile: StoredFileOptions = { sendfile: { stallTimeoutMs: 5_000 } };
+
+    it('sends what is left by sendfile once the download is verified, never before', async () => {
+      const { raw, feed, spool, receiving } = startDownload(16 * 1024 * 1024 + 3);
+      const sent = answerWith(spool, raw.file.length, undefined, withSendfile);
+      const client = fetchBody(256 * 1024); // falls behind: most is left when verified
+      const transfers = sendfileCounters.transfers;
+      for (const p of chunks(raw.file, 1024 * 1024).map(ownCopy)) feed.push(p);
+      await waitFor(() => spool.written === raw.file.length, 'all written');
+      await settle();
+      expect(sendfileCounters.transfers).toBe(transfers); // not verified yet
+      feed.end();
+      await receiving;
+      client.res!.resume();
+      await waitFor(() => client.finished !== undefined, 'response ends');
+      expect(client.finished).toEqual({ complete: true });
+      expect(client.body().equals(raw.file)).toBe(true);
+      expect(await sent).toBe(raw.file.length);
+      expect(sendfileCounters.transfers).toBe(transfers + 1);
+      expect(spool.readerCount).toBe(0);
+      expect(sendfileCounters.running()).toBe(0);
+      await spool.finishWriting(false);
+    });
+
+    it('a client that joins once the download is verified gets the head first, then sendfile', async () => {
+      // The spool stays open after verification while the NAR is committed (an S3 upload takes a
+      // while): a reader made then has nothing to wait for. Its head must still lead the body
+      // (sendfile's bytes written before node:http's first write would come before the status line).
+      const { raw, feed, spool, receiving } = startDownload(8 * 1024 * 1024 + 5);
+      for (const p of chunks(raw.file, 1024 * 1024).map(ownCopy)) feed.push(p);
+      feed.end();
+      await receiving;
+      const transfers = sendfileCounters.transfers;
+      const sent = answerWith(spool, raw.file.length, undefined, withSendfile);
+      const client = fetchBody();
+      await waitFor(() => client.finished !== undefined, 'response ends');
+      expect(client.res?.statusCode).toBe(200);
+      expect(client.finished).toEqual({ complete: true });
+      expect(client.body().equals(raw.file)).toBe(true);
+      expect(await sent).toBe(raw.file.length);
+      expect(sendfileCounters.transfers).toBe(transfers + 1); // all but the first chunk
+      expect(spool.readerCount).toBe(0);
+      await spool.finishWriting(false);
+    });
+
+    it('a response without a length (chunked) never goes out by sendfile', async () => {
+      const { raw, feed, spool, receiving } = startDownload(4 * 1024 * 1024);
+      for (const p of chunks(raw.file, 1024 * 1024).map(ownCopy)) feed.push(p);
+      feed.end();
+      await receiving;
+      const transfers = sendfileCounters.transfers;
+      let resolveSent!: (bytes: number) => void;
+      const sent = new Promise<number>((r) => (resolveSent = r));
+      answer = (res) => {
+        res.writeHead(200); // no content-length: node:http frames the body in chunks
+        void spool.createReader(undefined, withSendfile).sendTo(res).then(resolveSent);
+      };
+      const client = fetchBody();
+      await waitFor(() => client.finished !== undefined, 'response ends');
+      expect(client.finished).toEqual({ complete: true });
+      expect(client.body().equals(raw.file)).toBe(true);
+      expect(await sent).toBe(raw.file.length);
+      expect(sendfileCounters.transfers).toBe(transfers);
+      await spool.finishWriting(false);
+    });
+
+    it('sends exactly a byte range', async () => {
+      const { raw, feed, spool, receiving } = startDownload(16 * 1024 * 1024);
+      const range = { start: 100_000, end: 14_100_000 };
+      const sent = answerWith(spool, range.end - range.start + 1, range, withSendfile);
+      const client = fetchBody(64 * 1024);
+      const transfers = sendfileCounters.transfers;
+      for (const p of chunks(raw.file, 1024 * 1024).map(ownCopy)) feed.push(p);
+      feed.end();
+      await receiving;
+      client.res!.resume();
+      await waitFor(() => client.finished !== undefined, 'response ends');
+      expect(client.finished).toEqual({ complete: true });
+      expect(client.body().equals(raw.file.subarray(range.start, range.end + 1))).toBe(true);
+      expect(await sent).toBe(range.end - range.start + 1);
+      expect(sendfileCounters.transfers).toBe(transfers + 1);
+      await spool.finishWriting(false);
+    });
+
+    it('a client gone during the transfer releases the reader and the slot', async () => {
+      const { raw, feed, spool, receiving } = startDownload(40 * 1024 * 1024);
+      const sent = answerWith(spool, raw.file.length, undefined, withSendfile);
+      const client = fetchBody(64 * 1024);
+      const transfers = sendfileCounters.transfers;
+      for (const p of chunks(raw.file, 1024 * 1024).map(ownCopy)) feed.push(p);
+      feed.end();
+      await receiving;
+      client.res!.resume();
+      await waitFor(() => sendfileCounters.transfers === transfers + 1, 'sendfile started');
+      client.res!.destroy();
+      await sent;
+      await waitFor(() => spool.readerCount === 0, 'reader released');
+      expect(sendfileCounters.running()).toBe(0);
+      expect(client.bytes).toBeLessThan(raw.file.length);
+      await spool.finishWriting(false);
+    });
+  },
+);
 
 describe('NarSpool reader ready()', () => {
   it('resolves once a first byte can be sent', async () => {

@@ -1,15 +1,15 @@
 import { EventEmitter } from 'node:events';
 import { open, unlink, type FileHandle } from 'node:fs/promises';
-import type { ServerResponse } from 'node:http';
-import { Readable } from 'node:stream';
+import type { Readable } from 'node:stream';
 import { DownloadFailedError, InsufficientStorageError } from '../common/errors';
 import type { SpoolArea } from '../storage/spool-area';
 import type { NarStore } from '../storage/nar-store';
 import type { ByteRange } from './byte-range';
-import { sendChunks, type DirectBody } from './send-chunks';
+import type { DirectBody } from './send-chunks';
+import { SpoolReader } from './spool-reader';
+import type { StoredFileOptions } from './stored-file';
 import type { SpoolCheck } from './verification/verifier-pool';
 
-const READ_CHUNK = 64 * 1024;
 /**
  * Upstream chunks kept in memory after they are written to the spool, for readers that keep up with
  * the download: they get these very buffers (shared, never copied) instead of reading the spool into
@@ -134,15 +134,15 @@ export class NarSpool extends EventEmitter {
   }
 
   /** A stream for one more client, or null once the spool is closed (read from storage then). */
-  tryCreateReader(range?: ByteRange): (Readable & DirectBody) | null {
-    return this.spoolClosed ? null : this.createReader(range);
+  tryCreateReader(range?: ByteRange, options?: StoredFileOptions): (Readable & DirectBody) | null {
+    return this.spoolClosed ? null : this.createReader(range, options);
   }
 
   /**
    * A stream of the NAR (or of `range` of it) for one client. Its last byte, too, waits until the
    * download is verified.
    */
-  createReader(range?: ByteRange): Readable & DirectBody {
+  createReader(range?: ByteRange, options: StoredFileOptions = {}): Readable & DirectBody {
     this.users++;
     this.readers++;
     return new SpoolReader(
@@ -152,7 +152,13 @@ export class NarSpool extends EventEmitter {
         void this.release();
       },
       range,
+      options,
     );
+  }
+
+  /** The spool file's descriptor while it is open (each reader keeps it open until it closes). */
+  get fd(): number | undefined {
+    return this.handle?.fd;
   }
 
   /** Reads spool bytes at `offset` (only what `readableBytes` allows). */
@@ -243,131 +249,6 @@ class FailFast {
       this.rejectWaiting = reject;
       next.then(resolve, reject);
     });
-  }
-}
-
-/**
- * One client's view of a spool: tails it until the download is verified or fails. Read it as a
- * stream, or let it write itself to a response (`sendTo`, see DirectBody), which reuses two buffers
- * instead of allocating one per chunk read from the spool.
- */
-class SpoolReader extends Readable implements DirectBody {
-  private offset: number;
-  /** Offset just past the last byte this reader delivers. */
-  private readonly limit: number;
-  private wake?: () => void;
-  private released = false;
-  /** Used as a DirectBody (ready, sendTo), not read as a stream: it has no 'error' listener. */
-  private direct = false;
-  /** The response `sendTo` writes to. */
-  private target?: ServerResponse;
-  private readonly onProgress = () => {
-    // A failed download ends every reader at once, also one that is paused (not reading).
-    if (this.spool.state === 'failed') {
-      if (this.direct) this.target?.destroy(this.spool.error);
-      else if (!this.destroyed) this.destroy(this.spool.error);
-    }
-    this.wakeUp();
-  };
-
-  constructor(
-    private readonly spool: NarSpool,
-    private readonly onClose: () => void,
-    range?: ByteRange,
-  ) {
-    super({ highWaterMark: READ_CHUNK });
-    this.offset = range?.start ?? 0;
-    this.limit = range ? range.end + 1 : Infinity;
-    spool.on('progress', this.onProgress);
-    this.once('end', () => this.close());
-  }
-
-  async ready(): Promise<void> {
-    this.direct = true;
-    const d = this.spool;
-    for (;;) {
-      if (d.state === 'failed') {
-        this.close();
-        throw d.error ?? new DownloadFailedError('download failed');
-      }
-      if (d.state === 'verified' || this.offset < this.visibleEnd()) return;
-      await new Promise<void>((resolve) => (this.wake = resolve));
-    }
-  }
-
-  sendTo(res: ServerResponse, onSent?: (bytes: number) => void): Promise<number> {
-    this.direct = true;
-    this.target = res;
-    res.once('close', () => this.wakeUp()); // a client gone while this waits for the download
-    return sendChunks(
-      res,
-      [READ_CHUNK, READ_CHUNK],
-      (buffer) => this.nextChunk(buffer),
-      () => this.close(),
-      onSent,
-    );
-  }
-
-  override _read(): void {
-    this.nextChunk().then(
-      (chunk) => this.push(chunk),
-      (e: Error) => this.destroy(e),
-    );
-  }
-
-  override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
-    this.close();
-    cb(err);
-  }
-
-  /**
-   * The next bytes this reader may deliver, waiting for the download while there are none: a view
-   * of an upstream chunk still in memory, or bytes read from the spool into `into` (a new buffer
-   * when none is given). Null at the end (or once `sendTo`'s client is gone); throws when the
-   * download failed.
-   */
-  private async nextChunk(into?: Buffer): Promise<Buffer | null> {
-    const d = this.spool;
-    for (;;) {
-      if (d.state === 'failed') throw d.error ?? new DownloadFailedError('download failed');
-      if (this.target?.destroyed) return null;
-      const visible = this.visibleEnd();
-      if (this.offset < visible) {
-        const recent = d.recentAt(this.offset, Math.min(visible, this.offset + READ_CHUNK));
-        if (recent) {
-          this.offset += recent.length;
-          return recent;
-        }
-        const want = Math.min(into?.length ?? READ_CHUNK, visible - this.offset);
-        const buf = into ?? Buffer.allocUnsafe(want);
-        const n = await d.readAt(want === buf.length ? buf : buf.subarray(0, want), this.offset);
-        if (n === 0) throw new Error('spool ended early');
-        this.offset += n;
-        return n === buf.length ? buf : buf.subarray(0, n);
-      }
-      if (d.state === 'verified') return null;
-      await new Promise<void>((resolve) => (this.wake = resolve));
-    }
-  }
-
-  /** Offset just past the bytes this reader may deliver now. */
-  private visibleEnd(): number {
-    const visible = Math.min(this.limit, this.spool.readableBytes);
-    // A range that ends before the end of the file keeps its own last byte until verification.
-    return this.spool.state !== 'verified' && visible === this.limit ? visible - 1 : visible;
-  }
-
-  private wakeUp(): void {
-    const wake = this.wake;
-    this.wake = undefined;
-    wake?.();
-  }
-
-  private close(): void {
-    if (this.released) return;
-    this.released = true;
-    this.spool.off('progress', this.onProgress);
-    this.onClose();
   }
 }
 

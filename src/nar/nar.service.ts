@@ -192,7 +192,8 @@ export class NarService {
         const range = resolveRange(rangeHeader, spool.length);
         // A download that already failed is not joined: once it is cleaned up, the next attempt
         // starts a new one.
-        const body = spool.state === 'failed' ? null : spool.tryCreateReader(range);
+        const body =
+          spool.state === 'failed' ? null : spool.tryCreateReader(range, this.fileOptions);
         if (body) {
           this.metrics.narRequest(joining ? 'joined' : 'download');
           return { body, length: spool.length, range, source: 'download' };

@@ -40,8 +40,9 @@ export type NextChunk = (buffer: Buffer) => Promise<Buffer | null>;
  * when the garbage collector runs. Writing them costs little JavaScript heap, so V8 collects late:
  * 24 clients of a 64 MiB download held up to 64 MiB of such buffers at once.
  *
- * Ends `res` after the last chunk; destroys it when `next` throws; stops when the client goes away.
- * `done` runs once sending has ended, in every case.
+ * Ends `res` after the last chunk (unless `end` says not to: the caller then sends the rest itself,
+ * once every write here has settled); destroys it when `next` throws; stops when the client goes
+ * away. `done` runs once sending has ended, in every case.
  */
 export async function sendChunks(
   res: ServerResponse,
@@ -49,6 +50,7 @@ export async function sendChunks(
   next: NextChunk,
   done: () => Promise<void> | void,
   onSent?: (bytes: number) => void,
+  end: () => boolean = () => true,
 ): Promise<number> {
   const buffers = [Buffer.allocUnsafe(bufferBytes[0]), Buffer.allocUnsafe(bufferBytes[1])];
   /** The write of each buffer still in flight (the buffer is not reused before it settles). */
@@ -86,7 +88,7 @@ export async function sendChunks(
       });
     }
     await Promise.all(writing.map(settled));
-    if (!gone && ended) res.end();
+    if (!gone && ended && end()) res.end();
   } catch (e) {
     res.destroy(e as Error);
     await Promise.all(writing.map(settled));

@@ -83,15 +83,29 @@ type InternalSocket = Socket & {
 
 /**
  * The descriptor of `res`'s socket, if sendfile may write to it now: plain TCP (not TLS), open,
- * nothing queued, and the socket is this response's (a pipelined request's response gets the
- * socket only once the one before it has finished).
+ * nothing queued, the socket is this response's (a pipelined request's response gets the socket
+ * only once the one before it has finished), its head is already on the socket (node:http sends
+ * it with the first body bytes: bytes sendfile wrote before it would come first on the wire) and
+ * the body is not chunked (sendfile's bytes would have no chunk framing).
  */
 export function sendfileDescriptor(res: ServerResponse): number | null {
   const socket: InternalSocket | null = res.socket;
   if (!socket || socket.destroyed || socket.writableLength > 0 || socket.encrypted) return null;
+  if (!headOnSocket(res) || (res as InternalResponse).chunkedEncoding) return null;
   if (socket._httpMessage !== res) return null;
   const fd = socket._handle?.fd;
   return typeof fd === 'number' && fd >= 0 ? fd : null;
+}
+
+/** What node:http keeps on a response without typing it. */
+type InternalResponse = ServerResponse & { _headerSent?: boolean; chunkedEncoding?: boolean };
+
+/**
+ * Whether `res`'s head has gone to its socket. `headersSent` is no answer: it turns true at
+ * `writeHead`, while node:http keeps the head until the first body bytes and writes both at once.
+ */
+export function headOnSocket(res: ServerResponse): boolean {
+  return (res as InternalResponse)._headerSent === true;
 }
 
 /** Takes one of the slots (MAX_SENDFILE_TRANSFERS), if sendfile is available and one is free. */

@@ -124,27 +124,19 @@ export class StoredFile implements DirectBody {
       if (!(await writeSettled(res, head))) return 0; // the client is gone
       onSent?.(head.length);
       const position = this.start + head.length;
-      const fd = sendfileDescriptor(res);
-      if (fd === null) {
-        handedOver = true;
-        return head.length + (await this.sendChunksFrom(res, position, onSent));
-      }
-      const stop = new AbortController();
-      const onClose = () => stop.abort();
-      res.once('close', onClose);
-      const result = await sendFile(
-        fd,
+      const rest = await sendRestWithSendfile(
+        res,
         this.handle.fd,
         position,
         this.end - position + 1,
-        stallTimeoutMs,
-        stop.signal,
-      ).finally(() => res.removeListener('close', onClose));
-      if (result.sent > 0) onSent?.(result.sent);
-      if (result.error?.code === 'ETIMEDOUT' && onStalled) onStalled(res, stallTimeoutMs);
-      else if (result.error) res.destroy(describe(result.error));
-      else res.end();
-      return head.length + result.sent;
+        { stallTimeoutMs, onStalled },
+        onSent,
+        () => {
+          handedOver = true;
+          return this.sendChunksFrom(res, position, onSent);
+        },
+      );
+      return head.length + rest;
     } catch (e) {
       res.destroy(e as Error);
       return 0;
@@ -184,6 +176,42 @@ export class StoredFile implements DirectBody {
   /** Same as close(), for callers that treat every body as a stream. */
   destroy(): void {
     void this.close();
+  }
+}
+
+/**
+ * Sends `length` bytes of the file open as `fileFd`, from `position`, to `res` by sendfile, and
+ * ends `res`; the caller has written the head and waited until the socket took everything before.
+ * A transfer that fails destroys `res` (never a clean end); a client that stalls goes to
+ * `onStalled`. When the socket is not free for sendfile (TLS, something still queued) or there is no
+ * file descriptor, `otherwise` sends the rest. Resolves with the bytes sent; never rejects.
+ */
+export async function sendRestWithSendfile(
+  res: ServerResponse,
+  fileFd: number | undefined,
+  position: number,
+  length: number,
+  { stallTimeoutMs, onStalled }: NonNullable<StoredFileOptions['sendfile']>,
+  onSent: ((bytes: number) => void) | undefined,
+  otherwise: () => Promise<number>,
+): Promise<number> {
+  const fd = sendfileDescriptor(res);
+  if (fd === null || fileFd === undefined) return otherwise();
+  const stop = new AbortController();
+  const onClose = () => stop.abort();
+  res.once('close', onClose);
+  try {
+    const result = await sendFile(fd, fileFd, position, length, stallTimeoutMs, stop.signal);
+    if (result.sent > 0) onSent?.(result.sent);
+    if (result.error?.code === 'ETIMEDOUT' && onStalled) onStalled(res, stallTimeoutMs);
+    else if (result.error) res.destroy(describe(result.error));
+    else res.end();
+    return result.sent;
+  } catch (e) {
+    res.destroy(e as Error);
+    return 0;
+  } finally {
+    res.removeListener('close', onClose);
   }
 }
 
