@@ -66,6 +66,12 @@ interface HotRequest {
  */
 export class FastLane {
   private readonly sockets = new Set<Socket>();
+  /**
+   * The answers of one answerAll call and their URLs, logged and counted once their bytes are
+   * written (reused: cleared after each call).
+   */
+  private readonly written: LaneAnswer[] = [];
+  private readonly writtenUrls: string[] = [];
   /** Connections sending a stored file: shutdown closes them once it is sent. */
   private readonly busy = new Set<Socket>();
   private date = '';
@@ -187,6 +193,8 @@ export class FastLane {
   private answerAll(socket: Socket, data: Buffer): Outcome {
     let offset = 0;
     const answers: Buffer[] = [];
+    this.written.length = 0;
+    this.writtenUrls.length = 0;
     let queued = socket.writableLength;
     let outcome: Outcome = { rest: undefined, handOver: false };
     while (offset < data.length) {
@@ -220,7 +228,8 @@ export class FastLane {
       const bytes = this.render(answer.hot, answer, request.close);
       answers.push(bytes);
       queued += bytes.length;
-      this.door.answered(answer, request.url, true);
+      this.written.push(answer);
+      this.writtenUrls.push(request.url);
       offset = end + 4;
       if (request.close) {
         outcome = 'closed';
@@ -231,6 +240,13 @@ export class FastLane {
       const bytes = answers.length === 1 ? answers[0] : Buffer.concat(answers);
       if (outcome === 'closed') socket.end(bytes);
       else socket.write(bytes);
+      // Logged and counted after the write: a client waiting for its answer (Nix asks one request
+      // after another) does not wait for the access line and the metrics too.
+      for (let i = 0; i < this.written.length; i++) {
+        this.door.answered(this.written[i], this.writtenUrls[i], true);
+      }
+      this.written.length = 0;
+      this.writtenUrls.length = 0;
     }
     return outcome;
   }
