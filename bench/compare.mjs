@@ -21,7 +21,7 @@
 //              .nar.xz): wrk req/s; hot big NAR: 20 sequential curl downloads and 16 parallel ones.
 //   cold-herd  24 clients at once for one cold big .nar.xz (upstream throttled), each a curl process
 //              piping to sha256sum: wall time, mean and max time to first body byte (as each curl
-//              saw it), upstream GETs of it (must be 1), sha256 of every body;
+//              saw it), upstream GETs of it (must be 1), sha256 of every body, the server's CPU time;
 //              then one cold client of another big NAR vs. the same download straight from upstream.
 //   closure    a real `nix copy` of a closure of BENCH_CLOSURE_PATHS small paths + a top path + one
 //              big path into a fresh store with a fresh client cache: cold (straight from the
@@ -1123,6 +1123,7 @@ async function coldHerd(peer, fixture, upstream, encodeNix32) {
     // Counted from before the narinfo: it may start the NAR's download (narwhal's NAR prefetch).
     const before = await upstream.counts();
     const url = await narUrlVia(peer, p); // a client reads the narinfo first, as Nix does
+    const cpu0 = peer.cpuSeconds();
     const t0 = now();
     const runs = await Promise.all(
       Array.from({ length: HERD_CLIENTS }, () =>
@@ -1135,6 +1136,7 @@ async function coldHerd(peer, fixture, upstream, encodeNix32) {
       ),
     );
     const wall = msSince(t0);
+    const cpu = peer.cpuSeconds() - cpu0;
     const after = await upstream.counts();
     const ttfbs = runs.map((r) => r.ttfb).filter(Number.isFinite);
     const gets = (after[`/${p.url}`]?.get ?? 0) - (before[`/${p.url}`]?.get ?? 0);
@@ -1144,6 +1146,7 @@ async function coldHerd(peer, fixture, upstream, encodeNix32) {
     record('herdTtfbMax', peer.name, Math.max(...ttfbs));
     record('herdUpstreamGets', peer.name, gets);
     record('herdCorrect', peer.name, correct);
+    record('herdCpu', peer.name, cpu);
     if (gets !== 1) notes.push(`cold herd via ${peer.name}: ${gets} upstream GETs of the NAR`);
     log(
       `  wall ${(wall / 1000).toFixed(2)} s, ${gets} upstream GET(s), ${correct}/${HERD_CLIENTS} correct`,
@@ -1489,6 +1492,7 @@ function measureRows(settings, fixture) {
       `must be ${HERD_CLIENTS}`,
       0,
     ],
+    ['herdCpu', 'cold herd, server CPU time (all threads; nginx: all processes)', 's', 'lower', 2],
     [
       'coldSingle',
       `one cold client of another ${big} NAR (direct: from the upstream)`,
