@@ -376,6 +376,27 @@ export class NarService {
     this.touchIfStale(name, entry, now);
   }
 
+  /**
+   * A NAR this instance has just downloaded and stored is remembered as one served from storage
+   * now, so that the next GET of it is a hot hit (in the fast lane: from memory, or by sendfile)
+   * rather than a database lookup in node:http. Its clients were sent the download itself, so
+   * without this a `nix copy` of a closure it had just fetched handed its connection to node:http
+   * at the first such NAR, and every request after it went there too. A small NAR of a local store
+   * is read back into memory (it was just written: the page cache has it); an S3 object is not
+   * read back (the next GET skips the database, then reads it once).
+   */
+  private async rememberDownloaded(name: string, size: number): Promise<void> {
+    const now = Date.now();
+    this.memory.remember(name, size, now, now);
+    if (!this.store.openFile || !this.memory.fits(size)) return;
+    try {
+      const bytes = await readWhole(await this.store.read(name), size);
+      if (bytes) this.memory.keepBytes(name, bytes);
+    } catch {
+      // Not readable now: the next GET reads it (or finds it gone) the usual way.
+    }
+  }
+
   /** Records the access in the database at most once per TOUCH_GRANULARITY_MS per NAR. */
   private touchIfStale(name: string, entry: RememberedNar, now: number): void {
     if (now - entry.touchedAt < TOUCH_GRANULARITY_MS) return;
@@ -415,6 +436,10 @@ export class NarService {
       }
       // The row read under the lock is what the download starts from (no second lookup).
       const started = await this.fetcher.start(name, row);
+      started.finished.then(
+        (stored) => (stored ? this.rememberDownloaded(name, started.spool.written) : undefined),
+        () => undefined, // reported where the download is awaited
+      );
       return { kind: 'local', download: this.active.add(started, release) };
     } catch (e) {
       await release();

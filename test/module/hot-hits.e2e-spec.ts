@@ -196,4 +196,46 @@ describe('hits answered from memory', () => {
       server.removeListener('request', count);
     }
   });
+  it('a NAR this instance has just downloaded is a hot hit at once: a copy of what it fetched stays in the fast lane', async () => {
+    const f = await makeStorePath([key], { name: 'fresh', size: 2048 });
+    const large = await makeStorePath([key], { name: 'fresh-large', size: 300_000 });
+    upstream.publish(f);
+    upstream.publish(large);
+    // Downloaded once (the client gets the download itself), never served from storage.
+    for (const p of [f, large]) {
+      expect((await get(`/${p.hash}.narinfo`)).statusCode).toBe(200);
+      const cold = await get(`/nar/${p.narName}`);
+      expect(cold.statusCode).toBe(200);
+      expect(cold.headers['x-narwhal-source']).not.toBe('storage');
+      await waitStored(nw, p.narName, p.file);
+    }
+    // The small one is read back into memory right after it is stored.
+    const memory = nw.app.get(RememberedNars);
+    await vi.waitFor(() => expect(memory.answerable(f.narName, Date.now())?.bytes).toBeDefined());
+    expect(memory.answerable(large.narName, Date.now())?.size).toBe(large.file.length);
+    const server: Server = nw.app.getHttpServer();
+    let seenByNode = 0;
+    const count = () => seenByNode++;
+    server.on('request', count);
+    const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+    try {
+      const ask = (path: string) =>
+        new Promise<Buffer>((resolve, reject) => {
+          request(`${nw.url}${path}`, { agent }, (res) => {
+            const chunks: Buffer[] = [];
+            res.on('data', (c: Buffer) => chunks.push(c));
+            res.on('end', () => resolve(Buffer.concat(chunks)));
+          })
+            .on('error', reject)
+            .end();
+        });
+      expect((await ask(`/nar/${f.narName}`)).equals(f.file)).toBe(true);
+      expect((await ask(`/nar/${large.narName}`)).equals(large.file)).toBe(true);
+      expect((await ask(`/${f.hash}.narinfo`)).length).toBeGreaterThan(0);
+      expect(seenByNode).toBe(0);
+    } finally {
+      agent.destroy();
+      server.removeListener('request', count);
+    }
+  });
 });

@@ -1,6 +1,7 @@
 import { rm } from 'node:fs/promises';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { parseNarInfo } from '../../src/nix/narinfo';
+import { RememberedNars } from '../../src/nar/stored-nar-memory';
 import { snapshot } from '../support/files';
 import { sha256Nix32 } from '../support/hash';
 import { httpGet } from '../support/http-client';
@@ -147,6 +148,14 @@ describe('NAR download flow', () => {
     expect((await inject('GET', `/nar/${f.narName}`)).statusCode).toBe(200);
     await waitStored(nw, f.narName, f.file);
     await rm(objectPath(nw, f.narName));
+    // A small NAR just downloaded is also held in memory (see hot-hits): served from there, the
+    // right bytes, until it is forgotten (as a delete does everywhere) or leaves memory.
+    const memory = nw.app.get(RememberedNars);
+    await vi.waitFor(() => expect(memory.answerable(f.narName, Date.now())?.bytes).toBeDefined());
+    const fromMemory = await inject('GET', `/nar/${f.narName}`);
+    expect(fromMemory.rawPayload.equals(f.file)).toBe(true);
+    expect(primary.count('GET', `/nar/${f.narName}`)).toBe(1);
+    await memory.forgetEverywhere(f.narName);
     const res = await inject('GET', `/nar/${f.narName}`);
     expect(res.statusCode).toBe(200);
     expect(res.rawPayload.equals(f.file)).toBe(true);
