@@ -1,6 +1,7 @@
 import { Transform, type Readable } from 'node:stream';
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 import { metricName as name } from './metric-prefix';
+import { PendingCounts, PendingObservations } from './pending-observations';
 
 export type NarInfoResult = 'hit' | 'miss' | 'not_found';
 /** hit: from storage; download: started this instance's download; joined: attached to one already running; peer: another instance's. */
@@ -21,13 +22,12 @@ export class RequestMetrics {
   readonly negativeEntries: Gauge;
   readonly memoryEntries: Gauge;
   readonly memoryBytes: Gauge;
-  /** The labelled series of the per-request counters, looked up once (see httpResponse). */
-  private readonly httpSeries = new Map<
-    string,
-    { requests: Counter.Internal; duration: Histogram.Internal<'route' | 'method'> }
-  >();
-  private readonly narInfoResults: Record<NarInfoResult, Counter.Internal>;
-  private readonly narResults: Record<NarResult, Counter.Internal>;
+  /** The per-request HTTP metrics, added up between scrapes (see httpResponse). */
+  private readonly http: PendingObservations<'route' | 'method' | 'status', 'route' | 'method'>;
+  /** Lookups by result and bytes served by source, added up between scrapes. */
+  private readonly narInfoResults: PendingCounts<NarInfoResult>;
+  private readonly narResults: PendingCounts<NarResult>;
+  private readonly served: PendingCounts<ServedSource>;
   private negativeSize: () => number = () => 0;
   private narMemory: () => { entries: number; bytes: number } = () => ({ entries: 0, bytes: 0 });
 
@@ -37,6 +37,7 @@ export class RequestMetrics {
       help: 'HTTP requests answered, by matched route pattern, method and status code.',
       labelNames: ['route', 'method', 'status'],
       registers: [registry],
+      collect: () => this.http.flush(),
     });
     this.httpDuration = new Histogram({
       name: name('http_request_duration_seconds'),
@@ -44,24 +45,29 @@ export class RequestMetrics {
       labelNames: ['route', 'method'],
       buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300],
       registers: [registry],
+      collect: () => this.http.flush(),
     });
+    this.http = new PendingObservations(this.httpRequests, this.httpDuration);
     this.narInfoRequests = new Counter({
       name: name('narinfo_requests_total'),
       help: 'narinfo lookups (GET and HEAD) by result: hit (stored), miss (fetched from upstream), not_found.',
       labelNames: ['result'],
       registers: [registry],
+      collect: () => this.narInfoResults.flush(),
     });
     this.narRequests = new Counter({
       name: name('nar_requests_total'),
       help: "NAR GETs by where the bytes came from: hit (storage), download (started this instance's download), joined (attached to a running download), peer (another instance's download).",
       labelNames: ['result'],
       registers: [registry],
+      collect: () => this.narResults.flush(),
     });
     this.servedBytes = new Counter({
       name: name('served_bytes_total'),
       help: 'NAR bytes streamed to clients, by source: storage, download (this instance), peer (another instance).',
       labelNames: ['source'],
       registers: [registry],
+      collect: () => this.served.flush(),
     });
     this.negativeHits = new Counter({
       name: name('narinfo_negative_cache_hits_total'),
@@ -89,46 +95,51 @@ export class RequestMetrics {
 
     // Known label values start at 0, so that rates and absent-series alerts work from the start.
     const narInfoResult = (r: NarInfoResult) => this.narInfoRequests.labels(r);
-    this.narInfoResults = {
+    const narInfoSeries = {
       hit: narInfoResult('hit'),
       miss: narInfoResult('miss'),
       not_found: narInfoResult('not_found'),
     };
     const narResult = (r: NarResult) => this.narRequests.labels(r);
-    this.narResults = {
+    const narSeries = {
       hit: narResult('hit'),
       download: narResult('download'),
       joined: narResult('joined'),
       peer: narResult('peer'),
     };
-    for (const c of [...Object.values(this.narInfoResults), ...Object.values(this.narResults)])
+    const servedSource = (s: ServedSource) => this.servedBytes.labels(s);
+    const servedSeries = {
+      storage: servedSource('storage'),
+      download: servedSource('download'),
+      peer: servedSource('peer'),
+    };
+    for (const c of [
+      ...Object.values(narInfoSeries),
+      ...Object.values(narSeries),
+      ...Object.values(servedSeries),
+    ])
       c.inc(0);
-    for (const s of ['storage', 'download', 'peer']) this.servedBytes.labels(s).inc(0);
+    this.narInfoResults = new PendingCounts(narInfoSeries);
+    this.narResults = new PendingCounts(narSeries);
+    this.served = new PendingCounts(servedSeries);
     this.negativeHits.inc(0);
   }
 
   /** One answered HTTP request; `route` is the matched pattern (never the raw URL). */
   httpResponse(route: string, method: string, status: number, seconds: number): void {
-    // Once per request: the labelled children are looked up once per label set, not hashed each time.
+    // Once per request: added up here, handed to prom-client when it is scraped.
     const key = `${method} ${status} ${route}`;
-    let series = this.httpSeries.get(key);
-    if (!series) {
-      series = {
-        requests: this.httpRequests.labels(route, method, String(status)),
-        duration: this.httpDuration.labels(route, method),
-      };
-      this.httpSeries.set(key, series);
-    }
-    series.requests.inc();
-    series.duration.observe(seconds);
+    if (this.http.observe(key, seconds)) return;
+    this.http.add(key, { route, method, status: String(status) }, { route, method });
+    this.http.observe(key, seconds);
   }
 
   narInfoRequest(result: NarInfoResult): void {
-    this.narInfoResults[result].inc();
+    this.narInfoResults.add(result);
   }
 
   narRequest(result: NarResult): void {
-    this.narResults[result].inc();
+    this.narResults.add(result);
   }
 
   /** A narinfo miss answered from the negative cache. */
@@ -148,7 +159,7 @@ export class RequestMetrics {
 
   /** NAR bytes sent without a stream (from memory, or a stored file): counted as served. */
   countServedBytes<T extends Buffer | number>(source: ServedSource, body: T): T {
-    this.servedBytes.labels(source).inc(typeof body === 'number' ? body : body.length);
+    this.served.add(source, typeof body === 'number' ? body : body.length);
     return body;
   }
 
@@ -157,10 +168,10 @@ export class RequestMetrics {
    * both directions (a broken source breaks the client's stream, a gone client closes the source).
    */
   countServed(source: ServedSource, body: Readable): Readable {
-    const bytes = this.servedBytes.labels(source);
+    const served = this.served;
     const counter = new Transform({
       transform(chunk: Buffer, _encoding, done) {
-        bytes.inc(chunk.length);
+        served.add(source, chunk.length);
         done(null, chunk);
       },
     });
