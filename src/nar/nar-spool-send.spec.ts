@@ -205,6 +205,23 @@ describe.skipIf(!sendfileSupport.available && process.env.CI !== 'true')(
   () => {
     const withSendfile: StoredFileOptions = { sendfile: { stallTimeoutMs: 5_000 } };
 
+    /**
+     * A download of `size` bytes (or `range` of it) to a client that read 64 KiB and stopped while
+     * the whole NAR arrived and was verified, then reads on: most of it is left for sendfile.
+     */
+    async function verifiedBehind(size: number, range?: { start: number; end: number }) {
+      const { raw, feed, spool, receiving } = startDownload(size);
+      const length = range ? range.end - range.start + 1 : raw.file.length;
+      const sent = answerWith(spool, length, range, withSendfile);
+      const client = fetchBody(64 * 1024);
+      const transfers = sendfileCounters.transfers;
+      for (const p of chunks(raw.file, 1024 * 1024).map(ownCopy)) feed.push(p);
+      feed.end();
+      await receiving;
+      client.res!.resume();
+      return { raw, spool, client, sent, transfers };
+    }
+
     it('sends what is left by sendfile once the download is verified, never before', async () => {
       const { raw, feed, spool, receiving } = startDownload(16 * 1024 * 1024 + 3);
       const sent = answerWith(spool, raw.file.length, undefined, withSendfile);
@@ -270,15 +287,8 @@ describe.skipIf(!sendfileSupport.available && process.env.CI !== 'true')(
     });
 
     it('sends exactly a byte range', async () => {
-      const { raw, feed, spool, receiving } = startDownload(16 * 1024 * 1024);
       const range = { start: 100_000, end: 14_100_000 };
-      const sent = answerWith(spool, range.end - range.start + 1, range, withSendfile);
-      const client = fetchBody(64 * 1024);
-      const transfers = sendfileCounters.transfers;
-      for (const p of chunks(raw.file, 1024 * 1024).map(ownCopy)) feed.push(p);
-      feed.end();
-      await receiving;
-      client.res!.resume();
+      const { raw, spool, client, sent, transfers } = await verifiedBehind(16 * 1024 * 1024, range);
       await waitFor(() => client.finished !== undefined, 'response ends');
       expect(client.finished).toEqual({ complete: true });
       expect(client.body().equals(raw.file.subarray(range.start, range.end + 1))).toBe(true);
@@ -288,14 +298,7 @@ describe.skipIf(!sendfileSupport.available && process.env.CI !== 'true')(
     });
 
     it('a client gone during the transfer releases the reader and the slot', async () => {
-      const { raw, feed, spool, receiving } = startDownload(40 * 1024 * 1024);
-      const sent = answerWith(spool, raw.file.length, undefined, withSendfile);
-      const client = fetchBody(64 * 1024);
-      const transfers = sendfileCounters.transfers;
-      for (const p of chunks(raw.file, 1024 * 1024).map(ownCopy)) feed.push(p);
-      feed.end();
-      await receiving;
-      client.res!.resume();
+      const { raw, spool, client, sent, transfers } = await verifiedBehind(40 * 1024 * 1024);
       await waitFor(() => sendfileCounters.transfers === transfers + 1, 'sendfile started');
       client.res!.destroy();
       await sent;

@@ -45,6 +45,48 @@ async function warm(n: Narwhal, f: StorePathFixture): Promise<void> {
   expect(stored.headers['x-narwhal-source']).toBe('storage');
 }
 
+/**
+ * One keep-alive connection, as Nix uses, and a count of the requests node:http saw meanwhile
+ * (none when the fast lane answered them all). `close` ends both.
+ */
+function laneConnection() {
+  const server: Server = nw.app.getHttpServer();
+  let seen = 0;
+  const count = () => seen++;
+  server.on('request', count);
+  const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+  const sockets = new Set<unknown>();
+  const ask = (path: string, method = 'GET') =>
+    new Promise<{ status: number; body: Buffer; type?: string; length?: string }>(
+      (resolve, reject) => {
+        request(`${nw.url}${path}`, { agent, method }, (res) => {
+          sockets.add(res.socket);
+          const chunks: Buffer[] = [];
+          res.on('data', (c: Buffer) => chunks.push(c));
+          res.on('end', () =>
+            resolve({
+              status: res.statusCode ?? 0,
+              body: Buffer.concat(chunks),
+              type: res.headers['content-type'],
+              length: res.headers['content-length'],
+            }),
+          );
+        })
+          .on('error', reject)
+          .end();
+      },
+    );
+  return {
+    ask,
+    sockets,
+    seenByNode: () => seen,
+    close: () => {
+      agent.destroy();
+      server.removeListener('request', count);
+    },
+  };
+}
+
 describe('hits answered from memory', () => {
   it('a small NAR served lately is answered without its file, with the headers of any stored hit', async () => {
     const f = await makeStorePath([key], { name: 'small', size: 2048 });
@@ -139,33 +181,9 @@ describe('hits answered from memory', () => {
     const hitsBefore = await metric('narwhal_nar_requests_total', { result: 'hit' });
     const bytesBefore = await metric('narwhal_served_bytes_total', { source: 'storage' });
     const viaNode = await nw.app.inject({ method: 'GET', url: '/nix-cache-info' });
-    const server: Server = nw.app.getHttpServer();
-    let seenByNode = 0;
-    const count = () => seenByNode++;
-    server.on('request', count);
-    const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+    const lane = laneConnection();
+    const { ask } = lane;
     try {
-      const sockets = new Set<unknown>();
-      const ask = (path: string, method = 'GET') =>
-        new Promise<{ status: number; body: Buffer; type?: string; length?: string }>(
-          (resolve, reject) => {
-            request(`${nw.url}${path}`, { agent, method }, (res) => {
-              sockets.add(res.socket);
-              const chunks: Buffer[] = [];
-              res.on('data', (c: Buffer) => chunks.push(c));
-              res.on('end', () =>
-                resolve({
-                  status: res.statusCode ?? 0,
-                  body: Buffer.concat(chunks),
-                  type: res.headers['content-type'],
-                  length: res.headers['content-length'],
-                }),
-              );
-            })
-              .on('error', reject)
-              .end();
-          },
-        );
       const info = await ask('/nix-cache-info');
       expect(info.status).toBe(200);
       expect(info.body.toString()).toBe(viaNode.body);
@@ -185,17 +203,17 @@ describe('hits answered from memory', () => {
       expect(big.body.equals(large.file)).toBe(true);
       // The connection goes on in the lane after it.
       expect((await ask(`/${large.hash}.narinfo`)).status).toBe(200);
-      expect(sockets.size).toBe(1); // one connection, as Nix uses
-      expect(seenByNode).toBe(0);
+      expect(lane.sockets.size).toBe(1); // one connection, as Nix uses
+      expect(lane.seenByNode()).toBe(0);
       expect(await metric('narwhal_nar_requests_total', { result: 'hit' })).toBe(hitsBefore + 2);
       expect(await metric('narwhal_served_bytes_total', { source: 'storage' })).toBe(
         bytesBefore + f.file.length + large.file.length,
       );
     } finally {
-      agent.destroy();
-      server.removeListener('request', count);
+      lane.close();
     }
   });
+
   it('a NAR this instance has just downloaded is a hot hit at once: a copy of what it fetched stays in the fast lane', async () => {
     const f = await makeStorePath([key], { name: 'fresh', size: 2048 });
     const large = await makeStorePath([key], { name: 'fresh-large', size: 300_000 });
@@ -213,29 +231,14 @@ describe('hits answered from memory', () => {
     const memory = nw.app.get(RememberedNars);
     await vi.waitFor(() => expect(memory.answerable(f.narName, Date.now())?.bytes).toBeDefined());
     expect(memory.answerable(large.narName, Date.now())?.size).toBe(large.file.length);
-    const server: Server = nw.app.getHttpServer();
-    let seenByNode = 0;
-    const count = () => seenByNode++;
-    server.on('request', count);
-    const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+    const lane = laneConnection();
     try {
-      const ask = (path: string) =>
-        new Promise<Buffer>((resolve, reject) => {
-          request(`${nw.url}${path}`, { agent }, (res) => {
-            const chunks: Buffer[] = [];
-            res.on('data', (c: Buffer) => chunks.push(c));
-            res.on('end', () => resolve(Buffer.concat(chunks)));
-          })
-            .on('error', reject)
-            .end();
-        });
-      expect((await ask(`/nar/${f.narName}`)).equals(f.file)).toBe(true);
-      expect((await ask(`/nar/${large.narName}`)).equals(large.file)).toBe(true);
-      expect((await ask(`/${f.hash}.narinfo`)).length).toBeGreaterThan(0);
-      expect(seenByNode).toBe(0);
+      expect((await lane.ask(`/nar/${f.narName}`)).body.equals(f.file)).toBe(true);
+      expect((await lane.ask(`/nar/${large.narName}`)).body.equals(large.file)).toBe(true);
+      expect((await lane.ask(`/${f.hash}.narinfo`)).body.length).toBeGreaterThan(0);
+      expect(lane.seenByNode()).toBe(0);
     } finally {
-      agent.destroy();
-      server.removeListener('request', count);
+      lane.close();
     }
   });
 });
