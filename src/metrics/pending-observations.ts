@@ -125,8 +125,12 @@ function findSeries(
 export class PendingCounts<K extends string> {
   private readonly pending = new Map<K, number>();
 
+  /** Every series in `series` is exported from the start, at 0. */
   constructor(private readonly series: Readonly<Record<K, Counter.Internal>>) {
-    for (const k of Object.keys(series) as K[]) this.pending.set(k, 0);
+    for (const k of Object.keys(series) as K[]) {
+      series[k].inc(0);
+      this.pending.set(k, 0);
+    }
   }
 
   add(key: K, n = 1): void {

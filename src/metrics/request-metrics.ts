@@ -113,12 +113,6 @@ export class RequestMetrics {
       download: servedSource('download'),
       peer: servedSource('peer'),
     };
-    for (const c of [
-      ...Object.values(narInfoSeries),
-      ...Object.values(narSeries),
-      ...Object.values(servedSeries),
-    ])
-      c.inc(0);
     this.narInfoResults = new PendingCounts(narInfoSeries);
     this.narResults = new PendingCounts(narSeries);
     this.served = new PendingCounts(servedSeries);
