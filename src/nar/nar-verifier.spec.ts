@@ -1,4 +1,5 @@
 import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { gzipSync } from 'node:zlib';
 import { describe, expect, it } from 'vitest';
 import { xzBomb, zstdBomb } from '../../test/support/bombs';
@@ -27,6 +28,17 @@ function makeNar(size: number, seed = 1): Buffer {
     length += line.length;
   }
   return Buffer.from(lines.join('')).subarray(0, size);
+}
+
+/** Bytes no compressor shrinks (a sha256 chain), deterministic. */
+function incompressible(size: number): Buffer {
+  const blocks: Buffer[] = [];
+  let block = createHash('sha256').update('seed').digest();
+  for (let n = 0; n < size; n += block.length) {
+    blocks.push(block);
+    block = createHash('sha256').update(block).digest();
+  }
+  return Buffer.concat(blocks).subarray(0, size);
 }
 
 /** Compresses with the real CLI tools, as an upstream cache would have. */
@@ -142,6 +154,15 @@ describe('NarVerifier accepts correct bytes', () => {
     expect(v.checksContent).toBe(true);
   });
 
+  it('xz whose own CRC64 alone is wrong, when NarHash is checked (the check is redundant then)', async () => {
+    const file = Buffer.from(xz.file);
+    const indexBytes = (file.readUInt32LE(file.length - 8) + 1) * 4;
+    file[file.length - 12 - indexBytes - 8] ^= 0xff; // the block's CRC64 (see decompress.spec.ts)
+    const { narHash, narSize, compression } = xz.expect;
+    const v = await verify({ compression, narHash, narSize }, file);
+    expect(v.checksContent).toBe(true);
+  });
+
   it('with nothing known but the compression, checking nothing', async () => {
     const v = await verify({ compression: 'xz' }, Buffer.from('anything at all'));
     expect(v.checksContent).toBe(false);
@@ -246,6 +267,20 @@ describe('NarVerifier rejects', () => {
       expect(e.message).toMatch(/decompress|NarHash|NarSize/);
     },
   );
+
+  it('xz data whose changed byte xz itself no longer notices (its CRC64 is skipped)', async () => {
+    // Incompressible bytes: xz stores them as they are, so a changed one still decodes.
+    const nar = incompressible(100_000);
+    const file = compress(nar, 'xz');
+    const at = file.indexOf(nar.subarray(50_000, 50_016));
+    expect(at).toBeGreaterThan(0);
+    const changed = Buffer.from(file);
+    changed[at] ^= 0x01;
+    const e = await failure(
+      verify({ compression: 'xz', narHash: nixSha256(nar), narSize: nar.length }, changed),
+    );
+    expect(e.message).toMatch(/NarHash/);
+  });
 
   it('undecodable data says so', async () => {
     const garbage = Buffer.from(makeNar(5_000, 3).map((b) => b ^ 0x5a));

@@ -69,7 +69,10 @@ export class NarVerifier {
     private readonly expect: NarExpectations,
     options: { onThisThread?: boolean } = {},
   ) {
-    this.decompressor = expect.narHash ? createNarDecompressor(expect.compression, options) : null;
+    // Only made when NarHash is checked: the decoder's own integrity check of its output is skipped.
+    this.decompressor = expect.narHash
+      ? createNarDecompressor(expect.compression, { ...options, outputHashed: true })
+      : null;
     const c = expect.compression;
     this.decoderCopies =
       (c === 'xz' && options.onThisThread === true) || c === 'gzip' || c === 'br';

@@ -16,8 +16,9 @@ async function decode(
   input: Buffer,
   chunkSize = 4096,
   onThisThread = false,
+  outputHashed = false,
 ): Promise<Buffer> {
-  const decoder = createNarDecompressor(c, { onThisThread });
+  const decoder = createNarDecompressor(c, { onThisThread, outputHashed });
   if (decoder === null) throw new Error(`no decoder for ${c}`);
   const pieces: Buffer[] = [];
   for (let i = 0; i < input.length; i += chunkSize) pieces.push(input.subarray(i, i + chunkSize));
@@ -121,6 +122,30 @@ describe('createNarDecompressor', () => {
       expect(maxBuffered).toBeLessThanOrEqual(8 * 1024 * 1024);
     }, 30_000);
   });
+});
+
+/**
+ * `file` (one .xz stream with one block and a CRC64 check) with that check changed: the data
+ * decodes as before, only xz's own integrity check fails. The stream footer's Backward Size gives
+ * the index's length; the block's check is the 8 bytes before the index.
+ */
+function withWrongCrc64(file: Buffer): Buffer {
+  const out = Buffer.from(file);
+  const indexBytes = (out.readUInt32LE(out.length - 8) + 1) * 4;
+  out[out.length - 12 - indexBytes - 8] ^= 0xff;
+  return out;
+}
+
+describe("xz's own integrity check (CRC64)", () => {
+  it.each([false, true])(
+    'fails a wrong CRC64, unless the caller hashes the output (on the calling thread: %s)',
+    async (onThisThread) => {
+      const wrong = withWrongCrc64(fixtureBytes('cli/seq.txt.xz'));
+      await expect(decode('xz', wrong, 4096, onThisThread)).rejects.toThrow();
+      const out = await decode('xz', wrong, 4096, onThisThread, true);
+      expect(out.toString('utf8')).toBe(seqText());
+    },
+  );
 });
 
 describe('bad compressed input ends in a stream error, not a clean end or a hang', () => {

@@ -8,6 +8,8 @@ declare module 'lzma-native' {
     memlimit?: number;
     /** Decode on the calling thread instead of a worker thread. */
     synchronous?: boolean;
+    /** liblzma's decoder flags (e.g. LZMA_IGNORE_CHECK); 0 when absent. */
+    flags?: number;
   }
 
   /** The readable-stream (v3) Transform lzma-native returns, as far as narwhal uses it. */
