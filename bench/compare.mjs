@@ -19,6 +19,9 @@
 //   hot        hot narinfo: wrk req/s over 100 warm narinfo URLs, and p50/p99 latency of one
 //              keep-alive connection making 2,000 sequential requests; hot small NAR (a ~150-byte
 //              .nar.xz): wrk req/s; hot big NAR: 20 sequential curl downloads and 16 parallel ones.
+//              Rates and latency are measured in 3 rounds with the peers alternating (nginx,
+//              narwhal, narwhal, nginx, …; the bare node:http reference with them), each peer's
+//              median round reported: this host's speed drifts within minutes.
 //   cold-herd  24 clients at once for one cold big .nar.xz (upstream throttled), each a curl process
 //              piping to sha256sum: wall time, mean and max time to first body byte (as each curl
 //              saw it), upstream GETs of it (must be 1), sha256 of every body, the server's CPU time;
@@ -48,7 +51,8 @@
 // Settings (environment):
 //   BENCH_MODE=all|hot|cold-herd|closure|cold-closure|cold-requests   what to run (above); default all
 //   BENCH_NAR_MIB=64               size of each big NAR (random bytes, so its .nar.xz is as large)
-//   BENCH_WRK_SECONDS=8            duration of each measured wrk run (after a 2 s warm-up run)
+//   BENCH_WRK_SECONDS=4            duration of each measured wrk run (3 rounds per peer, after a
+//                                  2 s warm-up run)
 //   BENCH_CLOSURE_PATHS=300        small paths in the closure
 //   BENCH_UPSTREAM_LATENCY_MS      added to every upstream request; default 20 in cold-closure, else 0
 //   BENCH_UPSTREAM_MBPS=100        per-response rate of upstream NAR bodies in MB/s (10^6 B); 0: none
@@ -202,7 +206,7 @@ function readSettings() {
   return {
     mode,
     narMib: intEnv('BENCH_NAR_MIB', 64, 1, 2048),
-    wrkSeconds: intEnv('BENCH_WRK_SECONDS', 8, 1, 600),
+    wrkSeconds: intEnv('BENCH_WRK_SECONDS', 4, 1, 600),
     closurePaths: intEnv('BENCH_CLOSURE_PATHS', 300, 1, 5000),
     latencyMs: intEnv('BENCH_UPSTREAM_LATENCY_MS', mode === 'cold-closure' ? 20 : 0, 0, 10_000),
     mbps: intEnv('BENCH_UPSTREAM_MBPS', 100, 0, 100_000),
@@ -224,6 +228,10 @@ function readSettings() {
 
 const HOT_URLS = 100;
 const LATENCY_REQUESTS = 2000;
+/** Rounds of every interleaved hot measure (see wrkRounds). */
+const HOT_ROUNDS = 3;
+/** The bare node:http reference server's name in wrkRounds. */
+const BARE = 'bare node:http';
 const SEQUENTIAL_DOWNLOADS = 20;
 const PARALLEL_DOWNLOADS = 16;
 const HERD_CLIENTS = 24;
@@ -911,11 +919,11 @@ async function runWrk(url, seconds, script) {
 }
 
 /**
- * Requests per second under wrk, and the server's CPU time per request (user + system over all of
- * its threads and processes): what a request costs, apart from how much of the cores it gets.
+ * One measured wrk run: requests per second, and the server's CPU time per request (user + system
+ * over all of its threads and processes): what a request costs, apart from how much of the cores
+ * it gets.
  */
-async function wrkMeasure(peer, label, url, seconds, script) {
-  await runWrk(url, Math.min(2, seconds), script); // warm-up: JIT, connections, page cache
+async function wrkOnce(peer, label, url, seconds, script) {
   const cpu0 = peer.cpuSeconds();
   const w = await runWrk(url, seconds, script);
   const cpuUs = ((peer.cpuSeconds() - cpu0) / w.requests) * 1e6;
@@ -923,128 +931,249 @@ async function wrkMeasure(peer, label, url, seconds, script) {
     notes.push(`${label} via ${peer.name}: wrk counted ${w.socketErrors} socket errors`);
   }
   log(
-    `  ${label}: ${Math.round(w.rps)} req/s (${w.requests} requests), ${cpuUs.toFixed(1)} µs CPU each, ` +
-      `${((cpuUs * w.rps) / 1e6).toFixed(2)} cores busy`,
+    `  ${label} via ${peer.name}: ${Math.round(w.rps)} req/s (${w.requests} requests), ` +
+      `${cpuUs.toFixed(1)} µs CPU each, ${((cpuUs * w.rps) / 1e6).toFixed(2)} cores busy`,
   );
   return { rps: w.rps, cpuUs };
 }
 
+/** The middle value (the mean of the two middle ones for an even count). */
+function median(xs) {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+}
+
 /**
- * Node's own ceiling on this machine: a bare node:http server (one thread, no framework) answering
- * every request with narwhal's bytes of a hot narinfo, under the same wrk load. It shows how much of
- * the gap to nginx is narwhal's and how much is Node's HTTP server on one core.
+ * The peers' order in round `round` of an interleaved measure: as given, then reversed, and so
+ * on (nginx, narwhal, narwhal, nginx, nginx, narwhal): neither always goes first.
  */
-async function bareNodeMeasure(peers, fixture, settings) {
-  const narwhal = peers.find((p) => p.name === 'narwhal');
-  if (!narwhal) return;
-  await attempt('bare node:http', ['bareNarinfoRps', 'bareNarinfoCpu'], 'narwhal', async () => {
-    const { text } = await getOk(`${narwhal.base}/${fixture.small[0].hashPart}.narinfo`, {
-      text: true,
-    });
-    const body = Buffer.from(text, 'utf8');
-    const code =
-      "const body = Buffer.from(process.env.BODY, 'base64');" +
-      "require('node:http').createServer((q, r) => {" +
-      "r.writeHead(200, { 'content-type': 'text/x-nix-narinfo', 'content-length': body.length });" +
-      'r.end(body); }).listen(0, "127.0.0.1", function () { console.log(this.address().port); });';
-    const child = track(
-      spawn(process.execPath, ['-e', code], {
-        env: { ...process.env, BODY: body.toString('base64') },
-        stdio: ['ignore', 'pipe', 'inherit'],
-      }),
-      false,
-    );
+function roundOrder(items, round) {
+  return round % 2 === 0 ? items : [...items].reverse();
+}
+
+/**
+ * wrk over every target (`{ peer, url, script }`) in HOT_ROUNDS rounds that alternate them, each
+ * run `seconds` long, after a 2 s warm-up run each (JIT, connections, page cache). This host's
+ * speed drifts by a factor of two within minutes (other tenants); peers measured one after the
+ * other each get a different machine, peers measured in alternation share it. Per target that
+ * ran: the median round's rate and CPU time per request. A target that fails is dropped from
+ * later rounds; its error is in `failed`.
+ */
+async function wrkRounds(label, targets, seconds) {
+  const samples = new Map(targets.map((t) => [t.peer.name, []]));
+  const failed = new Map();
+  const run = async (t, fn) => {
+    if (failed.has(t.peer.name)) return;
     try {
-      const port = await new Promise((resolve, reject) => {
-        child.stdout.once('data', (d) => resolve(Number(String(d).trim())));
-        child.once('exit', (c) => reject(new Error(`bare node:http server exited with ${c}`)));
-      });
-      const bare = { name: 'bare node:http', cpuSeconds: () => procCpuSeconds(child.pid) };
-      const w = await wrkMeasure(
-        bare,
-        'bare node:http',
-        `http://127.0.0.1:${port}/x`,
-        settings.wrkSeconds,
-      );
-      record('bareNarinfoRps', 'narwhal', w.rps);
-      record('bareNarinfoCpu', 'narwhal', w.cpuUs);
-      // Against nginx's hot narinfo figures from the same run.
-      const nginxRow = results.get('narinfoRps')?.nginx;
-      if (typeof nginxRow === 'number') record('bareNarinfoRps', 'nginx', nginxRow);
-      const nginxCpu = results.get('narinfoCpu')?.nginx;
-      if (typeof nginxCpu === 'number') record('bareNarinfoCpu', 'nginx', nginxCpu);
-    } finally {
-      child.kill();
+      await fn();
+    } catch (e) {
+      failed.set(t.peer.name, e);
     }
+  };
+  for (const t of targets) await run(t, () => runWrk(t.url, Math.min(2, seconds), t.script));
+  for (let round = 0; round < HOT_ROUNDS; round++) {
+    for (const t of roundOrder(targets, round)) {
+      await run(t, async () =>
+        samples.get(t.peer.name).push(await wrkOnce(t.peer, label, t.url, seconds, t.script)),
+      );
+    }
+  }
+  const medians = new Map();
+  for (const [name, xs] of samples) {
+    if (xs.length === HOT_ROUNDS) {
+      medians.set(name, {
+        rps: median(xs.map((x) => x.rps)),
+        cpuUs: median(xs.map((x) => x.cpuUs)),
+      });
+    }
+  }
+  return { medians, failed };
+}
+
+/** Records the result of wrkRounds for `peer` under `[rpsId, cpuId]`, or its failure. */
+async function recordRounds(what, ids, peerName, rounds, column = peerName) {
+  await attempt(what, ids, column, async () => {
+    const failure = rounds.failed.get(peerName);
+    if (failure) throw failure;
+    const m = rounds.medians.get(peerName);
+    if (!m) throw new Error(`${what}: no complete set of rounds`);
+    record(ids[0], column, m.rps);
+    record(ids[1], column, m.cpuUs);
   });
 }
 
-async function hotMeasures(peer, fixture, settings, upstream, work) {
+/**
+ * Node's own ceiling on this machine: a bare node:http server (one thread, no framework) answering
+ * every request with narwhal's bytes of a hot narinfo, measured in the same rounds as the peers'
+ * hot narinfos. It shows how much of the gap to nginx is narwhal's and how much is Node's HTTP
+ * server on one core. Resolves the server as a target (the caller stops it), or null.
+ */
+async function startBareNode(narwhal, fixture) {
+  const { text } = await getOk(`${narwhal.base}/${fixture.small[0].hashPart}.narinfo`, {
+    text: true,
+  });
+  const body = Buffer.from(text, 'utf8');
+  const code =
+    "const body = Buffer.from(process.env.BODY, 'base64');" +
+    "require('node:http').createServer((q, r) => {" +
+    "r.writeHead(200, { 'content-type': 'text/x-nix-narinfo', 'content-length': body.length });" +
+    'r.end(body); }).listen(0, "127.0.0.1", function () { console.log(this.address().port); });';
+  const child = track(
+    spawn(process.execPath, ['-e', code], {
+      env: { ...process.env, BODY: body.toString('base64') },
+      stdio: ['ignore', 'pipe', 'inherit'],
+    }),
+    false,
+  );
+  const port = await new Promise((resolve, reject) => {
+    child.stdout.once('data', (d) => resolve(Number(String(d).trim())));
+    child.once('exit', (c) => reject(new Error(`bare node:http server exited with ${c}`)));
+  });
+  return {
+    peer: { name: BARE, cpuSeconds: () => procCpuSeconds(child.pid) },
+    url: `http://127.0.0.1:${port}/x`,
+    stop: () => child.kill(),
+  };
+}
+
+/**
+ * The hot measures of every peer. Rates (wrk) and one connection's latency are measured in rounds
+ * that alternate the peers (see wrkRounds); the big NAR downloads peer by peer.
+ */
+async function hotMeasures(peers, fixture, settings, upstream, work) {
   const hot = fixture.small.slice(0, HOT_URLS);
-  const narinfoUrls = hot.map((p) => `${peer.base}/${p.hashPart}.narinfo`);
   const small = fixture.small[0];
   const big = fixture.blob;
   const ids = {
-    narinfo: ['narinfoRps', 'narinfoCpu', 'narinfoP50', 'narinfoP99'],
+    narinfo: ['narinfoRps', 'narinfoCpu'],
+    latency: ['narinfoP50', 'narinfoP99'],
     small: ['smallNarRps', 'smallNarCpu'],
     big: ['bigSeqSeconds', 'bigSeqRate', 'bigParSeconds', 'bigParRate'],
   };
-  log(`hot measures through ${peer.name}`);
-  let smallUrl;
-  let bigUrl;
-  let before;
-  await attempt(
-    'hot warm-up',
-    [...Object.values(ids).flat(), 'hotUpstream'],
-    peer.name,
-    async () => {
-      const agent = new Agent({ keepAlive: true, maxSockets: 8 });
-      for (const url of narinfoUrls) await getOk(url, { agent });
-      agent.destroy();
-      smallUrl = await narUrlVia(peer, small);
-      await warmNar(peer, smallUrl, small.fileSize);
-      bigUrl = await narUrlVia(peer, big);
-      await warmNar(peer, bigUrl, big.fileSize);
-      before = await upstream.counts();
-    },
+  const script = join(work, 'narinfos.lua');
+  const list = hot.map((p) => `"/${p.hashPart}.narinfo"`).join(',\n  ');
+  await writeFile(
+    script,
+    `local paths = {\n  ${list}\n}\nlocal i = 0\n` +
+      'request = function()\n  i = i % #paths + 1\n  return wrk.format(nil, paths[i])\nend\n',
   );
-  if (!before) return;
-
-  await attempt('hot narinfo', ids.narinfo, peer.name, async () => {
-    const script = join(work, 'narinfos.lua');
-    const list = hot.map((p) => `"/${p.hashPart}.narinfo"`).join(',\n  ');
-    await writeFile(
-      script,
-      `local paths = {\n  ${list}\n}\nlocal i = 0\n` +
-        'request = function()\n  i = i % #paths + 1\n  return wrk.format(nil, paths[i])\nend\n',
+  const ready = [];
+  for (const peer of peers) {
+    log(`hot warm-up through ${peer.name}`);
+    await attempt(
+      'hot warm-up',
+      [...Object.values(ids).flat(), 'hotUpstream'],
+      peer.name,
+      async () => {
+        const narinfoUrls = hot.map((p) => `${peer.base}/${p.hashPart}.narinfo`);
+        const agent = new Agent({ keepAlive: true, maxSockets: 8 });
+        for (const url of narinfoUrls) await getOk(url, { agent });
+        agent.destroy();
+        const smallUrl = await narUrlVia(peer, small);
+        await warmNar(peer, smallUrl, small.fileSize);
+        const bigUrl = await narUrlVia(peer, big);
+        await warmNar(peer, bigUrl, big.fileSize);
+        ready.push({ peer, narinfoUrls, smallUrl, bigUrl });
+      },
     );
-    const w = await wrkMeasure(peer, 'hot narinfo', peer.base, settings.wrkSeconds, script);
-    record('narinfoRps', peer.name, w.rps);
-    record('narinfoCpu', peer.name, w.cpuUs);
-    // One keep-alive connection making sequential requests.
-    const one = new Agent({ keepAlive: true, maxSockets: 1 });
-    for (let i = 0; i < 200; i++) await getOk(narinfoUrls[i % narinfoUrls.length], { agent: one });
-    const lat = [];
-    for (let i = 0; i < LATENCY_REQUESTS; i++) {
-      const t0 = now();
-      await getOk(narinfoUrls[i % narinfoUrls.length], { agent: one });
-      lat.push(msSince(t0));
+  }
+  if (ready.length === 0) return;
+  // The peers are measured together: the upstream's count is theirs together.
+  const before = await upstream.counts();
+
+  // Hot narinfos, with the bare node:http reference in the same rounds.
+  log(`hot narinfo: ${HOT_ROUNDS} rounds of ${settings.wrkSeconds} s, peers alternating`);
+  const narwhal = ready.find((r) => r.peer.name === 'narwhal');
+  let bare = null;
+  if (narwhal) {
+    await attempt('bare node:http', ['bareNarinfoRps', 'bareNarinfoCpu'], 'narwhal', async () => {
+      bare = await startBareNode(narwhal.peer, fixture);
+    });
+  }
+  try {
+    const targets = ready.map((r) => ({ peer: r.peer, url: r.peer.base, script }));
+    if (bare) targets.push(bare);
+    const rounds = await wrkRounds('hot narinfo', targets, settings.wrkSeconds);
+    for (const r of ready) await recordRounds('hot narinfo', ids.narinfo, r.peer.name, rounds);
+    if (bare) {
+      const bareIds = ['bareNarinfoRps', 'bareNarinfoCpu'];
+      await recordRounds('bare node:http', bareIds, BARE, rounds, 'narwhal');
+      // Against nginx's hot narinfo figures from the same rounds.
+      const nginx = rounds.medians.get('nginx');
+      if (nginx) {
+        record('bareNarinfoRps', 'nginx', nginx.rps);
+        record('bareNarinfoCpu', 'nginx', nginx.cpuUs);
+      }
     }
-    one.destroy();
-    lat.sort((a, b) => a - b);
-    const [p50, p99] = [percentile(lat, 50), percentile(lat, 99)];
-    record('narinfoP50', peer.name, p50);
-    record('narinfoP99', peer.name, p99);
-    log(`  hot narinfo, one connection: p50 ${p50.toFixed(3)} ms, p99 ${p99.toFixed(3)} ms`);
-  });
+  } finally {
+    bare?.stop();
+  }
 
-  await attempt('hot small NAR', ids.small, peer.name, async () => {
-    const w = await wrkMeasure(peer, 'hot small NAR', smallUrl, settings.wrkSeconds);
-    record('smallNarRps', peer.name, w.rps);
-    record('smallNarCpu', peer.name, w.cpuUs);
-  });
+  // One keep-alive connection making sequential requests, the peers taking turns.
+  const lat = new Map();
+  const agents = new Map(
+    ready.map((r) => [r.peer.name, new Agent({ keepAlive: true, maxSockets: 1 })]),
+  );
+  const latencyFailed = new Map();
+  try {
+    for (let round = 0; round < HOT_ROUNDS; round++) {
+      for (const r of roundOrder(ready, round)) {
+        const name = r.peer.name;
+        if (latencyFailed.has(name)) continue;
+        try {
+          const agent = agents.get(name);
+          const urls = r.narinfoUrls;
+          if (round === 0)
+            for (let i = 0; i < 200; i++) await getOk(urls[i % urls.length], { agent });
+          const xs = lat.get(name) ?? [];
+          lat.set(name, xs);
+          const n = Math.ceil(LATENCY_REQUESTS / HOT_ROUNDS);
+          for (let i = 0; i < n && xs.length < LATENCY_REQUESTS; i++) {
+            const t0 = now();
+            await getOk(urls[xs.length % urls.length], { agent });
+            xs.push(msSince(t0));
+          }
+        } catch (e) {
+          latencyFailed.set(name, e);
+        }
+      }
+    }
+  } finally {
+    for (const a of agents.values()) a.destroy();
+  }
+  for (const r of ready) {
+    await attempt('hot narinfo, one connection', ids.latency, r.peer.name, async () => {
+      const failure = latencyFailed.get(r.peer.name);
+      if (failure) throw failure;
+      const xs = [...lat.get(r.peer.name)].sort((a, b) => a - b);
+      const [p50, p99] = [percentile(xs, 50), percentile(xs, 99)];
+      record('narinfoP50', r.peer.name, p50);
+      record('narinfoP99', r.peer.name, p99);
+      log(
+        `  hot narinfo, one connection, via ${r.peer.name}: p50 ${p50.toFixed(3)} ms, p99 ${p99.toFixed(3)} ms`,
+      );
+    });
+  }
 
-  await attempt('hot big NAR', ids.big, peer.name, async () => {
+  log(`hot small NAR: ${HOT_ROUNDS} rounds of ${settings.wrkSeconds} s, peers alternating`);
+  const smallRounds = await wrkRounds(
+    'hot small NAR',
+    ready.map((r) => ({ peer: r.peer, url: r.smallUrl })),
+    settings.wrkSeconds,
+  );
+  for (const r of ready) await recordRounds('hot small NAR', ids.small, r.peer.name, smallRounds);
+
+  for (const r of ready) await bigNarMeasures(r.peer, r.bigUrl, big, ids.big);
+
+  const hotUpstream = upstreamTotal(before, await upstream.counts());
+  for (const r of ready) record('hotUpstream', r.peer.name, hotUpstream);
+  if (hotUpstream > 0) notes.push(`hot measures: ${hotUpstream} upstream requests (all peers)`);
+}
+
+/** A hot big NAR through `peer`: sequential downloads on one connection, then parallel ones. */
+async function bigNarMeasures(peer, bigUrl, big, ids) {
+  await attempt('hot big NAR', ids, peer.name, async () => {
     const w = ['-s', '-w', '%{http_code} %{size_download}\\n'];
     const check = (stdout, n) => {
       const good = stdout.split('\n').filter((l) => l === `200 ${big.fileSize}`).length;
@@ -1068,14 +1197,10 @@ async function hotMeasures(peer, fixture, settings, upstream, work) {
     record('bigParSeconds', peer.name, parMs / 1000);
     record('bigParRate', peer.name, (PARALLEL_DOWNLOADS * big.fileSize) / MiB / (parMs / 1000));
     log(
-      `  hot big NAR: ${SEQUENTIAL_DOWNLOADS} sequential ${(seq.ms / 1000).toFixed(2)} s, ` +
+      `  hot big NAR via ${peer.name}: ${SEQUENTIAL_DOWNLOADS} sequential ${(seq.ms / 1000).toFixed(2)} s, ` +
         `${PARALLEL_DOWNLOADS} parallel ${(parMs / 1000).toFixed(2)} s`,
     );
   });
-  const hotUpstream = upstreamTotal(before, await upstream.counts());
-  record('hotUpstream', peer.name, hotUpstream);
-  if (hotUpstream > 0)
-    notes.push(`hot measures via ${peer.name}: ${hotUpstream} upstream requests`);
 }
 
 /**
@@ -1421,7 +1546,7 @@ async function coldRequestMeasures(nginx, fixture, settings, upstream, work, lau
 
 function measureRows(settings, fixture) {
   const big = `${settings.narMib} MiB`;
-  const wrk = `wrk -t${WRK_THREADS} -c${WRK_CONNECTIONS} -d${settings.wrkSeconds}s`;
+  const wrk = `wrk -t${WRK_THREADS} -c${WRK_CONNECTIONS} -d${settings.wrkSeconds}s, median of ${HOT_ROUNDS} alternating rounds`;
   const rate = settings.mbps > 0 ? `${settings.mbps} MB/s` : 'unthrottled';
   const lat = settings.latencyMs > 0 ? `, upstream +${settings.latencyMs} ms/request` : '';
   const closure = `${fixture.small.length + 1} small paths + one ${big} path`;
@@ -1670,8 +1795,7 @@ async function benchMain() {
       await coldRequestMeasures(nginx, fixture, settings, upstream, workDir, launch);
     }
     if (settings.run.hot) {
-      for (const peer of peers) await hotMeasures(peer, fixture, settings, upstream, workDir);
-      await bareNodeMeasure(peers, fixture, settings);
+      await hotMeasures(peers, fixture, settings, upstream, workDir);
     }
     if (settings.run.herd) {
       for (const peer of peers) await coldHerd(peer, fixture, upstream, encodeNix32);
