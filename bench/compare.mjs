@@ -28,8 +28,9 @@
 //              then one cold client of another big NAR vs. the same download straight from upstream.
 //   closure    a real `nix copy` of a closure of BENCH_CLOSURE_PATHS small paths + a top path + one
 //              big path into a fresh store with a fresh client cache: cold (straight from the
-//              upstream, through nginx, through narwhal), then warm (through each peer): five copies
-//              in a row, the first and the median reported (the first is a just-started narwhal's).
+//              upstream, through nginx, through narwhal), then warm: five copies through each peer,
+//              the peers taking turns, the first and the median reported (the first is a
+//              just-started narwhal's).
 //   cold-closure  only the cold copies, with the upstream adding 20 ms per request by default
 //              (issue 15's setup: "a cache across a continent"), then two more cold copies through
 //              narwhal with part of its prefetch off (narinfos only, none) to show what each part
@@ -1391,50 +1392,68 @@ async function closureMeasures(peers, fixture, settings, upstream, work, launch)
       });
     }
   }
-  if (settings.run.closureWarm) {
-    for (const peer of peers) {
-      await attempt(
-        'warm nix copy',
-        ['closureWarm', 'closureWarmMedian', 'closureWarmCpu'],
-        peer.name,
-        async () => {
-          // Warm: every narinfo and NAR of the closure is in the peer's cache.
-          const agent = new Agent({ keepAlive: true, maxSockets: 8 });
-          const all = [fixture.top, fixture.blob, ...fixture.small];
-          await Promise.all(
-            Array.from({ length: 8 }, async (_, w) => {
-              for (let i = w; i < all.length; i += 8) {
-                const url = await narUrlVia(peer, all[i]);
-                if (all[i] === fixture.blob) await warmNar(peer, url, all[i].fileSize);
-                else await getOk(url, { agent });
-              }
-            }),
-          );
-          agent.destroy();
-          await sleep(500); // let the last small NARs land in storage
-          const before = await upstream.counts();
-          // The first copy, then more: a process that has just started (narwhal's JIT) is slower the
-          // first time through its hot path than one that has been serving for a while.
-          const times = [];
-          const cpu0 = peer.cpuSeconds();
-          for (let i = 0; i < WARM_COPIES; i++) {
-            times.push(await nixCopy(peer.name, peer.base, fixture, settings, work, 'warm'));
+  if (settings.run.closureWarm) await warmCopies(peers, fixture, settings, upstream, work);
+}
+
+/**
+ * Warm copies: every narinfo and NAR of the closure in each peer's cache, then WARM_COPIES copies
+ * through each, the peers taking turns (nginx, narwhal, narwhal, nginx, …; see wrkRounds for why).
+ * Per peer: its first copy (narwhal's first is a just-started process's: its JIT has not compiled
+ * the hot path yet), the median copy, and its CPU time per copy.
+ */
+async function warmCopies(peers, fixture, settings, upstream, work) {
+  const ids = ['closureWarm', 'closureWarmMedian', 'closureWarmCpu'];
+  const ready = [];
+  for (const peer of peers) {
+    await attempt('warm nix copy', ids, peer.name, async () => {
+      const agent = new Agent({ keepAlive: true, maxSockets: 8 });
+      const all = [fixture.top, fixture.blob, ...fixture.small];
+      await Promise.all(
+        Array.from({ length: 8 }, async (_, w) => {
+          for (let i = w; i < all.length; i += 8) {
+            const url = await narUrlVia(peer, all[i]);
+            if (all[i] === fixture.blob) await warmNar(peer, url, all[i].fileSize);
+            else await getOk(url, { agent });
           }
-          // CPU time moves less than wall time with what the host's other tenants do.
-          record('closureWarmCpu', peer.name, ((peer.cpuSeconds() - cpu0) / WARM_COPIES) * 1e3);
-          const secs = times[0];
-          const reqs = upstreamTotal(before, await upstream.counts());
-          record('closureWarm', peer.name, secs);
-          record(
-            'closureWarmMedian',
-            peer.name,
-            [...times].sort((a, b) => a - b)[WARM_COPIES >> 1],
-          );
-          if (reqs > 0) notes.push(`warm nix copy via ${peer.name}: ${reqs} upstream requests`);
-          log(`warm nix copies via ${peer.name}: ${times.map((t) => t.toFixed(2)).join(', ')} s`);
-        },
+        }),
       );
+      agent.destroy();
+      ready.push(peer);
+    });
+  }
+  if (ready.length === 0) return;
+  await sleep(500); // let the last small NARs land in storage
+  const before = await upstream.counts();
+  const times = new Map(ready.map((p) => [p.name, []]));
+  const cpu = new Map(ready.map((p) => [p.name, 0]));
+  const failed = new Map();
+  for (let i = 0; i < WARM_COPIES; i++) {
+    for (const peer of roundOrder(ready, i)) {
+      if (failed.has(peer.name)) continue;
+      try {
+        const cpu0 = peer.cpuSeconds();
+        times
+          .get(peer.name)
+          .push(await nixCopy(peer.name, peer.base, fixture, settings, work, 'warm'));
+        cpu.set(peer.name, cpu.get(peer.name) + peer.cpuSeconds() - cpu0);
+      } catch (e) {
+        failed.set(peer.name, e);
+      }
     }
+  }
+  const reqs = upstreamTotal(before, await upstream.counts());
+  if (reqs > 0) notes.push(`warm nix copies: ${reqs} upstream requests (all peers)`);
+  for (const peer of ready) {
+    await attempt('warm nix copy', ids, peer.name, async () => {
+      const failure = failed.get(peer.name);
+      if (failure) throw failure;
+      const ts = times.get(peer.name);
+      // CPU time moves less than wall time with what the host's other tenants do.
+      record('closureWarmCpu', peer.name, (cpu.get(peer.name) / WARM_COPIES) * 1e3);
+      record('closureWarm', peer.name, ts[0]);
+      record('closureWarmMedian', peer.name, median(ts));
+      log(`warm nix copies via ${peer.name}: ${ts.map((t) => t.toFixed(2)).join(', ')} s`);
+    });
   }
 }
 
@@ -1634,7 +1653,7 @@ function measureRows(settings, fixture) {
     ['closureWarm', `warm nix copy, ${closure}, fresh store and client cache`, 's', 'lower', 2],
     [
       'closureWarmMedian',
-      `warm nix copy, median of ${WARM_COPIES} in a row (a process serving for a while)`,
+      `warm nix copy, median of ${WARM_COPIES}, peers taking turns (a process serving for a while)`,
       's',
       'lower',
       2,
