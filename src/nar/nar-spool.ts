@@ -107,7 +107,11 @@ export class NarSpool extends EventEmitter {
         }
         const write = this.writeAll(chunk, queued);
         queued += chunk.length;
-        landed = Promise.all([landed, write]).then(() => {
+        // Settles only once this write and every one before it have: after a failure, waiting
+        // for `landed` still waits for the writes in flight.
+        landed = Promise.allSettled([landed, write]).then(([before, own]) => {
+          if (before.status === 'rejected') throw before.reason;
+          if (own.status === 'rejected') throw own.reason;
           this.remember(chunk);
           this.written += chunk.length;
           check.grew(this.written, chunk);

@@ -9,6 +9,7 @@ import { type Compression } from './compression';
 import { asyncXzIdle, canDecompress, createNarDecompressor } from './decompress';
 import { parseNarInfo } from './narinfo';
 import { sha256Nix32 } from './hash';
+import { withWrongCrc64 } from '../../test/support/xz';
 
 /** Feeds `input` in `chunkSize` pieces through a fresh decoder and collects the output. */
 async function decode(
@@ -123,18 +124,6 @@ describe('createNarDecompressor', () => {
     }, 30_000);
   });
 });
-
-/**
- * `file` (one .xz stream with one block and a CRC64 check) with that check changed: the data
- * decodes as before, only xz's own integrity check fails. The stream footer's Backward Size gives
- * the index's length; the block's check is the 8 bytes before the index.
- */
-function withWrongCrc64(file: Buffer): Buffer {
-  const out = Buffer.from(file);
-  const indexBytes = (out.readUInt32LE(out.length - 8) + 1) * 4;
-  out[out.length - 12 - indexBytes - 8] ^= 0xff;
-  return out;
-}
 
 describe("xz's own integrity check (CRC64)", () => {
   it.each([false, true])(
