@@ -4,7 +4,7 @@ import { FrontDoor, type HotAnswer, type HotFile, type OpenHotFile } from '../co
 import { APP_CONFIG, type AppConfig } from '../config/app-config';
 import { MetricsService } from '../metrics/metrics.service';
 import { NAR_CONTENT_TYPE } from './nar.controller';
-import { NarService } from './nar.service';
+import { StoredNars } from './stored-nars';
 import { openForLane, sendfileSupport } from './sendfile';
 import { StallGuard } from './stall-guard';
 import type { RememberedFile } from './stored-nar-memory';
@@ -27,7 +27,7 @@ const HEADERS = [
 export class NarHotPath implements OnModuleInit {
   constructor(
     private readonly adapterHost: HttpAdapterHost,
-    private readonly nars: NarService,
+    private readonly nars: StoredNars,
     private readonly metrics: MetricsService,
     private readonly stalls: StallGuard,
     @Inject(APP_CONFIG) private readonly config: AppConfig,

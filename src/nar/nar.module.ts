@@ -12,6 +12,7 @@ import { PeerClient } from './peer-client';
 import { StallGuard } from './stall-guard';
 import { StoredNarCheck } from './stored-nar-check';
 import { RememberedNars } from './stored-nar-memory';
+import { StoredNars } from './stored-nars';
 import { VerificationModule } from './verification/verification.module';
 
 @Module({
@@ -19,6 +20,7 @@ import { VerificationModule } from './verification/verification.module';
   controllers: [NarController],
   providers: [
     NarService,
+    StoredNars,
     NarFetcher,
     ActiveDownloads,
     PeerClient,

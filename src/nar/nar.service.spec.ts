@@ -17,6 +17,7 @@ import { StallGuard } from './stall-guard';
 import { PeerClient } from './peer-client';
 import { VERIFIER_POOL_PROVIDER } from './verification/verifier-pool';
 import { StoredFile } from './stored-file';
+import { StoredNars } from './stored-nars';
 import { REMEMBER_MS, RememberedNars, STALE_ANSWER_MS } from './stored-nar-memory';
 
 /**
@@ -28,6 +29,7 @@ import { REMEMBER_MS, RememberedNars, STALE_ANSWER_MS } from './stored-nar-memor
 const t = useServiceModule(
   [
     NarService,
+    StoredNars,
     NarFetcher,
     ActiveDownloads,
     PeerClient,
@@ -43,6 +45,7 @@ const t = useServiceModule(
   },
 );
 const service = () => t.module.get(NarService);
+const stored = () => t.module.get(StoredNars);
 const active = () => t.module.get(ActiveDownloads);
 const narPath = (f: StorePathFixture) => `/nar/${f.narName}`;
 const peerPath = (f: StorePathFixture) => `/_narwhal/downloads/${f.narName}`;
@@ -110,7 +113,7 @@ describe('NarService: a small NAR held in memory, past its TTL', () => {
     await putStored(f);
     const first = await service().get(f.narName);
     expect(Buffer.isBuffer(first.body) && first.body.equals(f.file)).toBe(true);
-    expect(service().rememberedBytes(f.narName)?.equals(f.file)).toBe(true);
+    expect(stored().rememberedBytes(f.narName)?.equals(f.file)).toBe(true);
     const find = vi.spyOn(t.module.narFiles, 'find');
     const realNow = Date.now.bind(Date);
     let offset = 0;
@@ -119,8 +122,8 @@ describe('NarService: a small NAR held in memory, past its TTL', () => {
     try {
       // Past its TTL: answered at once, and the row is read once in the background.
       offset = REMEMBER_MS + 1_000;
-      expect(service().rememberedBytes(f.narName)?.equals(f.file)).toBe(true);
-      expect(service().rememberedBytes(f.narName)?.equals(f.file)).toBe(true);
+      expect(stored().rememberedBytes(f.narName)?.equals(f.file)).toBe(true);
+      expect(stored().rememberedBytes(f.narName)?.equals(f.file)).toBe(true);
       await eventually(
         () => memory.lookup(f.narName, Date.now())?.stale === false,
         5000,
@@ -132,16 +135,16 @@ describe('NarService: a small NAR held in memory, past its TTL', () => {
       // it is forgotten and the next request goes to the database.
       await t.module.narFiles.markMissing(f.narName);
       offset += REMEMBER_MS + 1_000;
-      expect(service().rememberedBytes(f.narName)?.equals(f.file)).toBe(true);
+      expect(stored().rememberedBytes(f.narName)?.equals(f.file)).toBe(true);
       await eventually(() => memory.lookup(f.narName, Date.now()) === undefined, 5000, 'forgotten');
-      expect(service().rememberedBytes(f.narName)).toBeUndefined();
+      expect(stored().rememberedBytes(f.narName)).toBeUndefined();
 
       // Idle for longer than the stale window: not answered from memory at all.
       await t.module.narFiles.markStored(f.narName, f.file.length);
       const again = await service().get(f.narName);
       expect(again.source).toBe('storage');
       offset += REMEMBER_MS + STALE_ANSWER_MS;
-      expect(service().rememberedBytes(f.narName)).toBeUndefined();
+      expect(stored().rememberedBytes(f.narName)).toBeUndefined();
     } finally {
       clock.mockRestore();
     }

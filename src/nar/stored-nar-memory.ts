@@ -43,7 +43,7 @@ export interface RememberedNar {
   checking?: boolean;
 }
 
-/** A stored NAR's size and how to open its file (see NarService.rememberedFile). */
+/** A stored NAR's size and how to open its file (see StoredNars.rememberedFile). */
 export interface RememberedFile {
   size: number;
   open(): Promise<FileHandle | undefined>;
