@@ -11,7 +11,6 @@ import { DocumentStore, documentKeys } from '../documents/document-store';
 import { MAX_LISTING_BYTES } from '../documents/listing.service';
 import { MAX_LOG_BYTES } from '../documents/log.service';
 import { MAX_REALISATION_BYTES } from '../documents/realisation.service';
-import type { NarInfoEntity } from '../database/entities';
 import { NarFileRepository } from '../database/nar-file.repository';
 import { NarInfoRepository } from '../database/narinfo.repository';
 import { uploadOrigin } from '../database/upload-origin';
@@ -23,16 +22,15 @@ import { StoredNarCheck } from '../nar/stored-nar-check';
 import { VerifierPool } from '../nar/verification/verifier-pool';
 import { NarInfoService } from '../narinfo/narinfo.service';
 import { parseNarFileName } from '../nix/compression';
-import { canDecompress } from '../nix/decompress';
 import { InvalidHashError, NixFormatError, quoteForError } from '../nix/errors';
-import { narInfoFingerprint } from '../nix/fingerprint';
 import { isNarListing } from '../nix/nar-listing';
-import { parseNarInfo, type NarInfo } from '../nix/narinfo';
+import type { NarInfo } from '../nix/narinfo';
 import { parseRealisation, parseRealisationPath } from '../nix/realisation';
-import { isStorePathHash, parseStorePath, parseStorePathBaseName } from '../nix/store-path';
+import { isStorePathHash, parseStorePathBaseName } from '../nix/store-path';
 import { verifyFingerprint, type PublicKey } from '../signing/keys';
 import { NAR_STORE, type NarStore } from '../storage/nar-store';
 import { declaredLength, readUpload, uploadBody } from './upload-body';
+import { parseUploadedNarInfo, sameNarInfo } from './uploaded-narinfo';
 
 /** What an upload did: stored it, or found the very same already here (nothing changed). */
 export type UploadOutcome = 'stored' | 'exists';
@@ -146,7 +144,10 @@ export class UploadService {
         maxBytes: MAX_NARINFO_BYTES,
         idleMs: this.idleMs,
       });
-      const { narInfo, narKey } = this.parseUploaded(hash, body.toString('utf8'));
+      const { narInfo, narKey } = parseUploadedNarInfo(hash, body.toString('utf8'), {
+        storeDir: this.config.storeDir,
+        trustedKeys: this.config.access.requireTrustedSignature ? this.trustedKeys : undefined,
+      });
       const ttl = this.config.lock.downloadTtlMs;
       // The lock of a lookup of this hash too: no upstream answer is stored meanwhile.
       return this.locks.withLock(narInfoLockKey(hash), ttl, 'narinfo', async () => {
@@ -279,48 +280,6 @@ export class UploadService {
   }
 
   /**
-   * An uploaded narinfo, checked for itself: well-formed, for the path its name says, with a
-   * FileHash and a URL naming the NAR uploaded under that FileHash, and — when required — signed by a
-   * trusted key. Resolves it and the key of its NAR.
-   */
-  private parseUploaded(hash: string, text: string): { narInfo: NarInfo; narKey: string } {
-    const what = `${hash}.narinfo`;
-    const storeDir = this.config.storeDir;
-    const narInfo = parseNarInfo(text, { storeDir }); // 400 when malformed
-    if (parseStorePath(narInfo.storePath, storeDir).hash !== hash) {
-      throw new UploadRejectedError(`${what} describes another path (${narInfo.storePath})`);
-    }
-    if (narInfo.fileHash === undefined) {
-      throw new UploadRejectedError(`${what} has no FileHash (its NAR is uploaded under it)`);
-    }
-    const fileHash = narInfo.fileHash.slice('sha256:'.length);
-    const name = /^nar\/([^/]+)$/.exec(narInfo.url)?.[1];
-    let named: { hash: string } | undefined;
-    try {
-      named = name === undefined ? undefined : parseNarFileName(name);
-    } catch {
-      named = undefined;
-    }
-    if (!named || named.hash !== fileHash || !narInfo.fileHash.startsWith('sha256:')) {
-      throw new UploadRejectedError(
-        `${what}: URL ${quoteForError(narInfo.url)} is not nar/<FileHash>.nar[.<ext>]`,
-      );
-    }
-    if (!canDecompress(narInfo.compression)) {
-      throw new UploadRejectedError(
-        `${what}: narwhal cannot decompress ${narInfo.compression} to check NarHash; upload NARs compressed with xz, zstd, br, gzip or none`,
-      );
-    }
-    if (this.config.access.requireTrustedSignature) {
-      const fingerprint = narInfoFingerprint(narInfo, storeDir);
-      if (!narInfo.sigs.some((s) => verifyFingerprint(s, fingerprint, this.trustedKeys))) {
-        throw new UploadRejectedError(`${what} has no signature by a trusted key`);
-      }
-    }
-    return { narInfo, narKey: name! };
-  }
-
-  /**
    * Checks that the NAR a narinfo names is here and is what the narinfo says: its size, and —
    * decompressed in a verifier thread, under the NAR's lock — its NarHash and NarSize, unless they
    * are known already (checked for an earlier narinfo, or signed by a trusted upstream for a NAR
@@ -395,23 +354,5 @@ function checkHash(hash: string): void {
 function isRejection(e: unknown): boolean {
   return (
     e instanceof UploadRejectedError || e instanceof ConflictError || e instanceof NixFormatError
-  );
-}
-
-/**
- * True when an uploaded narinfo says what the stored one says (its signatures aside: narwhal adds
- * its own, and an upload may carry other ones).
- */
-function sameNarInfo(row: NarInfoEntity, n: NarInfo): boolean {
-  const refs = (list: string[]) => [...list].sort().join(' ');
-  return (
-    row.storePath === n.storePath &&
-    row.narHash === n.narHash &&
-    row.narSize === n.narSize &&
-    (row.fileHash ?? undefined) === n.fileHash &&
-    row.compression === n.compression &&
-    refs(row.references.map((r) => r.reference)) === refs(n.references) &&
-    (row.deriver ?? undefined) === n.deriver &&
-    (row.ca ?? undefined) === n.ca
   );
 }
