@@ -51,7 +51,12 @@ export type DownloadState = 'streaming' | 'verified' | 'failed';
 export class NarSpool extends EventEmitter {
   state: DownloadState = 'streaming';
   error?: Error;
-  /** Bytes written to the spool. */
+  /**
+   * Bytes received from the upstream, readable at once: those not yet in the spool file (at most
+   * MAX_WRITES_AHEAD, past `written`) are among the recent chunks in memory until they are.
+   */
+  arrived = 0;
+  /** Bytes written to the spool file. */
   written = 0;
   readonly path: string;
   private handle?: FileHandle;
@@ -82,17 +87,20 @@ export class NarSpool extends EventEmitter {
   }
 
   /**
-   * Copies `body` into the spool while `check` (a verifier thread reading the spool at its own pace)
-   * verifies it; resolves once verified (readers may finish), rejects (and fails every reader)
-   * otherwise — at once when the check fails mid-way (e.g. a decompression bomb) or the body runs
-   * past the announced length. The spool file stays for the caller to commit.
+   * Copies `body` into the spool while `check` verifies it; resolves once it is verified (readers
+   * may finish) and every byte is in the spool file, rejects (and fails every reader) otherwise — at
+   * once when the check fails mid-way (e.g. a decompression bomb) or the body runs past the
+   * announced length. The spool file stays for the caller to commit.
+   *
+   * Readers get each chunk as it arrives, from memory; it is written to the file meanwhile (see
+   * MAX_WRITES_AHEAD). A check that reads the spool file (a verifier thread) is told of each chunk
+   * once it and every one before it are in the file; one that takes the chunks themselves
+   * (`checksChunks`: a small NAR, checked on this thread) as they arrive, so that a small NAR's
+   * last byte does not wait for the file.
    */
   async receive(body: AsyncIterable<Buffer>, check: SpoolCheck): Promise<void> {
     const chunks = body[Symbol.asyncIterator]();
     const failFast = new FailFast(check.failed);
-    // Chunks are written while the next ones are read (see MAX_WRITES_AHEAD); each counts as
-    // written — for readers and the check — once it and every chunk before it are in the file.
-    let queued = 0;
     let landed: Promise<void> = Promise.resolve();
     try {
       this.handle = await open(this.path, 'wx+', 0o600);
@@ -100,36 +108,35 @@ export class NarSpool extends EventEmitter {
         const next = await failFast.wait(chunks.next());
         if (next.done) break;
         const chunk = next.value;
-        if (this.length !== undefined && queued + chunk.length > this.length) {
+        if (this.length !== undefined && this.arrived + chunk.length > this.length) {
           throw new DownloadFailedError(
             `upstream sent more than the ${this.length} bytes announced`,
           );
         }
-        const write = this.writeAll(chunk, queued);
-        queued += chunk.length;
+        const write = this.writeAll(chunk, this.arrived);
+        this.remember(chunk);
+        this.arrived += chunk.length;
+        if (check.checksChunks) check.grew(this.arrived, chunk);
         // Settles only once this write and every one before it have: after a failure, waiting
         // for `landed` still waits for the writes in flight.
         landed = Promise.allSettled([landed, write]).then(([before, own]) => {
           if (before.status === 'rejected') throw before.reason;
           if (own.status === 'rejected') throw own.reason;
-          this.remember(chunk);
           this.written += chunk.length;
-          check.grew(this.written, chunk);
-          this.emit('progress');
+          if (!check.checksChunks) check.grew(this.written, chunk);
         });
         landed.catch(() => undefined); // awaited below; a failed write is not unhandled meanwhile
-        if (queued - this.written > MAX_WRITES_AHEAD) await failFast.wait(landed);
+        this.emit('progress');
+        if (this.arrived - this.written > MAX_WRITES_AHEAD) await failFast.wait(landed);
       }
-      await failFast.wait(landed);
       this.received = true;
       this.emit('progress');
-      if (this.length !== undefined && this.length !== this.written) {
-        throw new DownloadFailedError(`upstream sent ${this.written} of ${this.length} bytes`);
+      if (this.length !== undefined && this.length !== this.arrived) {
+        throw new DownloadFailedError(`upstream sent ${this.arrived} of ${this.length} bytes`);
       }
-      await check.finish(this.written);
-      this.length = this.written;
-      this.state = 'verified';
-      this.emit('progress');
+      if (check.checksChunks) await this.verified(check);
+      await failFast.wait(landed);
+      if (!check.checksChunks) await this.verified(check);
     } catch (e) {
       check.abandon();
       const error = asDownloadError(e);
@@ -137,6 +144,35 @@ export class NarSpool extends EventEmitter {
       await landed.catch(() => undefined); // no write of this spool runs after receive settles
       throw error;
     }
+  }
+
+  /** Waits for `check` to pass on all that arrived; then readers may have the last byte. */
+  private async verified(check: SpoolCheck): Promise<void> {
+    await check.finish(this.arrived);
+    this.length = this.arrived;
+    this.state = 'verified';
+    this.emit('progress');
+  }
+
+  /** Verified, and every byte in the spool file (what sendfile may send from it). */
+  get inFile(): boolean {
+    return this.state === 'verified' && this.written === this.arrived;
+  }
+
+  /**
+   * A copy of the whole verified NAR when it is among the first chunks kept in memory (see
+   * HEAD_BYTES), else undefined: a small NAR just downloaded is remembered without reading it back.
+   */
+  wholeInMemory(): Buffer | undefined {
+    if (this.state !== 'verified' || this.arrived > HEAD_BYTES) return undefined;
+    let held = 0;
+    for (const { chunk } of this.head) held += chunk.length;
+    return held === this.arrived
+      ? Buffer.concat(
+          this.head.map((h) => h.chunk),
+          held,
+        )
+      : undefined;
   }
 
   /** Marks the download failed before any byte (or mid-way); readers end with the error. */
@@ -196,7 +232,7 @@ export class NarSpool extends EventEmitter {
     return this.handle?.fd;
   }
 
-  /** Reads spool bytes at `offset` (only what `readableBytes` allows). */
+  /** Reads spool bytes at `offset` (only what is in the file: below `written`). */
   async readAt(buf: Buffer, offset: number): Promise<number> {
     if (!this.handle) return 0;
     const { bytesRead } = await this.handle.read(buf, 0, buf.length, offset);
@@ -223,19 +259,24 @@ export class NarSpool extends EventEmitter {
 
   /** Bytes a reader may have now: all once verified, else all but the last. */
   get readableBytes(): number {
-    return this.state === 'verified' ? this.written : Math.max(0, this.written - 1);
+    return this.state === 'verified' ? this.arrived : Math.max(0, this.arrived - 1);
   }
 
+  /**
+   * Keeps a chunk that has just arrived among the recent ones (and the head), dropping the oldest
+   * beyond RECENT_BYTES — only chunks already in the file: one that is not is read from here.
+   */
   private remember(chunk: Buffer): void {
     if (chunk.length === 0) return;
-    if (this.written < HEAD_BYTES) this.head.push({ offset: this.written, chunk });
-    this.recent.push({ offset: this.written, chunk });
+    if (this.arrived < HEAD_BYTES) this.head.push({ offset: this.arrived, chunk });
+    this.recent.push({ offset: this.arrived, chunk });
     this.recentBytes += chunk.length;
-    while (
-      this.recent.length > 1 &&
-      this.recentBytes - this.recent[0].chunk.length >= RECENT_BYTES
-    ) {
-      this.recentBytes -= this.recent.shift()!.chunk.length;
+    for (;;) {
+      const oldest = this.recent[0];
+      if (this.recent.length <= 1 || this.recentBytes - oldest.chunk.length < RECENT_BYTES) break;
+      if (oldest.offset + oldest.chunk.length > this.written) break;
+      this.recentBytes -= oldest.chunk.length;
+      this.recent.shift();
     }
   }
 
@@ -258,7 +299,8 @@ export class NarSpool extends EventEmitter {
     this.spoolClosed = true;
     this.recent.length = 0;
     this.recentBytes = 0;
-    this.head.length = 0;
+    // A verified small NAR's chunks stay for wholeInMemory (as long as this spool is referenced).
+    if (this.state !== 'verified' || this.arrived > HEAD_BYTES) this.head.length = 0;
     const h = this.handle;
     this.handle = undefined;
     await h?.close().catch(() => undefined);

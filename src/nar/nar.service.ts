@@ -217,7 +217,13 @@ export class NarService {
       const started = await this.fetcher.start(name, row);
       started.finished.then(
         (stored) =>
-          stored ? this.stored.rememberDownloaded(name, started.spool.written) : undefined,
+          stored
+            ? this.stored.rememberDownloaded(
+                name,
+                started.spool.written,
+                started.spool.wholeInMemory(),
+              )
+            : undefined,
         () => undefined, // reported where the download is awaited
       );
       return { kind: 'local', download: this.active.add(started, release) };

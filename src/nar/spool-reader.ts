@@ -93,7 +93,7 @@ export class SpoolReader extends Readable implements DirectBody {
     return chunks.then(async (sent) => {
       if (!handOff) return sent;
       try {
-        const end = Math.min(this.limit, this.spool.written);
+        const end = Math.min(this.limit, this.spool.arrived);
         const rest = await sendRestWithSendfile(
           res,
           this.spool.fd,
@@ -113,17 +113,17 @@ export class SpoolReader extends Readable implements DirectBody {
   }
 
   /**
-   * Whether what is left goes out by sendfile: the download verified, the spool open, SENDFILE_MIN_BYTES
-   * or more left, and a sendfile slot free (taken here; sendTo gives it back).
+   * Whether what is left goes out by sendfile: the download verified and all in the spool file,
+   * the spool open, SENDFILE_MIN_BYTES or more left, and a sendfile slot free (taken here; sendTo gives it back).
    */
   private mayHandOff(): boolean {
-    const left = Math.min(this.limit, this.spool.written) - this.offset;
+    const left = Math.min(this.limit, this.spool.arrived) - this.offset;
     return (
       // A reader that joins a verified download writes its first chunk (and with it the head)
       // itself: sendfile may only follow bytes node:http has put on the socket.
       this.target !== undefined &&
       headOnSocket(this.target) &&
-      this.spool.state === 'verified' &&
+      this.spool.inFile &&
       this.spool.fd !== undefined &&
       left >= SENDFILE_MIN_BYTES &&
       takeSendfileSlot()
@@ -160,7 +160,10 @@ export class SpoolReader extends Readable implements DirectBody {
           this.offset += recent.length;
           return recent;
         }
-        const want = Math.min(into?.length ?? READ_CHUNK, visible - this.offset);
+        // Bytes not among the recent chunks are in the file (see NarSpool.remember).
+        const inFile = Math.min(visible, d.written) - this.offset;
+        if (inFile <= 0) throw new Error('spool bytes neither in memory nor in the file');
+        const want = Math.min(into?.length ?? READ_CHUNK, inFile);
         const buf = into ?? Buffer.allocUnsafe(want);
         const n = await d.readAt(want === buf.length ? buf : buf.subarray(0, want), this.offset);
         if (n === 0) throw new Error('spool ended early');

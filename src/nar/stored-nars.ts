@@ -206,17 +206,20 @@ export class StoredNars {
    * now, so that the next GET of it is a hot hit (in the fast lane: from memory, or by sendfile)
    * rather than a database lookup in node:http. Its clients were sent the download itself, so
    * without this a `nix copy` of a closure it had just fetched handed its connection to node:http
-   * at the first such NAR, and every request after it went there too. A small NAR of a local store
-   * is read back into memory (it was just written: the page cache has it); an S3 object is not
-   * read back (the next GET skips the database, then reads it once).
+   * at the first such NAR, and every request after it went there too. A small NAR is kept in
+   * memory: `bytes`, the download's own (verified) bytes when it still had them; else one of a
+   * local store is read back (it was just written: the page cache has it), and an S3 object is not
+   * (the next GET skips the database, then reads it once).
    */
-  async rememberDownloaded(name: string, size: number): Promise<void> {
+  async rememberDownloaded(name: string, size: number, bytes?: Buffer): Promise<void> {
     const now = Date.now();
     this.memory.remember(name, size, now, now);
-    if (!this.store.openFile || !this.memory.fits(size)) return;
+    if (!this.memory.fits(size)) return;
+    if (bytes?.length === size) return this.memory.keepBytes(name, bytes);
+    if (!this.store.openFile) return;
     try {
-      const bytes = await readWhole(await this.store.read(name), size);
-      if (bytes) this.memory.keepBytes(name, bytes);
+      const read = await readWhole(await this.store.read(name), size);
+      if (read) this.memory.keepBytes(name, read);
     } catch {
       // Not readable now: the next GET reads it (or finds it gone) the usual way.
     }

@@ -21,8 +21,13 @@ export interface NarCheck {
 
 /** Checks a file that grows as a download is spooled to it. */
 export interface SpoolCheck extends NarCheck {
-  /** The spool now holds `size` bytes, the last of them `chunk`. */
+  /**
+   * The spool now holds `size` bytes, the last of them `chunk`: in its file (for a check that
+   * reads the file), or arrived (for one that `checksChunks`).
+   */
   grew(size: number, chunk: Buffer): void;
+  /** True when the check takes the chunks handed to `grew`, not the spool file: it may have them before they are in the file. */
+  readonly checksChunks?: boolean;
 }
 
 /** Work on chunks handed to it (a stored object read from storage). */
@@ -293,6 +298,7 @@ function checkOnThisThread(expect: NarExpectations): SpoolCheck {
   let abandoned = false;
   return {
     failed,
+    checksChunks: true,
     grew: (_size, chunk) => {
       fed = fed.then(() => (abandoned ? undefined : verifier.update(chunk)));
       fed.catch((e: Error) => failEarly(e));
