@@ -70,9 +70,18 @@ export class NarFetcher {
       throw new DownloadFailedError(`${name} was refused lately: ${failed.why}`);
     }
     const source = await this.resolveSource(name, row);
-    const { url, body, length: upstreamLength } = await this.openUpstream(name, source.urls);
     const expect = source.expect;
-    const spool = new NarSpool(name, this.store.spool, expect.fileSize ?? upstreamLength);
+    const spool = new NarSpool(name, this.store.spool, expect.fileSize);
+    void spool.open(); // the spool file is made while the upstream answers
+    let opened: Awaited<ReturnType<NarFetcher['openUpstream']>>;
+    try {
+      opened = await this.openUpstream(name, source.urls);
+    } catch (e) {
+      await spool.finishWriting(true);
+      throw e;
+    }
+    const { url, body, length: upstreamLength } = opened;
+    spool.length ??= upstreamLength;
     if (!checksContent(expect)) {
       this.logger.warn(
         `${name}: ${expect.compression} NAR without FileHash cannot be verified; checking its size only`,

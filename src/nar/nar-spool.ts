@@ -60,6 +60,8 @@ export class NarSpool extends EventEmitter {
   written = 0;
   readonly path: string;
   private handle?: FileHandle;
+  /** Creating the spool file, once started (see `open`). */
+  private opening?: Promise<FileHandle>;
   /** Set once the upstream body has ended (before verification). */
   received = false;
   private users = 1; // the writer
@@ -103,7 +105,7 @@ export class NarSpool extends EventEmitter {
     const failFast = new FailFast(check.failed);
     let landed: Promise<void> = Promise.resolve();
     try {
-      this.handle = await open(this.path, 'wx+', 0o600);
+      this.handle = await this.open();
       for (;;) {
         const next = await failFast.wait(chunks.next());
         if (next.done) break;
@@ -144,6 +146,18 @@ export class NarSpool extends EventEmitter {
       await landed.catch(() => undefined); // no write of this spool runs after receive settles
       throw error;
     }
+  }
+
+  /**
+   * Creates the spool file (once; `receive` does it when nothing did before): the fetcher starts it
+   * while the upstream is still to answer, so that a small NAR's first byte does not wait for it.
+   */
+  open(): Promise<FileHandle> {
+    if (!this.opening) {
+      this.opening = open(this.path, 'wx+', 0o600);
+      this.opening.catch(() => undefined); // reported by receive, or ignored by finishWriting
+    }
+    return this.opening;
   }
 
   /** Waits for `check` to pass on all that arrived; then readers may have the last byte. */
@@ -200,6 +214,9 @@ export class NarSpool extends EventEmitter {
 
   /** The writer is done with the spool (committed or discarded). */
   async finishWriting(discardSpool: boolean): Promise<void> {
+    // A file still being created is closed (release) and deleted only once it exists.
+    const opened = await this.opening?.catch(() => undefined);
+    if (opened && !this.handle && !this.spoolClosed) this.handle = opened;
     if (discardSpool) await unlink(this.path).catch(() => undefined);
     await this.release();
   }
