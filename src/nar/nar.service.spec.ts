@@ -208,6 +208,23 @@ describe('NarService: a NAR not stored yet', () => {
     expect(await listFiles(t.module.store.spool.dir)).toEqual([]);
   });
 
+  it('once a small one is downloaded and stored, it is remembered from its own bytes, not read back', async () => {
+    const f = await makeStorePath([t.keyA], { size: 2_000 });
+    await t.recordNarInfo(f, t.primary);
+    t.primary.publish(f);
+    const read = vi.spyOn(t.module.store, 'read');
+
+    const res = await service().get(f.narName);
+    expect(res.source).toBe('download');
+    expect((await readAll(res.body)).equals(f.file)).toBe(true);
+    await downloadsSettled();
+    await eventually(() => stored().rememberedBytes(f.narName) !== undefined, 5_000, 'remembered');
+
+    expect(stored().rememberedBytes(f.narName)?.equals(f.file)).toBe(true);
+    expect((await storedBytes(f))?.equals(f.file)).toBe(true); // and stored all the same
+    expect(read.mock.calls.filter(([name]) => name === f.narName)).toHaveLength(1); // storedBytes'
+  });
+
   it('HEAD never starts a download; it answers from the row and an upstream HEAD', async () => {
     const f = await makeStorePath([t.keyA], { size: 100_000 });
     await t.recordNarInfo(f, t.primary);

@@ -218,9 +218,7 @@ export class NarService {
       started.finished.then(
         (stored) =>
           stored
-            ? this.stored.rememberDownloaded(
-                name,
-                started.spool.written,
+            ? this.stored.rememberDownloaded(name, started.spool.written, () =>
                 started.spool.wholeInMemory(),
               )
             : undefined,

@@ -207,15 +207,20 @@ export class StoredNars {
    * rather than a database lookup in node:http. Its clients were sent the download itself, so
    * without this a `nix copy` of a closure it had just fetched handed its connection to node:http
    * at the first such NAR, and every request after it went there too. A small NAR is kept in
-   * memory: `bytes`, the download's own (verified) bytes when it still had them; else one of a
+   * memory: the download's own (verified) bytes when `bytes` still has them; else one of a
    * local store is read back (it was just written: the page cache has it), and an S3 object is not
    * (the next GET skips the database, then reads it once).
    */
-  async rememberDownloaded(name: string, size: number, bytes?: Buffer): Promise<void> {
+  async rememberDownloaded(
+    name: string,
+    size: number,
+    bytes?: () => Buffer | undefined,
+  ): Promise<void> {
     const now = Date.now();
     this.memory.remember(name, size, now, now);
     if (!this.memory.fits(size)) return;
-    if (bytes?.length === size) return this.memory.keepBytes(name, bytes);
+    const own = bytes?.();
+    if (own?.length === size) return this.memory.keepBytes(name, own);
     if (!this.store.openFile) return;
     try {
       const read = await readWhole(await this.store.read(name), size);
