@@ -26,6 +26,8 @@
 //              piping to sha256sum: wall time, mean and max time to first body byte (as each curl
 //              saw it), upstream GETs of it (must be 1), sha256 of every body, the server's CPU time;
 //              then one cold client of another big NAR vs. the same download straight from upstream.
+//              Both in 3 rounds, each with big NARs of its own (cold once), the peers taking turns;
+//              each one's median round reported (upstream GETs: the most, bodies: the fewest).
 //   closure    a real `nix copy` of a closure of BENCH_CLOSURE_PATHS small paths + a top path + one
 //              big path into a fresh store with a fresh client cache: cold (straight from the
 //              upstream, through nginx, through narwhal), then warm: five copies through each peer,
@@ -236,6 +238,11 @@ const BARE = 'bare node:http';
 const SEQUENTIAL_DOWNLOADS = 20;
 const PARALLEL_DOWNLOADS = 16;
 const HERD_CLIENTS = 24;
+/**
+ * Rounds of the cold herd and of the one cold client, each round with a NAR of its own (a cold
+ * NAR is cold once), the peers taking turns (see roundOrder); the median round is reported.
+ */
+const COLD_ROUNDS = 3;
 const WARM_COPIES = 5;
 const WRK_THREADS = 2;
 const WRK_CONNECTIONS = 64;
@@ -457,8 +464,8 @@ let
 in {
   inherit blob;
   top = mk "narwhal-bench-top-${paths}" "mkdir $out; echo \${blob} \${toString small} > $out/refs";
-  herd = big "narwhal-bench-herd-${narMib}m";
-  single = big "narwhal-bench-single-${narMib}m";
+  herd = builtins.genList (i: big "narwhal-bench-herd-${narMib}m-\${toString i}") ${COLD_ROUNDS};
+  single = builtins.genList (i: big "narwhal-bench-single-${narMib}m-\${toString i}") ${COLD_ROUNDS};
 }
 `;
 }
@@ -493,7 +500,13 @@ async function readPathInfo(upstreamDir, storePath) {
 }
 
 async function fixtureIsComplete(dir, manifest) {
-  const all = [manifest.top, manifest.blob, manifest.herd, manifest.single, ...manifest.small];
+  const all = [
+    manifest.top,
+    manifest.blob,
+    ...manifest.herd,
+    ...manifest.single,
+    ...manifest.small,
+  ];
   for (const p of all) {
     const s = await stat(join(dir, 'upstream', p.url)).catch(() => null);
     if (!s || s.size !== p.fileSize) return false;
@@ -528,7 +541,7 @@ async function prepareFixture(settings, nixVersion) {
     await writeFile(nixFile, expr);
     log(
       `building the closure (${settings.closurePaths} small paths + ${settings.narMib} MiB, ` +
-        `and two more ${settings.narMib} MiB paths) with nix-build; once per expression`,
+        `and ${2 * COLD_ROUNDS} more ${settings.narMib} MiB paths) with nix-build; once per expression`,
     );
     const attrs = ['top', 'blob', 'herd', 'single'];
     const built = await runOk(
@@ -542,11 +555,12 @@ async function prepareFixture(settings, nixVersion) {
       if (!p) throw new Error(`nix-build printed no path ending in ${suffix}:\n${built.stdout}`);
       return p;
     };
+    const rounds = Array.from({ length: COLD_ROUNDS }, (_, i) => i);
     const paths = {
       top: find(`-narwhal-bench-top-${settings.closurePaths}`),
       blob: find(`-narwhal-bench-blob-${settings.narMib}m`),
-      herd: find(`-narwhal-bench-herd-${settings.narMib}m`),
-      single: find(`-narwhal-bench-single-${settings.narMib}m`),
+      herd: rounds.map((i) => find(`-narwhal-bench-herd-${settings.narMib}m-${i}`)),
+      single: rounds.map((i) => find(`-narwhal-bench-single-${settings.narMib}m-${i}`)),
     };
     const sk = join(tmp, 'upstream.sk');
     const pk = join(tmp, 'upstream.pk');
@@ -558,14 +572,14 @@ async function prepareFixture(settings, nixVersion) {
     const to =
       `file://${upstreamDir}?compression=xz&parallel-compression=true&compression-level=1` +
       `&secret-key=${sk}`;
-    await runOk('nix', ['copy', '--to', to, paths.top, paths.herd, paths.single], {
+    await runOk('nix', ['copy', '--to', to, paths.top, ...paths.herd, ...paths.single], {
       env,
       timeoutMs: 60 * 60_000,
     });
     const top = await readPathInfo(upstreamDir, paths.top);
     const blob = await readPathInfo(upstreamDir, paths.blob);
-    const herd = await readPathInfo(upstreamDir, paths.herd);
-    const single = await readPathInfo(upstreamDir, paths.single);
+    const herd = await Promise.all(paths.herd.map((p) => readPathInfo(upstreamDir, p)));
+    const single = await Promise.all(paths.single.map((p) => readPathInfo(upstreamDir, p)));
     const small = [];
     for (const ref of top.references) {
       const m = /^[0-9a-z]{32}-narwhal-bench-p(\d+)$/.exec(ref);
@@ -1239,62 +1253,110 @@ async function timedDownload(url, t0, expectHash, encodeNix32) {
   return { ttfb, done, ok, status: r.status };
 }
 
-async function coldHerd(peer, fixture, upstream, encodeNix32) {
-  const p = fixture.herd;
+/**
+ * One cold herd: HERD_CLIENTS curl clients at once for the cold NAR `p` through `peer`, after one
+ * client's narinfo. Resolves what it measured; rejects when the measure could not be made.
+ */
+async function coldHerdOnce(peer, p, upstream, encodeNix32) {
   log(
     `cold herd through ${peer.name}: ${HERD_CLIENTS} clients, one ${(p.fileSize / MiB).toFixed(1)} MiB .nar.xz`,
   );
-  const ids = ['herdWall', 'herdTtfbMean', 'herdTtfbMax', 'herdUpstreamGets', 'herdCorrect'];
-  await attempt('cold herd', ids, peer.name, async () => {
-    // Counted from before the narinfo: it may start the NAR's download (narwhal's NAR prefetch).
-    const before = await upstream.counts();
-    const url = await narUrlVia(peer, p); // a client reads the narinfo first, as Nix does
-    const cpu0 = peer.cpuSeconds();
-    const t0 = now();
-    const runs = await Promise.all(
-      Array.from({ length: HERD_CLIENTS }, () =>
-        curlDownload(url, t0, p.fileHash, encodeNix32).catch((e) => ({
-          ttfb: NaN,
-          done: msSince(t0),
-          ok: false,
-          status: e.message,
-        })),
-      ),
+  // Counted from before the narinfo: it may start the NAR's download (narwhal's NAR prefetch).
+  const before = await upstream.counts();
+  const url = await narUrlVia(peer, p); // a client reads the narinfo first, as Nix does
+  const cpu0 = peer.cpuSeconds();
+  const t0 = now();
+  const runs = await Promise.all(
+    Array.from({ length: HERD_CLIENTS }, () =>
+      curlDownload(url, t0, p.fileHash, encodeNix32).catch((e) => ({
+        ttfb: NaN,
+        done: msSince(t0),
+        ok: false,
+        status: e.message,
+      })),
+    ),
+  );
+  const wall = msSince(t0);
+  const cpu = peer.cpuSeconds() - cpu0;
+  const after = await upstream.counts();
+  const ttfbs = runs.map((r) => r.ttfb).filter(Number.isFinite);
+  const gets = (after[`/${p.url}`]?.get ?? 0) - (before[`/${p.url}`]?.get ?? 0);
+  const correct = runs.filter((r) => r.ok).length;
+  log(
+    `  wall ${(wall / 1000).toFixed(2)} s, ${gets} upstream GET(s), ${correct}/${HERD_CLIENTS} correct`,
+  );
+  if (gets !== 1) notes.push(`cold herd via ${peer.name}: ${gets} upstream GETs of the NAR`);
+  if (correct !== HERD_CLIENTS) {
+    const bad = runs.filter((r) => !r.ok).map((r) => r.status);
+    errors.push(
+      `cold herd (${peer.name}): ${HERD_CLIENTS - correct} bad bodies: ${bad.join(', ')}`,
     );
-    const wall = msSince(t0);
-    const cpu = peer.cpuSeconds() - cpu0;
-    const after = await upstream.counts();
-    const ttfbs = runs.map((r) => r.ttfb).filter(Number.isFinite);
-    const gets = (after[`/${p.url}`]?.get ?? 0) - (before[`/${p.url}`]?.get ?? 0);
-    const correct = runs.filter((r) => r.ok).length;
-    record('herdWall', peer.name, wall / 1000);
-    record('herdTtfbMean', peer.name, ttfbs.reduce((s, v) => s + v, 0) / ttfbs.length);
-    record('herdTtfbMax', peer.name, Math.max(...ttfbs));
-    record('herdUpstreamGets', peer.name, gets);
-    record('herdCorrect', peer.name, correct);
-    record('herdCpu', peer.name, cpu);
-    if (gets !== 1) notes.push(`cold herd via ${peer.name}: ${gets} upstream GETs of the NAR`);
-    log(
-      `  wall ${(wall / 1000).toFixed(2)} s, ${gets} upstream GET(s), ${correct}/${HERD_CLIENTS} correct`,
-    );
-    if (correct !== HERD_CLIENTS) {
-      const bad = runs.filter((r) => !r.ok).map((r) => r.status);
-      errors.push(
-        `cold herd (${peer.name}): ${HERD_CLIENTS - correct} bad bodies: ${bad.join(', ')}`,
-      );
-    }
-  });
+  }
+  return {
+    wall: wall / 1000,
+    ttfbMean: ttfbs.reduce((sum, v) => sum + v, 0) / ttfbs.length,
+    ttfbMax: Math.max(...ttfbs),
+    gets,
+    correct,
+    cpu,
+  };
 }
 
-async function coldSingle(column, url, fixture, encodeNix32) {
-  await attempt('one cold client', ['coldSingle'], column, async () => {
-    const t0 = now();
-    const r = await timedDownload(await url(), t0, fixture.single.fileHash, encodeNix32);
-    if (!r.ok) throw new Error(`the body did not match (status ${r.status})`);
-    // Timed from the NAR request (the narinfo came before it, as for a Nix client).
-    record('coldSingle', column, r.done / 1000);
-    log(`one cold client via ${column}: ${(r.done / 1000).toFixed(2)} s`);
-  });
+/**
+ * The cold herd in COLD_ROUNDS rounds, a NAR of its own each, the peers taking turns. Per peer:
+ * the median round's wall time, first-byte times and CPU; the most upstream GETs and the fewest
+ * correct bodies of any round (those must hold in every round).
+ */
+async function coldHerds(peers, fixture, upstream, encodeNix32) {
+  const ids = ['herdWall', 'herdTtfbMean', 'herdTtfbMax', 'herdUpstreamGets', 'herdCorrect'];
+  const rounds = new Map(peers.map((peer) => [peer.name, []]));
+  for (let round = 0; round < COLD_ROUNDS; round++) {
+    for (const peer of roundOrder(peers, round)) {
+      await attempt('cold herd', ids, peer.name, async () => {
+        rounds
+          .get(peer.name)
+          .push(await coldHerdOnce(peer, fixture.herd[round], upstream, encodeNix32));
+      });
+    }
+  }
+  for (const [name, xs] of rounds) {
+    if (xs.length !== COLD_ROUNDS) continue; // a failed round is recorded as an error
+    const mid = (key) => median(xs.map((x) => x[key]));
+    record('herdWall', name, mid('wall'));
+    record('herdTtfbMean', name, mid('ttfbMean'));
+    record('herdTtfbMax', name, mid('ttfbMax'));
+    record('herdUpstreamGets', name, Math.max(...xs.map((x) => x.gets)));
+    record('herdCorrect', name, Math.min(...xs.map((x) => x.correct)));
+    record('herdCpu', name, mid('cpu'));
+  }
+}
+
+/**
+ * One cold client of a big NAR, straight from the upstream and through each peer, in COLD_ROUNDS
+ * rounds (a NAR of its own each, the three taking turns): each one's median round.
+ */
+async function coldSingles(peers, fixture, upstream, encodeNix32) {
+  const sources = [
+    { name: 'direct', url: async (p) => `${upstream.url}/${p.url}` },
+    ...peers.map((peer) => ({ name: peer.name, url: (p) => narUrlVia(peer, p) })),
+  ];
+  const times = new Map(sources.map((src) => [src.name, []]));
+  for (let round = 0; round < COLD_ROUNDS; round++) {
+    const p = fixture.single[round];
+    for (const src of roundOrder(sources, round)) {
+      await attempt('one cold client', ['coldSingle'], src.name, async () => {
+        const t0 = now();
+        const r = await timedDownload(await src.url(p), t0, p.fileHash, encodeNix32);
+        if (!r.ok) throw new Error(`the body did not match (status ${r.status})`);
+        // Timed from the NAR request (the narinfo came before it, as for a Nix client).
+        times.get(src.name).push(r.done / 1000);
+        log(`one cold client via ${src.name}: ${(r.done / 1000).toFixed(2)} s`);
+      });
+    }
+  }
+  for (const [name, xs] of times) {
+    if (xs.length === COLD_ROUNDS) record('coldSingle', name, median(xs));
+  }
 }
 
 async function nixCopy(column, fromUrl, fixture, settings, work, kind) {
@@ -1621,17 +1683,23 @@ function measureRows(settings, fixture) {
     ['hotUpstream', 'upstream requests during the hot measures', 'requests', 'must be 0', 0],
     [
       'herdWall',
-      `cold herd: ${HERD_CLIENTS} clients, one ${big} .nar.xz, upstream ${rate}, wall`,
+      `cold herd: ${HERD_CLIENTS} clients, one ${big} .nar.xz, upstream ${rate}, wall, median of ${COLD_ROUNDS} alternating rounds`,
       's',
       'lower',
       2,
     ],
     ['herdTtfbMean', 'cold herd, mean time to first body byte', 'ms', 'lower', 0],
     ['herdTtfbMax', 'cold herd, max time to first body byte', 'ms', 'lower', 0],
-    ['herdUpstreamGets', 'cold herd, upstream GETs of the NAR', 'GETs', 'must be 1', 0],
+    [
+      'herdUpstreamGets',
+      'cold herd, upstream GETs of the NAR (most of any round)',
+      'GETs',
+      'must be 1',
+      0,
+    ],
     [
       'herdCorrect',
-      `cold herd, bodies matching the file's sha256`,
+      `cold herd, bodies matching the file's sha256 (fewest of any round)`,
       `of ${HERD_CLIENTS}`,
       `must be ${HERD_CLIENTS}`,
       0,
@@ -1639,7 +1707,7 @@ function measureRows(settings, fixture) {
     ['herdCpu', 'cold herd, server CPU time (all threads; nginx: all processes)', 's', 'lower', 2],
     [
       'coldSingle',
-      `one cold client of another ${big} NAR (direct: from the upstream)`,
+      `one cold client of another ${big} NAR (direct: from the upstream), median of ${COLD_ROUNDS} rounds`,
       's',
       'lower',
       2,
@@ -1817,12 +1885,8 @@ async function benchMain() {
       await hotMeasures(peers, fixture, settings, upstream, workDir);
     }
     if (settings.run.herd) {
-      for (const peer of peers) await coldHerd(peer, fixture, upstream, encodeNix32);
-      const direct = async () => `${upstream.url}/${fixture.single.url}`;
-      await coldSingle('direct', direct, fixture, encodeNix32);
-      for (const peer of peers) {
-        await coldSingle(peer.name, () => narUrlVia(peer, fixture.single), fixture, encodeNix32);
-      }
+      await coldHerds(peers, fixture, upstream, encodeNix32);
+      await coldSingles(peers, fixture, upstream, encodeNix32);
     }
     for (const peer of peers) {
       if (!peer.alive()) errors.push(`${peer.name} exited during the run:\n${peer.output()}`);
@@ -1837,7 +1901,7 @@ async function benchMain() {
         `node ${process.version}, ${version(nginx, ['-v'])}, ${version('wrk', ['--version'])}, ${nixVersion}\n` +
         `upstream: loopback, NAR bodies at ${settings.mbps ? `${settings.mbps} MB/s` : 'full speed'} per response, ` +
         `+${settings.latencyMs} ms per request; big NARs ${settings.narMib} MiB ` +
-        `(.nar.xz ${(fixture.herd.fileSize / MiB).toFixed(1)} MiB); narwhal: defaults + ` +
+        `(.nar.xz ${(fixture.herd[0].fileSize / MiB).toFixed(1)} MiB); narwhal: defaults + ` +
         `--prometheus-enabled true${settings.narwhalArgs.length ? ` ${settings.narwhalArgs.join(' ')}` : ''}` +
         `${settings.nodeArgs.length ? `, node ${settings.nodeArgs.join(' ')}` : ''}\n`,
     );
