@@ -73,14 +73,14 @@ export class NarFetcher {
     const expect = source.expect;
     const spool = new NarSpool(name, this.store.spool, expect.fileSize);
     void spool.open(); // the spool file is made while the upstream answers
-    let opened: Awaited<ReturnType<NarFetcher['openUpstream']>>;
-    try {
-      opened = await this.openUpstream(name, source.urls);
-    } catch (e) {
-      await spool.finishWriting(true);
+    const {
+      url,
+      body,
+      length: upstreamLength,
+    } = await this.openUpstream(name, source.urls).catch(async (e: unknown) => {
+      await spool.finishWriting(true); // no upstream has it: the new spool file goes again
       throw e;
-    }
-    const { url, body, length: upstreamLength } = opened;
+    });
     spool.length ??= upstreamLength;
     if (!checksContent(expect)) {
       this.logger.warn(

@@ -114,7 +114,8 @@ export class SpoolReader extends Readable implements DirectBody {
 
   /**
    * Whether what is left goes out by sendfile: the download verified and all in the spool file,
-   * the spool open, SENDFILE_MIN_BYTES or more left, and a sendfile slot free (taken here; sendTo gives it back).
+   * the spool open, SENDFILE_MIN_BYTES or more left, and a sendfile slot free (taken here; sendTo
+   * gives it back).
    */
   private mayHandOff(): boolean {
     const left = Math.min(this.limit, this.spool.arrived) - this.offset;

@@ -26,7 +26,10 @@ export interface SpoolCheck extends NarCheck {
    * reads the file), or arrived (for one that `checksChunks`).
    */
   grew(size: number, chunk: Buffer): void;
-  /** True when the check takes the chunks handed to `grew`, not the spool file: it may have them before they are in the file. */
+  /**
+   * True when the check takes the chunks handed to `grew`, not the spool file: it may have them
+   * before they are in the file.
+   */
   readonly checksChunks?: boolean;
 }
 
