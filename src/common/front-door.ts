@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import { performance } from 'node:perf_hooks';
+import { asyncContext } from './async-context';
 
 /** What a hot route answers with: the whole body and the headers that go with it. */
 export interface HotAnswer {
@@ -58,10 +59,54 @@ export interface HotRoute {
   file?(url: string): HotFile | undefined;
 }
 
+/**
+ * A route the front door answers itself when nothing is in memory either: a narinfo or NAR lookup
+ * that may ask the database, take a lock and go to the upstreams. What it saves is Fastify's request
+ * and reply objects, their hooks and Nest's route pipeline, for the requests a cold `nix copy` makes
+ * by the hundred; anything it does not take goes to Fastify as before.
+ */
+export interface ColdRoute {
+  /** The Fastify route the same request would reach: the metrics label. */
+  route: string;
+  /**
+   * Whether the door takes this request (a GET, or a HEAD), from its raw URL alone and at once: a
+   * URL Fastify would decode or route differently (a query, a `%` escape, a deeper path) is not
+   * taken. Called only for requests without a Range header that the read-token check admitted.
+   */
+  takes(method: 'GET' | 'HEAD', url: string): boolean;
+  /**
+   * Answers the request: sets the status and headers of `res`, writes the body and ends it. Rejects
+   * before writing anything with an error to be answered as the controller's would be (see
+   * ErrorAnswers); once the head is written, a failure destroys `res` instead (no clean end for a
+   * broken body). Runs in the request's context (its id in log lines).
+   */
+  serve(method: 'GET' | 'HEAD', url: string, res: ServerResponse): Promise<void>;
+}
+
+/** An error as an HTTP answer: the status, its headers (flat, as in HotAnswer) and a text body. */
+export interface ErrorAnswer {
+  status: number;
+  headers: readonly string[];
+  body: string;
+}
+
+/**
+ * Turns an error a ColdRoute rejected with into the answer Nest's exception filter would give it (a
+ * 404, a 400, a 503 while the database is down; logged when it is a 500).
+ */
+export type ErrorAnswers = (error: unknown) => ErrorAnswer;
+
 /** How the front door's answers are logged and counted, the same as Fastify's hooks do. */
 export interface FrontDoorObservers {
   /** One access line (see installRequestLogging): completed false when the connection was cut. */
-  accessLine?(reqId: string, url: string, ms: number, completed: boolean, method?: string): void;
+  accessLine?(
+    reqId: string,
+    url: string,
+    ms: number,
+    completed: boolean,
+    method?: string,
+    status?: number,
+  ): void;
   /** The HTTP metrics' per-response count (see HttpMetrics). */
   response?(route: string, method: string, status: number, seconds: number): void;
 }
@@ -100,6 +145,8 @@ const doors = new WeakMap<Server, FrontDoor>();
  */
 export class FrontDoor {
   private readonly routes: HotRoute[] = [];
+  private readonly coldRoutes: ColdRoute[] = [];
+  private errorAnswers: ErrorAnswers | undefined;
   private observers: FrontDoorObservers = {};
   private admitRead: ReadAdmission | undefined;
   private closing = false;
@@ -127,6 +174,16 @@ export class FrontDoor {
 
   addRoute(route: HotRoute): void {
     this.routes.push(route);
+  }
+
+  /** Takes requests of `route` from Fastify (see ColdRoute) once errors can be answered too. */
+  addColdRoute(route: ColdRoute): void {
+    this.coldRoutes.push(route);
+  }
+
+  /** Installs how a cold route's errors are answered (see ErrorAnswers). */
+  answerErrors(answers: ErrorAnswers): void {
+    this.errorAnswers = answers;
   }
 
   observe(observers: FrontDoorObservers): void {
@@ -190,24 +247,72 @@ export class FrontDoor {
     this.observers.accessLine?.(answer.reqId, url, Math.round(ms), completed, answer.method);
   }
 
-  /** Answers `req` when it is a hot hit and returns true; false leaves it to Fastify untouched. */
+  /**
+   * Answers `req` when it is a hot hit, or takes it when a cold route does (see ColdRoute), and
+   * returns true; false leaves it to Fastify untouched.
+   */
   answer(req: IncomingMessage, res: ServerResponse): boolean {
-    if (this.closing || this.routes.length === 0) return false;
-    if (req.method !== 'GET' || req.headers.range !== undefined) return false;
+    if (this.closing) return false;
+    const method = req.method;
+    if ((method !== 'GET' && method !== 'HEAD') || req.headers.range !== undefined) return false;
     if (this.requireReadToken) {
       const admit = this.admitRead;
       if (!admit || !admit(req.headers.authorization)) return false;
     }
     const start = performance.now();
     const url = req.url ?? '';
-    for (const route of this.routes) {
-      const hot = route.answer(url);
-      if (hot) {
-        this.send(req, res, start, route.route, url, hot);
+    if (method === 'GET') {
+      for (const route of this.routes) {
+        const hot = route.answer(url);
+        if (hot) {
+          this.send(req, res, start, route.route, url, hot);
+          return true;
+        }
+      }
+    }
+    if (this.errorAnswers === undefined) return false;
+    for (const route of this.coldRoutes) {
+      if (route.takes(method, url)) {
+        this.serveCold(req, res, start, route, method, url);
         return true;
       }
     }
     return false;
+  }
+
+  /** Runs a cold route's answer, logged, counted and with its errors answered as Nest would. */
+  private serveCold(
+    req: IncomingMessage,
+    res: ServerResponse,
+    start: number,
+    route: ColdRoute,
+    method: 'GET' | 'HEAD',
+    url: string,
+  ): void {
+    const reqId = this.requestId(req);
+    res.setHeader('x-request-id', reqId);
+    const observers = this.observers;
+    let finished = false;
+    res.once('finish', () => (finished = true));
+    res.once('close', () => {
+      const ms = performance.now() - start;
+      observers.response?.(route.route, method, res.statusCode, ms / 1000);
+      observers.accessLine?.(reqId, url, Math.round(ms), finished, method, res.statusCode);
+    });
+    const answerError = this.errorAnswers!;
+    asyncContext.run({ reqId }, () => {
+      route.serve(method, url, res).catch((error: unknown) => {
+        if (res.headersSent || res.destroyed) {
+          // Mid-body: the only honest signal left is a broken connection.
+          res.destroy(error instanceof Error ? error : undefined);
+          return;
+        }
+        const answer = answerError(error);
+        const body = Buffer.from(answer.body);
+        res.writeHead(answer.status, [...answer.headers, 'content-length', String(body.length)]);
+        res.end(method === 'HEAD' ? undefined : body);
+      });
+    });
   }
 
   private send(

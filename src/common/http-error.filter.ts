@@ -1,4 +1,12 @@
-import { ArgumentsHost, Catch, HttpException, Logger, type ExceptionFilter } from '@nestjs/common';
+import {
+  ArgumentsHost,
+  Catch,
+  HttpException,
+  Logger,
+  type ExceptionFilter,
+  type OnModuleInit,
+} from '@nestjs/common';
+import { HttpAdapterHost } from '@nestjs/core';
 import type { FastifyReply } from 'fastify';
 import { NixFormatError } from '../nix/errors';
 import { DatabaseHealth } from '../database/database-health';
@@ -18,16 +26,29 @@ import {
   UploadTooLargeError,
   UpstreamUnavailableError,
 } from './errors';
+import { FrontDoor, type ErrorAnswer } from './front-door';
 
 /** The challenge of a 401: browsers then ask for a user name and password (the token). */
 export const BASIC_CHALLENGE = 'Basic realm="narwhal"';
 
-/** Maps domain errors to HTTP statuses; aborts the socket when a reply has already started. */
+/**
+ * Maps domain errors to HTTP statuses; aborts the socket when a reply has already started. The front
+ * door's cold routes answer their errors through it too.
+ */
 @Catch()
-export class HttpErrorFilter implements ExceptionFilter {
+export class HttpErrorFilter implements ExceptionFilter, OnModuleInit {
   private readonly logger = new Logger('http');
 
-  constructor(private readonly db: DatabaseHealth) {}
+  constructor(
+    private readonly db: DatabaseHealth,
+    private readonly adapterHost: HttpAdapterHost,
+  ) {}
+
+  onModuleInit(): void {
+    FrontDoor.of(this.adapterHost.httpAdapter.getHttpServer())?.answerErrors((error) =>
+      this.answer(error),
+    );
+  }
 
   catch(error: unknown, host: ArgumentsHost): void {
     const reply = host.switchToHttp().getResponse<FastifyReply>();
@@ -36,29 +57,52 @@ export class HttpErrorFilter implements ExceptionFilter {
       reply.raw.destroy(error instanceof Error ? error : undefined);
       return;
     }
-    // A query that failed because the database is down: 503 (logged once per outage, not here).
+    void sendError(reply, this.classify(error));
+  }
+
+  /**
+   * The error as it is answered: a query that failed because the database is down becomes a 503
+   * (logged once per outage, not here); an unexpected error (a 500) is logged.
+   */
+  classify(error: unknown): unknown {
     if (!(error instanceof HttpException) && this.db.noteFailure(error)) {
       error = new DatabaseUnavailableError('the database is unavailable');
     }
     if (statusOf(error)[0] === 500) {
       this.logger.error(error instanceof Error ? (error.stack ?? error.message) : String(error));
     }
-    void sendError(reply, error);
+    return error;
+  }
+
+  /** The answer to `error` for a request Fastify never saw (see FrontDoor's cold routes). */
+  answer(error: unknown): ErrorAnswer {
+    return errorAnswer(this.classify(error));
   }
 }
 
 /** Answers `error` with its status, the headers that go with it and its message as text. */
 export function sendError(reply: FastifyReply, error: unknown): FastifyReply {
+  const answer = errorAnswer(error);
+  for (let i = 0; i < answer.headers.length; i += 2) {
+    void reply.header(answer.headers[i], answer.headers[i + 1]);
+  }
+  return reply.status(answer.status).send(answer.body);
+}
+
+/** `error`'s status, the headers that go with it (the content type last) and its message as text. */
+export function errorAnswer(error: unknown): ErrorAnswer {
   const [status, message] = statusOf(error);
-  if (error instanceof MethodNotAllowedError) void reply.header('allow', 'GET, HEAD');
-  if (error instanceof UnauthorizedError) void reply.header('www-authenticate', BASIC_CHALLENGE);
+  const headers: string[] = [];
+  if (error instanceof MethodNotAllowedError) headers.push('allow', 'GET, HEAD');
+  if (error instanceof UnauthorizedError) headers.push('www-authenticate', BASIC_CHALLENGE);
   if (error instanceof RangeNotSatisfiableError) {
-    void reply.header('content-range', `bytes */${error.length}`);
+    headers.push('content-range', `bytes */${error.length}`);
   }
   if (error instanceof ServiceUnavailableError) {
-    void reply.header('retry-after', String(error.retryAfterSeconds));
+    headers.push('retry-after', String(error.retryAfterSeconds));
   }
-  return reply.status(status).type('text/plain; charset=utf-8').send(`${message}\n`);
+  headers.push('content-type', 'text/plain; charset=utf-8');
+  return { status, headers, body: `${message}\n` };
 }
 
 function statusOf(error: unknown): [number, string] {

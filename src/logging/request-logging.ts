@@ -59,10 +59,17 @@ export function installRequestLogging(fastify: FastifyInstance): void {
 /** The access line of a request the front door answered (see FrontDoor): as logAccess writes it. */
 export function frontDoorAccessLine(
   logger: Logger,
-): (reqId: string, url: string, ms: number, completed: boolean, method?: string) => void {
+): (
+  reqId: string,
+  url: string,
+  ms: number,
+  completed: boolean,
+  method?: string,
+  statusCode?: number,
+) => void {
   const write = accessLineWriter(logger);
-  return (reqId, url, responseTime, completed, method = 'GET') => {
-    const fields: AccessFields = { reqId, method, url, statusCode: 200, responseTime };
+  return (reqId, url, responseTime, completed, method = 'GET', statusCode = 200) => {
+    const fields: AccessFields = { reqId, method, url, statusCode, responseTime };
     if (completed) write('info', fields, 'request completed');
     else write('info', { ...fields, aborted: true }, 'response aborted');
   };

@@ -1,9 +1,15 @@
 import { Inject, Injectable, type OnModuleInit } from '@nestjs/common';
 import { HttpAdapterHost } from '@nestjs/core';
+import type { ServerResponse } from 'node:http';
+import { pipeline } from 'node:stream';
 import { FrontDoor, type HotAnswer, type HotFile, type OpenHotFile } from '../common/front-door';
+import { isPlainPath } from '../common/plain-path';
 import { APP_CONFIG, type AppConfig } from '../config/app-config';
 import { MetricsService } from '../metrics/metrics.service';
 import { NAR_CONTENT_TYPE } from './nar.controller';
+import { narLengthHead } from './nar-response';
+import { NarService } from './nar.service';
+import { isDirectBody } from './send-chunks';
 import { StoredNars } from './stored-nars';
 import { openForLane, sendfileSupport } from './sendfile';
 import { StallGuard } from './stall-guard';
@@ -22,12 +28,15 @@ const HEADERS = [
 /**
  * `GET /nar/<name>` of a NAR served lately, with the same headers as the controller's answer from
  * storage (see FrontDoor): a small one from memory; a large one, in the fast lane, with sendfile.
+ * Any other GET of a NAR without a Range header (from storage, a download, a peer) is answered by
+ * the front door too, without Fastify and Nest (see ColdRoute), as the controller answers it.
  */
 @Injectable()
 export class NarHotPath implements OnModuleInit {
   constructor(
     private readonly adapterHost: HttpAdapterHost,
     private readonly nars: StoredNars,
+    private readonly downloads: NarService,
     private readonly metrics: MetricsService,
     private readonly stalls: StallGuard,
     @Inject(APP_CONFIG) private readonly config: AppConfig,
@@ -35,11 +44,39 @@ export class NarHotPath implements OnModuleInit {
 
   onModuleInit(): void {
     const files = this.config.sendfile && sendfileSupport.available;
-    FrontDoor.of(this.adapterHost.httpAdapter.getHttpServer())?.addRoute({
+    const door = FrontDoor.of(this.adapterHost.httpAdapter.getHttpServer());
+    door?.addRoute({
       route: '/nar/:name',
       answer: (url) => this.answer(url),
       file: files ? (url) => this.file(url) : undefined,
     });
+    door?.addColdRoute({
+      route: '/nar/:name',
+      takes: (method, url) =>
+        method === 'GET' && url.startsWith(PREFIX) && isPlainPath(url, PREFIX.length),
+      serve: (_method, url, res) => this.serve(url.slice(PREFIX.length), res),
+    });
+  }
+
+  /** NarController's GET without a Range header, for a request the front door took. */
+  private async serve(name: string, res: ServerResponse): Promise<void> {
+    const nar = await this.downloads.get(name);
+    const { status, headers } = narLengthHead(nar);
+    const head = ['content-type', NAR_CONTENT_TYPE, 'x-narwhal-source', nar.source, ...headers];
+    this.stalls.watch(res);
+    const { body, source } = nar;
+    if (isDirectBody(body)) {
+      await body.ready(); // a download that fails before its first byte is an error answer
+      res.writeHead(status, head);
+      await body.sendTo(res, (bytes) => this.metrics.countServedBytes(source, bytes));
+    } else if (Buffer.isBuffer(body)) {
+      res.writeHead(status, head);
+      res.end(this.metrics.countServedBytes(source, body));
+    } else {
+      res.writeHead(status, head);
+      // An error after the head cuts the connection: no clean end for bad bytes.
+      pipeline(this.metrics.countServed(source, body), res, () => undefined);
+    }
   }
 
   /** `/nar/<name>`: only names of NARs kept in memory are found, so nothing else needs checking. */

@@ -1,5 +1,5 @@
 import type { Readable } from 'node:stream';
-import type { ByteRange } from './byte-range';
+import { contentRange, type ByteRange } from './byte-range';
 import type { StoredFile } from './stored-file';
 
 /** What the controller streams to one client. */
@@ -15,4 +15,34 @@ export interface NarResponse {
   range?: ByteRange;
   /** storage: a stored copy; download: this instance's download; peer: another instance's download. */
   source: 'storage' | 'download' | 'peer';
+}
+
+/**
+ * The status and length headers of a NAR answer (flat: `[name, value, …]`): a whole file of known
+ * length advertises byte ranges (Nix then resumes an interrupted download instead of failing it); a
+ * part of one is a 206 with Content-Range; a length not known yet gets neither (a chunked body).
+ */
+export function narLengthHead(nar: Pick<NarResponse, 'length' | 'range'>): {
+  status: number;
+  headers: string[];
+} {
+  if (nar.length === undefined) return { status: 200, headers: [] };
+  if (!nar.range) {
+    return {
+      status: 200,
+      headers: ['accept-ranges', 'bytes', 'content-length', String(nar.length)],
+    };
+  }
+  const { start, end } = nar.range;
+  return {
+    status: 206,
+    headers: [
+      'accept-ranges',
+      'bytes',
+      'content-range',
+      contentRange(nar.range, nar.length),
+      'content-length',
+      String(end - start + 1),
+    ],
+  };
 }

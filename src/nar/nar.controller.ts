@@ -6,8 +6,8 @@ import { NotFoundError } from '../common/errors';
 import { MetricsService } from '../metrics/metrics.service';
 import { InvalidNarNameError } from '../nix/errors';
 import { parseNarFileName } from '../nix/compression';
-import { contentRange, type ByteRange } from './byte-range';
-import type { NarResponse } from './nar-response';
+import type { ByteRange } from './byte-range';
+import { narLengthHead, type NarResponse } from './nar-response';
 import { NarService } from './nar.service';
 import { PEER_DOWNLOADS_PATH, PeerClient } from './peer-client';
 import { isDirectBody, type DirectBody } from './send-chunks';
@@ -106,19 +106,9 @@ export class NarController {
   }
 }
 
-/**
- * Length headers of a NAR answer: a whole file of known length advertises byte ranges (Nix then
- * resumes an interrupted download instead of failing it); a part of one is a 206 with Content-Range.
- */
+/** Sets the status and length headers of a NAR answer (see narLengthHead). */
 function setLength(reply: FastifyReply, nar: { length?: number; range?: ByteRange }): void {
-  if (nar.length === undefined) return;
-  void reply.header('accept-ranges', 'bytes');
-  if (nar.range) {
-    void reply
-      .code(206)
-      .header('content-range', contentRange(nar.range, nar.length))
-      .header('content-length', nar.range.end - nar.range.start + 1);
-  } else {
-    void reply.header('content-length', nar.length);
-  }
+  const { status, headers } = narLengthHead(nar);
+  void reply.code(status);
+  for (let i = 0; i < headers.length; i += 2) void reply.header(headers[i], headers[i + 1]);
 }
