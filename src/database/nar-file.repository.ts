@@ -13,18 +13,20 @@ type Row = Record<(typeof COLUMNS)[number], string | number | null>;
 @Injectable()
 export class NarFileRepository {
   private readonly sql: ReturnType<typeof statements>;
+  private readonly db: SqlDialect;
 
   constructor(private readonly ds: DataSource) {
-    this.sql = statements(new SqlDialect(ds));
+    this.db = new SqlDialect(ds);
+    this.sql = statements(this.db);
   }
 
   async find(key: string): Promise<NarFileEntity | null> {
-    const rows = await this.ds.query<Row[]>(this.sql.find, [key]);
+    const rows = await this.db.query<Row[]>(this.sql.find, [key]);
     return rows.length === 0 ? null : entityOf(rows[0]);
   }
 
   async markStored(key: string, size: number, now = Date.now()): Promise<void> {
-    await this.ds.query(this.sql.markStored, [size, now, key]);
+    await this.db.query(this.sql.markStored, [size, now, key]);
   }
 
   /** Records a NAR fetched without a narinfo (its name carried the FileHash it was checked against). */
@@ -35,7 +37,7 @@ export class NarFileRepository {
     size: number,
     now = Date.now(),
   ): Promise<void> {
-    await this.ds.query(this.sql.insertIgnore, [
+    await this.db.query(this.sql.insertIgnore, [
       key,
       upstreamUrl,
       expect.compression,
@@ -71,7 +73,7 @@ export class NarFileRepository {
   }
 
   async touch(key: string, now = Date.now()): Promise<void> {
-    await this.ds.query(this.sql.touch, [now, key, now - TOUCH_GRANULARITY_MS]);
+    await this.db.query(this.sql.touch, [now, key, now - TOUCH_GRANULARITY_MS]);
   }
 
   /** Total bytes of stored NARs. */

@@ -1,6 +1,6 @@
 import { Injectable } from '@nestjs/common';
 import { DataSource } from 'typeorm';
-import { inTransaction } from './transaction';
+import { inTransaction, runInTransaction, type Statement } from './transaction';
 import { num, numOrNull, SqlDialect } from './sql-dialect';
 import { NAR_FILE_COLUMNS, NARINFO_COLUMNS, NARINFO_REPLACED_COLUMNS } from './table-columns';
 import type { NarInfo } from '../nix/narinfo';
@@ -35,14 +35,16 @@ export interface NewNarInfo {
 @Injectable()
 export class NarInfoRepository {
   private readonly sql: ReturnType<typeof statements>;
+  private readonly db: SqlDialect;
 
   constructor(private readonly ds: DataSource) {
-    this.sql = statements(new SqlDialect(ds));
+    this.db = new SqlDialect(ds);
+    this.sql = statements(this.db);
   }
 
   /** The narinfo `hash` with its references and signatures in order (one statement), or null. */
   async find(hash: string): Promise<NarInfoEntity | null> {
-    const rows = await this.ds.query<FoundRow[]>(this.sql.find, [hash, hash, hash]);
+    const rows = await this.db.query<FoundRow[]>(this.sql.find, [hash, hash, hash]);
     return rows.length === 0 ? null : entityOf(rows);
   }
 
@@ -51,7 +53,7 @@ export class NarInfoRepository {
     const stored = new Set<string>();
     for (let i = 0; i < hashes.length; i += STORED_AMONG_CHUNK) {
       const chunk = hashes.slice(i, i + STORED_AMONG_CHUNK);
-      const rows = await this.ds.query<{ hash: string }[]>(
+      const rows = await this.db.query<{ hash: string }[]>(
         this.sql.storedAmong(chunk.length),
         chunk,
       );
@@ -68,53 +70,57 @@ export class NarInfoRepository {
     const ni = n.narInfo;
     const row = rowColumns(n, now);
     const sql = this.sql;
-    await inTransaction(this.ds, async (m) => {
-      await m.query(sql.insertNarFile, [
-        n.narKey,
-        n.narUpstreamUrl,
-        ni.compression,
-        ni.fileHash ?? null,
-        ni.fileSize ?? null,
-        ni.narHash,
-        ni.narSize,
-        null,
-        now,
-        now,
-      ]);
+    const steps: Statement[] = [
+      [
+        sql.insertNarFile,
+        [
+          n.narKey,
+          n.narUpstreamUrl,
+          ni.compression,
+          ni.fileHash ?? null,
+          ni.fileSize ?? null,
+          ni.narHash,
+          ni.narSize,
+          null,
+          now,
+          now,
+        ],
+      ],
       // An upsert, not delete + insert: it locks the narinfo row, so that concurrent saves of one
       // hash (from other instances) take turns instead of failing on the primary key.
-      await m.query(sql.upsertNarInfo, [
-        row.hash,
-        row.storePath,
-        row.narKey,
-        row.compression,
-        row.fileHash,
-        row.fileSize,
-        row.narHash,
-        row.narSize,
-        row.deriver,
-        row.system,
-        row.ca,
-        row.upstreamUrl,
-        row.ownSignature,
-        row.createdAt,
-        row.lastAccessedAt,
-      ]);
-      await m.query(sql.deleteReferences, [n.hash]);
-      await m.query(sql.deleteSignatures, [n.hash]);
-      for (const [insert, values] of [
-        [sql.insertReferences, ni.references],
-        [sql.insertSignatures, ni.sigs],
-      ] as const) {
-        for (let i = 0; i < values.length; i += CHILD_ROWS_PER_INSERT) {
-          const chunk = values.slice(i, i + CHILD_ROWS_PER_INSERT);
-          await m.query(
-            insert(chunk.length),
-            chunk.flatMap((value, j) => [n.hash, i + j, value]),
-          );
-        }
+      [
+        sql.upsertNarInfo,
+        [
+          row.hash,
+          row.storePath,
+          row.narKey,
+          row.compression,
+          row.fileHash,
+          row.fileSize,
+          row.narHash,
+          row.narSize,
+          row.deriver,
+          row.system,
+          row.ca,
+          row.upstreamUrl,
+          row.ownSignature,
+          row.createdAt,
+          row.lastAccessedAt,
+        ],
+      ],
+      [sql.deleteReferences, [n.hash]],
+      [sql.deleteSignatures, [n.hash]],
+    ];
+    for (const [insert, values] of [
+      [sql.insertReferences, ni.references],
+      [sql.insertSignatures, ni.sigs],
+    ] as const) {
+      for (let i = 0; i < values.length; i += CHILD_ROWS_PER_INSERT) {
+        const chunk = values.slice(i, i + CHILD_ROWS_PER_INSERT);
+        steps.push([insert(chunk.length), chunk.flatMap((value, j) => [n.hash, i + j, value])]);
       }
-    });
+    }
+    await runInTransaction(this.ds, steps);
     return writtenRow(n, now);
   }
 
@@ -201,8 +207,8 @@ export class NarInfoRepository {
   /** Marks a narinfo and its NAR file as used now (at most once per TOUCH_GRANULARITY_MS). */
   async touch(hash: string, narKey: string, now = Date.now()): Promise<void> {
     const stale = now - TOUCH_GRANULARITY_MS;
-    await this.ds.query(this.sql.touchNarInfo, [now, hash, stale]);
-    await this.ds.query(this.sql.touchNarFile, [now, narKey, stale]);
+    await this.db.query(this.sql.touchNarInfo, [now, hash, stale]);
+    await this.db.query(this.sql.touchNarFile, [now, narKey, stale]);
   }
 }
 

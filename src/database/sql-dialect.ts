@@ -1,23 +1,40 @@
 import type { DataSource } from 'typeorm';
+import { sqliteStatementsOf, type SqliteStatements } from './sqlite-statements';
 
 /**
  * What differs between the three databases in the hand-written statements of the request path:
  * bound parameters (`$1` on PostgreSQL, `?` elsewhere), identifier quoting, and the two upserts.
  *
  * The request path's lookups and writes are plain SQL built once per repository and run through
- * `DataSource.query` (better-sqlite3 keeps them prepared; pg and mysql2 get a fixed text). TypeORM's
+ * `query` (on SQLite straight on better-sqlite3, prepared once: see SqliteStatements; pg and mysql2
+ * get a fixed text through `DataSource.query`). TypeORM's
  * query builder costs 5–10× more per statement (a stored narinfo read 350–750 µs against 40–65 µs
  * on SQLite), and a cold `nix copy` spent half of its main thread there.
  */
 export class SqlDialect {
   private readonly kind: 'postgres' | 'mysql' | 'sqlite';
+  private readonly sqlite: SqliteStatements | undefined;
 
-  constructor(ds: DataSource) {
+  constructor(private readonly ds: DataSource) {
     const type = ds.options.type;
     if (type === 'postgres') this.kind = 'postgres';
     else if (type === 'mysql' || type === 'mariadb') this.kind = 'mysql';
     else if (type === 'better-sqlite3') this.kind = 'sqlite';
     else throw new Error(`no SQL dialect for database type ${type}`);
+    this.sqlite = sqliteStatementsOf(ds);
+  }
+
+  /**
+   * Runs one statement: the rows of a SELECT (a write's result is not used). `DataSource.query`,
+   * except on SQLite, where better-sqlite3 runs it at once (see SqliteStatements).
+   */
+  query<T>(sql: string, params: readonly unknown[]): Promise<T> {
+    if (!this.sqlite) return this.ds.query<T>(sql, params as unknown[]);
+    try {
+      return Promise.resolve(this.sqlite.query<T>(sql, params));
+    } catch (e) {
+      return Promise.reject(e);
+    }
   }
 
   /** The quoted identifier. */

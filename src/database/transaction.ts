@@ -1,5 +1,6 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { QueryFailedError, type DataSource, type EntityManager } from 'typeorm';
+import { sqliteStatementsOf } from './sqlite-statements';
 
 /**
  * Errors that mean "a concurrent transaction got in the way; running again will work":
@@ -42,6 +43,28 @@ export async function inTransaction<T>(
     default:
       return retrying(() => ds.transaction(work));
   }
+}
+
+/** A statement and its parameters. */
+export type Statement = readonly [sql: string, params: readonly unknown[]];
+
+/**
+ * Runs `steps` in order in one transaction (see inTransaction). On SQLite they run at once on
+ * better-sqlite3 (see SqliteStatements), in their turn after the transactions before them.
+ */
+export async function runInTransaction(ds: DataSource, steps: readonly Statement[]): Promise<void> {
+  const sqlite = sqliteStatementsOf(ds);
+  if (!sqlite) {
+    await inTransaction(ds, async (m) => {
+      for (const [sql, params] of steps) await m.query(sql, params as unknown[]);
+    });
+    return;
+  }
+  const turn = (sqliteTurns.get(ds) ?? Promise.resolve())
+    .catch(() => undefined)
+    .then(() => sqlite.transaction(steps));
+  sqliteTurns.set(ds, turn);
+  await turn;
 }
 
 async function retrying<T>(run: () => Promise<T>): Promise<T> {
