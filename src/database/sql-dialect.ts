@@ -33,7 +33,7 @@ export class SqlDialect {
     try {
       return Promise.resolve(this.sqlite.query<T>(sql, params));
     } catch (e) {
-      return Promise.reject(e);
+      return Promise.reject(e as Error); // a QueryFailedError (see SqliteStatements.query)
     }
   }
 
