@@ -28,13 +28,9 @@ export class SqlDialect {
    * Runs one statement: the rows of a SELECT (a write's result is not used). `DataSource.query`,
    * except on SQLite, where better-sqlite3 runs it at once (see SqliteStatements).
    */
-  query<T>(sql: string, params: readonly unknown[]): Promise<T> {
+  async query<T>(sql: string, params: readonly unknown[]): Promise<T> {
     if (!this.sqlite) return this.ds.query<T>(sql, params as unknown[]);
-    try {
-      return Promise.resolve(this.sqlite.query<T>(sql, params));
-    } catch (e) {
-      return Promise.reject(e as Error); // a QueryFailedError (see SqliteStatements.query)
-    }
+    return this.sqlite.query<T>(sql, params); // a failure rejects with its QueryFailedError
   }
 
   /** The quoted identifier. */
