@@ -42,7 +42,8 @@
 //              small path of the closure, straight from the upstream, through a fresh nginx and
 //              through a fresh narwhal with its prefetch off (so that every request is a miss it
 //              answers itself): p50 and mean latency of the cold narinfos and of the cold NARs, and
-//              the peer's CPU time per pair; the first third of the paths only warms up (JIT).
+//              the peer's CPU time per pair (narwhal's also for its event-loop thread alone); the
+//              first third of the paths only warms up (JIT).
 //   all        (default) closure, hot and cold-herd, in that order.
 // Every mode also reports the peak RSS of narwhal (VmHWM) and of nginx (sum over its processes).
 //
@@ -812,6 +813,7 @@ async function startNarwhal(settings, work, upstream, publicKey, launch) {
     alive: () => child.exitCode === null && child.signalCode === null,
     peakRss: () => procHwm(child.pid),
     cpuSeconds: () => procCpuSeconds(child.pid),
+    mainThreadCpuSeconds: () => mainThreadCpuSeconds(child.pid),
     // Its shutdown lets responses in flight finish (up to --shutdown-timeout, 30 s by default).
     stop: () => stopChild(child, true, 'SIGTERM', 40_000),
   };
@@ -829,8 +831,17 @@ function procHwm(pid) {
 
 /** CPU time (user + system, all threads) a process has used so far, in seconds; 0 if it is gone. */
 function procCpuSeconds(pid) {
+  return statCpuSeconds(`/proc/${pid}/stat`);
+}
+
+/** CPU time of a process's main thread alone (narwhal's event loop), in seconds; 0 if gone. */
+function mainThreadCpuSeconds(pid) {
+  return statCpuSeconds(`/proc/${pid}/task/${pid}/stat`);
+}
+
+function statCpuSeconds(path) {
   try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const stat = readFileSync(path, 'utf8');
     // Fields after the command name (which may hold spaces): utime and stime are the 12th and 13th.
     const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
     return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS;
@@ -1531,6 +1542,7 @@ async function coldRequests(column, base, fixture, upstream, peer) {
   const agent = new Agent({ keepAlive: true, maxSockets: 1 });
   const warmup = coldWarmupPaths(fixture);
   let cpu0 = 0;
+  let mainCpu0 = 0;
   const narinfos = [];
   const nars = [];
   const before = await upstream.counts();
@@ -1542,6 +1554,7 @@ async function coldRequests(column, base, fixture, upstream, peer) {
         narinfos.length = 0;
         nars.length = 0;
         cpu0 = peer?.cpuSeconds() ?? 0;
+        mainCpu0 = peer?.mainThreadCpuSeconds?.() ?? 0;
       }
       let t0 = now();
       const r = await getOk(`${base}/${info.hashPart}.narinfo`, { agent, text: true });
@@ -1561,6 +1574,10 @@ async function coldRequests(column, base, fixture, upstream, peer) {
     agent.destroy();
   }
   if (peer) record('coldPairCpu', column, ((peer.cpuSeconds() - cpu0) / narinfos.length) * 1e3);
+  if (peer?.mainThreadCpuSeconds) {
+    const seconds = peer.mainThreadCpuSeconds() - mainCpu0;
+    record('coldPairMainCpu', column, (seconds / narinfos.length) * 1e3);
+  }
   const reqs = upstreamTotal(before, await upstream.counts());
   const mean = (xs) => xs.reduce((a, b) => a + b, 0) / xs.length;
   const sorted = (xs) => [...xs].sort((a, b) => a - b);
@@ -1587,6 +1604,7 @@ async function coldRequestMeasures(nginx, fixture, settings, upstream, work, lau
     'coldNarP50',
     'coldNarMean',
     'coldPairCpu',
+    'coldPairMainCpu',
     'coldRequestsUpstream',
   ];
   await attempt('cold requests', ids, 'direct', () =>
@@ -1744,6 +1762,13 @@ function measureRows(settings, fixture) {
     ],
     ['coldNarMean', 'cold small NAR, mean', 'ms', 'lower', 2],
     ['coldPairCpu', 'cold narinfo + NAR, server CPU per pair (all threads)', 'ms', 'lower', 2],
+    [
+      'coldPairMainCpu',
+      'cold narinfo + NAR, CPU per pair of the event-loop thread alone (narwhal)',
+      'ms',
+      'lower',
+      2,
+    ],
     [
       'coldRequestsUpstream',
       `upstream requests for those ${fixture.small.length} narinfos and NARs`,
