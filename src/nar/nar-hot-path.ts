@@ -6,8 +6,7 @@ import { FrontDoor, type HotAnswer, type HotFile, type OpenHotFile } from '../co
 import { isPlainPath } from '../common/plain-path';
 import { APP_CONFIG, type AppConfig } from '../config/app-config';
 import { MetricsService } from '../metrics/metrics.service';
-import { NAR_CONTENT_TYPE } from './nar.controller';
-import { narLengthHead } from './nar-response';
+import { NAR_CONTENT_TYPE, narHead } from './nar-response';
 import { NarService } from './nar.service';
 import { isDirectBody } from './send-chunks';
 import { StoredNars } from './stored-nars';
@@ -61,8 +60,7 @@ export class NarHotPath implements OnModuleInit {
   /** NarController's GET without a Range header, for a request the front door took. */
   private async serve(name: string, res: ServerResponse): Promise<void> {
     const nar = await this.downloads.get(name);
-    const { status, headers } = narLengthHead(nar);
-    const head = ['content-type', NAR_CONTENT_TYPE, 'x-narwhal-source', nar.source, ...headers];
+    const { status, headers: head } = narHead(nar);
     this.stalls.watch(res);
     const { body, source } = nar;
     if (isDirectBody(body)) {

@@ -17,32 +17,33 @@ export interface NarResponse {
   source: 'storage' | 'download' | 'peer';
 }
 
+export const NAR_CONTENT_TYPE = 'application/x-nix-nar';
+
 /**
- * The status and length headers of a NAR answer (flat: `[name, value, …]`): a whole file of known
- * length advertises byte ranges (Nix then resumes an interrupted download instead of failing it); a
- * part of one is a 206 with Content-Range; a length not known yet gets neither (a chunked body).
+ * The status and headers of a NAR answer (flat: `[name, value, …]`), the controller's and the front
+ * door's alike: the content type; where the bytes come from, when `source` is given; and the length.
+ * A whole file of known length advertises byte ranges (Nix then resumes an interrupted download
+ * instead of failing it); a part of one is a 206 with Content-Range; a length not known yet gets
+ * neither (a chunked body).
  */
-export function narLengthHead(nar: Pick<NarResponse, 'length' | 'range'>): {
+export function narHead(nar: Partial<Pick<NarResponse, 'length' | 'range' | 'source'>>): {
   status: number;
   headers: string[];
 } {
-  if (nar.length === undefined) return { status: 200, headers: [] };
+  const headers = ['content-type', NAR_CONTENT_TYPE];
+  if (nar.source !== undefined) headers.push('x-narwhal-source', nar.source);
+  if (nar.length === undefined) return { status: 200, headers };
+  headers.push('accept-ranges', 'bytes');
   if (!nar.range) {
-    return {
-      status: 200,
-      headers: ['accept-ranges', 'bytes', 'content-length', String(nar.length)],
-    };
+    headers.push('content-length', String(nar.length));
+    return { status: 200, headers };
   }
   const { start, end } = nar.range;
-  return {
-    status: 206,
-    headers: [
-      'accept-ranges',
-      'bytes',
-      'content-range',
-      contentRange(nar.range, nar.length),
-      'content-length',
-      String(end - start + 1),
-    ],
-  };
+  headers.push(
+    'content-range',
+    contentRange(nar.range, nar.length),
+    'content-length',
+    String(end - start + 1),
+  );
+  return { status: 206, headers };
 }

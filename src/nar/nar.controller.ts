@@ -6,14 +6,11 @@ import { NotFoundError } from '../common/errors';
 import { MetricsService } from '../metrics/metrics.service';
 import { InvalidNarNameError } from '../nix/errors';
 import { parseNarFileName } from '../nix/compression';
-import type { ByteRange } from './byte-range';
-import { narLengthHead, type NarResponse } from './nar-response';
+import { narHead, type NarResponse } from './nar-response';
 import { NarService } from './nar.service';
 import { PEER_DOWNLOADS_PATH, PeerClient } from './peer-client';
 import { isDirectBody, type DirectBody } from './send-chunks';
 import { StallGuard } from './stall-guard';
-
-export const NAR_CONTENT_TYPE = 'application/x-nix-nar';
 
 @Controller()
 export class NarController {
@@ -31,8 +28,7 @@ export class NarController {
     @Res() reply: FastifyReply,
   ): Promise<void> {
     const nar = await this.nars.get(name, range);
-    void reply.type(NAR_CONTENT_TYPE).header('x-narwhal-source', nar.source);
-    setLength(reply, nar);
+    setHead(reply, nar);
     this.stalls.watch(reply.raw);
     if (isDirectBody(nar.body)) {
       await nar.body.ready(); // a download that fails before its first byte is an error answer
@@ -66,8 +62,7 @@ export class NarController {
   @Head('nar/:name')
   async head(@Param('name') name: string, @Res() reply: FastifyReply): Promise<void> {
     const { length } = await this.nars.head(name);
-    void reply.type(NAR_CONTENT_TYPE);
-    setLength(reply, { length });
+    setHead(reply, { length });
     await reply.send();
   }
 
@@ -99,16 +94,15 @@ export class NarController {
     parseNarFileName(name);
     const running = this.nars.streamForPeer(name, range);
     if (!running) throw new NotFoundError(`no download of ${name} is running here`);
-    void reply.type(NAR_CONTENT_TYPE);
-    setLength(reply, running);
+    setHead(reply, running);
     this.stalls.watch(reply.raw);
     await reply.send(running.body);
   }
 }
 
-/** Sets the status and length headers of a NAR answer (see narLengthHead). */
-function setLength(reply: FastifyReply, nar: { length?: number; range?: ByteRange }): void {
-  const { status, headers } = narLengthHead(nar);
+/** Sets the status and headers of a NAR answer (see narHead). */
+function setHead(reply: FastifyReply, nar: Parameters<typeof narHead>[0]): void {
+  const { status, headers } = narHead(nar);
   void reply.code(status);
   for (let i = 0; i < headers.length; i += 2) void reply.header(headers[i], headers[i + 1]);
 }
